@@ -1,0 +1,93 @@
+"""The ``zarrfs`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .daemon import DEFAULT_TIMEOUT, MountError, MountOptions, mount, read_status, umount
+
+COMMANDS = ("mount", "umount", "status")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zarrfs",
+        description="Mount a sharded Zarr store so that every inner chunk is its own file.",
+    )
+    parser.add_argument("--version", action="version", version=f"zarrfs {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    mount_cmd = commands.add_parser(
+        "mount", help="mount STORE on MOUNTPOINT (returns once the mount answers)",
+        description="Mount STORE (a local Zarr directory) on MOUNTPOINT. Every inner chunk of a "
+                    "sharded array appears as its own file; zarr.json reads as the unsharded array.",
+    )
+    mount_cmd.add_argument("store", metavar="STORE")
+    mount_cmd.add_argument("mountpoint", metavar="MOUNTPOINT")
+    mount_cmd.add_argument("-f", "--foreground", action="store_true",
+                           help="stay in the foreground (systemd, debugging); logs go to stderr")
+    mount_cmd.add_argument("--read-only", action="store_true", default=True,
+                           help="refuse every write with EROFS (currently always the case)")
+    mount_cmd.add_argument("--view", choices=["v3"], default="v3",
+                           help="what readers see: v3 = unsharded Zarr v3 arrays (default)")
+    mount_cmd.add_argument("-o", dest="fuse_options", action="append", default=[], metavar="OPT[,OPT...]",
+                           help="FUSE mount options, e.g. allow_other; generic mount options "
+                                "(rw, dev, suid, exec, defaults, nofail, ...) are ignored")
+    mount_cmd.add_argument("--attr-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                           help="how long the kernel caches names and attributes; changes other "
+                                f"programs make to the store show after this (default {DEFAULT_TIMEOUT:g})")
+    mount_cmd.add_argument("--log-level", default="INFO",
+                           choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    mount_cmd.add_argument("--log-file", metavar="PATH",
+                           help="log here (default: stderr in the foreground, syslog once daemonized)")
+
+    umount_cmd = commands.add_parser("umount", help="flush pending work and unmount MOUNTPOINT")
+    umount_cmd.add_argument("mountpoint", metavar="MOUNTPOINT")
+
+    status_cmd = commands.add_parser("status", help="print the daemon's status for MOUNTPOINT")
+    status_cmd.add_argument("mountpoint", metavar="MOUNTPOINT")
+    return parser
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """Accept ``zarrfs STORE DIR -o OPTS``, the form mount.fuse3 and fstab use."""
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        return ["mount", *argv]
+    return argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(normalize_argv(sys.argv[1:] if argv is None else argv))
+    try:
+        if args.command == "mount":
+            return mount(_mount_options(args))
+        if args.command == "umount":
+            return umount(args.mountpoint)
+        if args.command == "status":
+            print(json.dumps(read_status(args.mountpoint), indent=2))
+            return 0
+    except MountError as error:
+        print(f"zarrfs: error: {error}", file=sys.stderr)
+        return 1
+    return 2
+
+
+def _mount_options(args) -> MountOptions:
+    fuse_options = [o.strip() for group in args.fuse_options for o in group.split(",") if o.strip()]
+    return MountOptions(
+        store=args.store,
+        mountpoint=args.mountpoint,
+        foreground=args.foreground,
+        view=args.view,
+        fuse_options=fuse_options,
+        timeout=args.attr_timeout,
+        log_level=args.log_level,
+        log_file=args.log_file,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

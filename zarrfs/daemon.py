@@ -1,0 +1,284 @@
+"""Mounting and unmounting: argument checks, daemonizing, signals, sd_notify.
+
+``zarrfs mount`` returns only once the mount answers: the daemon stats its own
+mountpoint from a worker thread (a request its own trio loop must serve) and
+only then tells the waiting parent, or systemd (``READY=1``), that it is ready.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from . import __version__
+from .fs.operations import Operations
+from .fs.tree import CONTROL_DIR, STATUS_FILE, ViewTree
+from .store.local import LocalStore
+
+log = logging.getLogger("zarrfs")
+
+FUSE_DEVICE = "/dev/fuse"
+# Options that mount(8) and fstab pass but that mean nothing to a FUSE daemon.
+GENERIC_MOUNT_OPTIONS = {
+    "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "defaults", "auto", "noauto",
+    "user", "users", "nouser", "nofail", "_netdev", "async", "sync", "atime", "noatime",
+    "relatime", "norelatime", "strictatime", "diratime", "nodiratime", "lazytime",
+}
+DEFAULT_TIMEOUT = 10.0  # seconds the kernel may cache names and attributes
+
+
+class MountError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+@dataclass
+class MountOptions:
+    store: str
+    mountpoint: str
+    foreground: bool = False
+    read_only: bool = True
+    view: str = "v3"
+    fuse_options: list[str] = field(default_factory=list)
+    timeout: float = DEFAULT_TIMEOUT
+    log_level: str = "INFO"
+    log_file: str | None = None
+
+    def fuse_option_set(self) -> set[str]:
+        options = {f"fsname={self.store}", "subtype=zarrfs", "default_permissions"}
+        options |= {o for o in self.fuse_options if o not in GENERIC_MOUNT_OPTIONS and o != "ro"}
+        options.add("ro")  # writes arrive with the write-back layer; until then the view is read-only
+        return options
+
+
+def check_mount_arguments(options: MountOptions) -> None:
+    """Fail early, with one clear line, before anything is mounted."""
+    if not os.path.exists(options.store):
+        raise MountError(f"store {options.store} does not exist")
+    if not os.path.isdir(options.store):
+        raise MountError(f"store {options.store} is not a directory")
+    if not os.path.isdir(options.mountpoint):
+        raise MountError(f"mountpoint {options.mountpoint} is not a directory")
+    if os.path.ismount(options.mountpoint):
+        raise MountError(f"mountpoint {options.mountpoint} is already a mount point")
+    if os.listdir(options.mountpoint):
+        raise MountError(f"mountpoint {options.mountpoint} is not empty")
+    if not os.path.exists(FUSE_DEVICE):
+        raise MountError(f"{FUSE_DEVICE} is missing: load the fuse kernel module (modprobe fuse)")
+    if not shutil.which("fusermount3", path=os.environ.get("PATH", "") + ":/usr/bin:/bin"):
+        raise MountError("fusermount3 is not installed (Debian: apt install fuse3)")
+
+
+def mount(options: MountOptions) -> int:
+    options.store = os.path.abspath(options.store)
+    options.mountpoint = os.path.abspath(options.mountpoint)
+    check_mount_arguments(options)
+    if options.foreground:
+        configure_logging(options, daemonized=False)
+        return serve(options, on_ready=lambda: sd_notify("READY=1"))
+    return _daemonize(options)
+
+
+def _daemonize(options: MountOptions) -> int:
+    """Fork; the child mounts and serves, the parent returns once it answers."""
+    reader, writer = os.pipe()
+    if os.fork():
+        os.close(writer)
+        with os.fdopen(reader, "rb") as pipe:
+            report = pipe.read().decode(errors="replace").strip()
+        if report == "ready":
+            return 0
+        print(report or "zarrfs: error: the daemon exited before the mount answered", file=sys.stderr)
+        return 1
+    os.close(reader)
+    os.setsid()
+    _detach_stdio()
+    configure_logging(options, daemonized=True)
+
+    def tell_parent(message: str) -> None:
+        nonlocal writer
+        if writer >= 0:
+            os.write(writer, message.encode())
+            os.close(writer)
+            writer = -1
+
+    code = 1
+    try:
+        code = serve(options, on_ready=lambda: tell_parent("ready"))
+    except MountError as error:
+        tell_parent(f"zarrfs: error: {error}")
+    except BaseException as error:  # noqa: BLE001 - the parent must always hear back
+        log.exception("daemon failed")
+        tell_parent(f"zarrfs: error: {error}")
+    finally:
+        tell_parent("")
+        os._exit(code)
+
+
+def _detach_stdio() -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    os.chdir("/")
+
+
+def configure_logging(options: MountOptions, daemonized: bool) -> None:
+    if options.log_file:
+        handler: logging.Handler = logging.FileHandler(options.log_file)
+    elif daemonized and os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    timestamp = "%(asctime)s " if options.log_file else ""
+    handler.setFormatter(logging.Formatter(timestamp + "zarrfs[%(process)d] %(levelname)s: %(message)s"))
+    root = logging.getLogger("zarrfs")
+    root.handlers[:] = [handler]
+    root.setLevel(options.log_level.upper())
+    root.propagate = False
+
+
+def serve(options: MountOptions, on_ready) -> int:
+    """Mount, serve until unmounted or signalled, unmount. Returns an exit code."""
+    store = LocalStore(options.store)
+    started = time.time()
+    tree = ViewTree(store)
+    operations = Operations(tree, options.timeout)
+    tree.status_text = lambda: _status_text(options, operations, started)
+    try:
+        pyfuse3.init(operations, options.mountpoint, options.fuse_option_set())
+    except RuntimeError as error:
+        raise MountError(f"cannot mount {options.mountpoint}: {error}") from None
+    log.info("mounted %s on %s (view %s)", options.store, options.mountpoint, options.view)
+    try:
+        trio.run(_run_mounted, options.mountpoint, on_ready)
+    finally:
+        sd_notify("STOPPING=1")
+        pyfuse3.close(unmount=True)
+        log.info("unmounted %s", options.mountpoint)
+    return 0
+
+
+async def _run_mounted(mountpoint: str, on_ready) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_serve_until_unmounted, nursery.cancel_scope)
+        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        await trio.to_thread.run_sync(os.stat, mountpoint)  # served by the loop above
+        on_ready()
+
+
+async def _serve_until_unmounted(scope: trio.CancelScope) -> None:
+    await pyfuse3.main()
+    scope.cancel()  # unmounted from outside (fusermount3 -u): stop the signal watcher too
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError as error:
+            log.warning("sd_notify(%s) failed: %s", message, error)
+
+
+def _status_text(options: MountOptions, operations: Operations, started: float) -> str:
+    cache = operations.tree.shards.cache
+    lookups = cache.hits + cache.misses
+    status = {
+        "pid": os.getpid(),
+        "version": __version__,
+        "store": options.store,
+        "mountpoint": options.mountpoint,
+        "view": options.view,
+        "read_only": options.read_only,
+        "uptime_seconds": round(time.time() - started, 1),
+        "dirty_bytes": 0,
+        "dirty_shards": 0,
+        "flushes_done": 0,
+        "flushes_failed": 0,
+        "last_error": None,
+        "index_cache_entries": len(cache),
+        "index_cache_hit_rate": round(cache.hits / lookups, 4) if lookups else None,
+        "known_inodes": len(operations.inodes),
+        "open_handles": operations.open_handles(),
+    }
+    return json.dumps(status, indent=2) + "\n"
+
+
+def read_status(mountpoint: str) -> dict:
+    path = os.path.join(mountpoint, CONTROL_DIR, STATUS_FILE)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise MountError(f"{mountpoint} is not a zarrfs mount ({error})") from None
+
+
+def is_zarrfs_mount(mountpoint: str) -> bool:
+    with open("/proc/mounts") as mounts:
+        return any(line.split()[1:3] == [_escape_mount_path(mountpoint), "fuse.zarrfs"] for line in mounts)
+
+
+def _escape_mount_path(path: str) -> str:
+    return path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
+
+
+def umount(mountpoint: str, timeout: float = 120.0) -> int:
+    """Stop the daemon (it flushes, then unmounts) and wait until the mount is gone."""
+    mountpoint = os.path.abspath(mountpoint)
+    if not is_zarrfs_mount(mountpoint):
+        raise MountError(f"{mountpoint} is not a zarrfs mount")
+    try:
+        pid = int(read_status(mountpoint)["pid"])
+        os.kill(pid, signal.SIGTERM)
+    except (MountError, ProcessLookupError, KeyError, ValueError, PermissionError) as error:
+        log.warning("cannot signal the daemon (%s); unmounting directly", error)
+        return _fusermount_unmount(mountpoint)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_zarrfs_mount(mountpoint) and not _alive(pid):
+            return 0
+        time.sleep(0.05)
+    raise MountError(f"the daemon (pid {pid}) did not unmount {mountpoint} within {timeout:.0f} s")
+
+
+def _fusermount_unmount(mountpoint: str) -> int:
+    result = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
+    if result.returncode:
+        raise MountError(result.stderr.strip() or f"fusermount3 -u {mountpoint} failed")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+

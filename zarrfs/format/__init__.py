@@ -1,0 +1,1 @@
+"""Pure format code: chunk keys, shard indexes, array metadata. No I/O, no FUSE."""

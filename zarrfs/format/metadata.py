@@ -1,0 +1,188 @@
+"""Array metadata: which arrays are sharded, how, and what their unsharded view is.
+
+Only the *structure* of the sharding codec is interpreted here (shard and chunk
+shapes, index format, key encoding). The inner codec chain is copied verbatim
+into the view's metadata: zarrfs serves chunk bytes without decoding them, so it
+does not need to understand (or even know) the codecs a writer used. That is why
+we parse the JSON ourselves instead of through ``zarr.core.metadata``, which
+rejects codecs that are not registered in this Python process.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+
+from .keys import ChunkKeyEncoding, KeyEncodingError
+from .shard_index import IndexFormat
+
+SHARDING = "sharding_indexed"
+
+
+class MetadataError(ValueError):
+    """Metadata that is malformed or uses sharding in a way zarrfs cannot serve."""
+
+
+@dataclass(frozen=True)
+class ShardedArray:
+    """A sharded array as the mount sees it.
+
+    ``levels`` describes each level of (possibly nested) sharding, outermost
+    first; the view flattens them so that the innermost chunks are the files.
+    """
+
+    shape: tuple[int, ...]
+    shard_shape: tuple[int, ...]
+    chunk_shape: tuple[int, ...]  # the innermost chunk shape
+    levels: tuple[IndexFormat, ...]
+    key_encoding: ChunkKeyEncoding
+    view_document: dict  # the unsharded equivalent metadata
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def chunk_grid(self) -> tuple[int, ...]:
+        """Number of (innermost) chunks along each axis."""
+        return tuple(math.ceil(s / c) for s, c in zip(self.shape, self.chunk_shape))
+
+    @property
+    def shard_grid(self) -> tuple[int, ...]:
+        return tuple(math.ceil(s / c) for s, c in zip(self.shape, self.shard_shape))
+
+    @property
+    def chunks_per_shard(self) -> tuple[int, ...]:
+        """Innermost chunks per shard along each axis, all levels together."""
+        return tuple(s // c for s, c in zip(self.shard_shape, self.chunk_shape))
+
+    def in_grid(self, coords: tuple[int, ...]) -> bool:
+        return len(coords) == self.ndim and all(0 <= i < n for i, n in zip(coords, self.chunk_grid))
+
+    def shard_of(self, coords: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(i // n for i, n in zip(coords, self.chunks_per_shard))
+
+    def local_coords(self, coords: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """The chunk's position inside the shard at each level, outermost first."""
+        remaining = tuple(i % n for i, n in zip(coords, self.chunks_per_shard))
+        result = []
+        for depth in range(len(self.levels)):
+            below = self.chunks_below(depth)
+            result.append(tuple(r // b for r, b in zip(remaining, below)))
+            remaining = tuple(r % b for r, b in zip(remaining, below))
+        return result
+
+    def chunks_below(self, depth: int) -> tuple[int, ...]:
+        """How many innermost chunks one chunk of level ``depth`` holds, per axis."""
+        below = [1] * self.ndim
+        for level in self.levels[depth + 1 :]:
+            below = [b * n for b, n in zip(below, level.chunks_per_shard)]
+        return tuple(below)
+
+    def view_bytes(self) -> bytes:
+        return (json.dumps(self.view_document, indent=2) + "\n").encode()
+
+
+def parse_array_document(doc: object) -> ShardedArray | None:
+    """Interpret a parsed ``zarr.json``.
+
+    Returns the sharded array, or None when the document is valid Zarr v3
+    metadata of something zarrfs shows as it is (a group, an unsharded array).
+    Raises MetadataError when the document is malformed, or sharded in a way
+    zarrfs cannot serve.
+    """
+    if not isinstance(doc, dict):
+        raise MetadataError("zarr.json is not a JSON object")
+    if doc.get("zarr_format") != 3:
+        raise MetadataError(f"zarr_format is {doc.get('zarr_format')!r}, not 3")
+    if doc.get("node_type") == "group":
+        return None
+    if doc.get("node_type") != "array":
+        raise MetadataError(f"node_type {doc.get('node_type')!r} is neither array nor group")
+    shape = _int_tuple(doc.get("shape"), "shape")
+    chunk_shape = _regular_chunk_shape(doc.get("chunk_grid"), len(shape))
+    codecs = _codec_list(doc.get("codecs"), "codecs")
+    if not any(name == SHARDING for name, _ in codecs):
+        return None
+    levels, inner_shape, inner_codecs = _sharding_levels(codecs, chunk_shape)
+    try:
+        key_encoding = ChunkKeyEncoding.from_json(doc.get("chunk_key_encoding", "default"))
+    except KeyEncodingError as error:
+        raise MetadataError(str(error)) from None
+    view = copy.deepcopy(doc)
+    view["chunk_grid"] = {"name": "regular", "configuration": {"chunk_shape": list(inner_shape)}}
+    view["codecs"] = inner_codecs
+    return ShardedArray(shape, chunk_shape, inner_shape, levels, key_encoding, view)
+
+
+def _sharding_levels(codecs, shard_shape):
+    """Walk nested ``sharding_indexed`` codecs down to the innermost chunks."""
+    levels = []
+    while True:
+        if len(codecs) != 1 or codecs[0][0] != SHARDING:
+            names = [name for name, _ in codecs]
+            if SHARDING in names:
+                raise MetadataError(f"sharding_indexed combined with other codecs {names}")
+            break
+        config = codecs[0][1]
+        if not isinstance(config, dict):
+            raise MetadataError("sharding_indexed has no configuration")
+        chunk_shape = _int_tuple(config.get("chunk_shape"), "sharding chunk_shape")
+        if len(chunk_shape) != len(shard_shape) or any(
+            c <= 0 or s % c for s, c in zip(shard_shape, chunk_shape)
+        ):
+            raise MetadataError(f"shard shape {shard_shape} is not a multiple of chunk shape {chunk_shape}")
+        levels.append(_index_format(config, tuple(s // c for s, c in zip(shard_shape, chunk_shape))))
+        raw_codecs = config.get("codecs")
+        codecs = _codec_list(raw_codecs, "sharding codecs")
+        shard_shape = chunk_shape
+    return tuple(levels), shard_shape, raw_codecs
+
+
+def _index_format(config: dict, chunks_per_shard: tuple[int, ...]) -> IndexFormat:
+    location = config.get("index_location", "end")
+    if location not in ("start", "end"):
+        raise MetadataError(f"unknown index_location {location!r}")
+    index_codecs = _codec_list(config.get("index_codecs"), "index_codecs")
+    names = [name for name, _ in index_codecs]
+    if names not in (["bytes"], ["bytes", "crc32c"]):
+        raise MetadataError(
+            f"index_codecs {names} are not supported (only [bytes] or [bytes, crc32c]:"
+            " a compressed index has no fixed size)"
+        )
+    endian = (index_codecs[0][1] or {}).get("endian", "little")
+    if endian not in ("little", "big"):
+        raise MetadataError(f"unknown index endian {endian!r}")
+    return IndexFormat(chunks_per_shard, endian, names[-1] == "crc32c", location)
+
+
+def _codec_list(raw, what: str) -> list[tuple[str, dict | None]]:
+    """``(name, configuration)`` pairs of a codec list; a codec may be a bare name."""
+    if not isinstance(raw, list):
+        raise MetadataError(f"{what} is not a list")
+    result = []
+    for codec in raw:
+        if isinstance(codec, str):
+            result.append((codec, None))
+        elif isinstance(codec, dict) and isinstance(codec.get("name"), str):
+            result.append((codec["name"], codec.get("configuration")))
+        else:
+            raise MetadataError(f"malformed codec {codec!r} in {what}")
+    return result
+
+
+def _regular_chunk_shape(grid, ndim: int) -> tuple[int, ...]:
+    if not isinstance(grid, dict) or grid.get("name") != "regular":
+        raise MetadataError(f"chunk_grid {grid!r} is not a regular grid")
+    shape = _int_tuple((grid.get("configuration") or {}).get("chunk_shape"), "chunk_shape")
+    if len(shape) != ndim or any(c <= 0 for c in shape):
+        raise MetadataError(f"chunk_shape {shape} does not fit an array of {ndim} dimensions")
+    return shape
+
+
+def _int_tuple(raw, what: str) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in raw):
+        raise MetadataError(f"{what} {raw!r} is not a list of non-negative integers")
+    return tuple(raw)

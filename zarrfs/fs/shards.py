@@ -1,0 +1,212 @@
+"""Reading sharded arrays from the backing store: metadata, indexes, chunk locations.
+
+Indexes are read on demand (one ``pread`` of the index range) and kept in an
+LRU keyed by the shard's key *and* its inode, size and mtime, so a shard that
+another program rewrites is read again as soon as we see its new attributes.
+A corrupt shard is cached too: it is logged once per version, not per read.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import stat
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..format.metadata import MetadataError, ShardedArray, parse_array_document
+from ..format.shard_index import CorruptEntry, CorruptShard, IndexFormat, ShardIndex
+from ..store.local import LocalStore
+from .lru import LRU
+
+log = logging.getLogger("zarrfs")
+
+METADATA_NAME = "zarr.json"
+
+
+def version(st: os.stat_result) -> tuple[int, int, int]:
+    """What identifies one version of a backing file."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def join(*parts: str) -> str:
+    return "/".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class ChunkLocation:
+    shard_key: str
+    shard_stat: os.stat_result
+    offset: int
+    length: int
+
+    @property
+    def version(self) -> tuple:
+        return version(self.shard_stat) + (self.offset, self.length)
+
+
+class ShardChanged(Exception):
+    """The shard was replaced between our stat and our read; look again."""
+
+
+class Arrays:
+    """Parsed array metadata per directory, revalidated by the metadata file's stat."""
+
+    def __init__(self, store: LocalStore, capacity: int = 4096):
+        self.store = store
+        self._cache: LRU[tuple] = LRU(capacity)
+
+    def sharded(self, dir_key: str) -> ShardedArray | None:
+        """The sharded array stored in ``dir_key``, or None if it is anything else."""
+        meta_key = join(dir_key, METADATA_NAME)
+        try:
+            st = self.store.stat(meta_key)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        cached = self._cache.get(dir_key)
+        if cached is not None and cached[0] == version(st):
+            return cached[1]
+        array = self._parse(meta_key)
+        self._cache.put(dir_key, (version(st), array))
+        return array
+
+    def metadata_stat(self, dir_key: str) -> os.stat_result:
+        return self.store.stat(join(dir_key, METADATA_NAME))
+
+    def _parse(self, meta_key: str) -> ShardedArray | None:
+        try:
+            return parse_array_document(json.loads(self.store.read(meta_key)))
+        except (ValueError, UnicodeDecodeError, MetadataError) as error:
+            log.warning("%s: %s; showing its directory as plain files", meta_key, error)
+            return None
+        except OSError as error:
+            log.warning("%s: cannot read (%s); showing its directory as plain files", meta_key, error)
+            return None
+
+
+class Shards:
+    """Locates inner chunks in shards, reading and caching shard indexes."""
+
+    def __init__(self, store: LocalStore, cache_bytes: int = 64 << 20):
+        self.store = store
+        self._indexes: LRU[ShardIndex | CorruptShard] = LRU(cache_bytes, weight=_cache_weight)
+
+    @property
+    def cache(self) -> LRU:
+        return self._indexes
+
+    def shard_key(self, array_key: str, array: ShardedArray, shard_coords: tuple[int, ...]) -> str:
+        return join(array_key, array.key_encoding.encode(shard_coords))
+
+    def stat_shard(self, shard_key: str) -> os.stat_result | None:
+        """The shard file's attributes, or None when there is no shard (all chunks absent)."""
+        try:
+            st = self.store.stat(shard_key)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return st if stat.S_ISREG(st.st_mode) else None
+
+    def locate(self, array_key: str, array: ShardedArray, coords: tuple[int, ...]) -> ChunkLocation | None:
+        """Where the chunk's bytes are, or None if it is absent. Raises CorruptShard."""
+        shard_key = self.shard_key(array_key, array, array.shard_of(coords))
+        for _ in range(3):
+            st = self.stat_shard(shard_key)
+            if st is None:
+                return None
+            try:
+                return self._locate_in(shard_key, st, array, coords)
+            except ShardChanged:
+                continue
+        raise OSError(errno.EAGAIN, f"shard {shard_key} keeps changing")
+
+    def _locate_in(self, shard_key, st, array, coords) -> ChunkLocation | None:
+        region = (0, st.st_size)
+        for depth, local in enumerate(array.local_coords(coords)):
+            index = self.index(shard_key, st, array.levels[depth], region)
+            region = index.chunk_range(local)
+            if region is None:
+                return None
+        return ChunkLocation(shard_key, st, *region)
+
+    def present_chunks(self, array_key: str, array: ShardedArray, shard_coords: tuple[int, ...]) -> np.ndarray:
+        """Global coordinates (n, ndim) of the chunks a shard holds, within the grid.
+
+        A chunk of a corrupt shard is listed whenever it may be there, so that
+        reading it fails loudly (EIO) instead of looking absent (fill value).
+        """
+        shard_key = self.shard_key(array_key, array, shard_coords)
+        st = self.stat_shard(shard_key)
+        if st is None:
+            return np.empty((0, array.ndim), dtype=np.int64)
+        origin = np.array(shard_coords, dtype=np.int64) * array.chunks_per_shard
+        try:
+            local = self._present_below(shard_key, st, array, 0, (0, st.st_size))
+        except (CorruptShard, ShardChanged):
+            local = _all_local(array.chunks_per_shard)
+        coords = local + origin
+        inside = np.all(coords < np.array(array.chunk_grid, dtype=np.int64), axis=1)
+        return coords[inside]
+
+    def _present_below(self, shard_key, st, array, depth, region) -> np.ndarray:
+        index = self.index(shard_key, st, array.levels[depth], region)
+        present = index.present().astype(np.int64)
+        if depth == len(array.levels) - 1:
+            return present
+        below = np.array(array.chunks_below(depth), dtype=np.int64)
+        parts = []
+        for local in present:
+            try:
+                inner = self._present_below(shard_key, st, array, depth + 1, index.chunk_range(tuple(local)))
+            except CorruptShard:
+                inner = _all_local(tuple(below))
+            parts.append(local * below + inner)
+        return np.concatenate(parts) if parts else np.empty((0, array.ndim), dtype=np.int64)
+
+    def index(self, shard_key: str, st: os.stat_result, fmt: IndexFormat, region: tuple[int, int]) -> ShardIndex:
+        """The decoded index of the shard occupying ``region`` of the file. Raises CorruptShard."""
+        cache_key = (shard_key,) + version(st) + region
+        cached = self._indexes.get(cache_key)
+        if cached is None:
+            cached = self._read_index(shard_key, st, fmt, region)
+            self._indexes.put(cache_key, cached)
+        if isinstance(cached, CorruptShard):
+            raise cached
+        return cached
+
+    def _read_index(self, shard_key, st, fmt: IndexFormat, region) -> ShardIndex | CorruptShard:
+        base, nbytes = region
+        where = f"shard {shard_key}" + (f" (nested shard at byte {base})" if base or nbytes != st.st_size else "")
+        try:
+            offset = fmt.index_offset(nbytes)
+            raw = self._pread_unchanged(shard_key, st, fmt.nbytes, base + offset)
+            index = fmt.decode(raw, nbytes, base)
+        except CorruptShard as error:
+            log.error("%s is corrupt: %s; its chunks read as EIO", where, error)
+            return error
+        if index.invalid_count():
+            log.error("%s: %d index entries point outside the payload; those chunks read as EIO",
+                      where, index.invalid_count())
+        return index
+
+    def _pread_unchanged(self, key: str, st: os.stat_result, size: int, offset: int) -> bytes:
+        fd = self.store.open(key)
+        try:
+            if version(os.fstat(fd)) != version(st):
+                raise ShardChanged(key)
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+
+
+def _cache_weight(entry) -> int:
+    return entry.nbytes if isinstance(entry, ShardIndex) else 256
+
+
+def _all_local(chunks_per_shard: tuple[int, ...]) -> np.ndarray:
+    if not chunks_per_shard:  # a 0-d array: one chunk with no coordinates
+        return np.zeros((1, 0), dtype=np.int64)
+    grid = np.indices(chunks_per_shard).reshape(len(chunks_per_shard), -1).T
+    return grid.astype(np.int64)

@@ -1,0 +1,1 @@
+"""Backing stores: where shards, metadata and plain files really live."""
