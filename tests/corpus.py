@@ -63,7 +63,8 @@ class Case:
 
     The first seven fields are the public contract; the rest describe the outermost
     shard layout so tests can take shard files apart without parsing zarr.json.
-    Arrays and dicts are excluded from comparison so a Case stays hashable by name.
+    `expected` and the other unhashable fields are left out of ==/hash, so Cases can
+    go in sets and dict keys.
     """
 
     name: str
@@ -121,7 +122,7 @@ class Case:
 
 
 def arrays_equal(a, b) -> bool:
-    """Shape, dtype-kind-agnostic value equality where NaN equals NaN."""
+    """Same shape and values (dtypes not compared), NaN equal to NaN."""
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
         return False
