@@ -53,12 +53,11 @@ def test_the_original_document_is_not_modified():
     assert doc == before
 
 
-@pytest.mark.parametrize("doc", [
-    {"zarr_format": 3, "node_type": "group", "attributes": {}},
-    array_doc(codecs=INNER),
-])
-def test_groups_and_unsharded_arrays_are_shown_as_they_are(doc):
-    assert parse_array_document(doc) is None
+def test_groups_have_no_layout_and_unsharded_arrays_no_levels():
+    assert parse_array_document({"zarr_format": 3, "node_type": "group", "attributes": {}}) is None
+    layout = parse_array_document(array_doc(codecs=INNER))
+    assert not layout.is_sharded and layout.chunk_shape == layout.shard_shape == (20, 30)
+    assert layout.chunks_per_shard == (1, 1) and layout.local_coords((3, 1)) == []
 
 
 def test_nested_sharding_is_flattened_to_the_innermost_chunks():

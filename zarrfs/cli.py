@@ -31,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="stay in the foreground (systemd, debugging); logs go to stderr")
     mount_cmd.add_argument("--read-only", action="store_true", default=True,
                            help="refuse every write with EROFS (currently always the case)")
-    mount_cmd.add_argument("--view", choices=["v3"], default="v3",
-                           help="what readers see: v3 = unsharded Zarr v3 arrays (default)")
+    mount_cmd.add_argument("--view", choices=["v3", "v2"], default="v3",
+                           help="what readers see: v3 = unsharded Zarr v3 arrays (default); "
+                                "v2 = Zarr v2 metadata and chunk keys, for zarr-python 2 and other legacy readers")
     mount_cmd.add_argument("-o", dest="fuse_options", action="append", default=[], metavar="OPT[,OPT...]",
                            help="FUSE mount options, e.g. allow_other; generic mount options "
                                 "(rw, dev, suid, exec, defaults, nofail, ...) are ignored")

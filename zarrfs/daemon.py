@@ -68,6 +68,8 @@ def check_mount_arguments(options: MountOptions) -> None:
         raise MountError(f"store {options.store} does not exist")
     if not os.path.isdir(options.store):
         raise MountError(f"store {options.store} is not a directory")
+    if not os.path.exists(options.mountpoint):
+        raise MountError(f"mountpoint {options.mountpoint} does not exist")
     if not os.path.isdir(options.mountpoint):
         raise MountError(f"mountpoint {options.mountpoint} is not a directory")
     if os.path.ismount(options.mountpoint):
@@ -78,11 +80,19 @@ def check_mount_arguments(options: MountOptions) -> None:
         raise MountError(f"{FUSE_DEVICE} is missing: load the fuse kernel module (modprobe fuse)")
     if not shutil.which("fusermount3", path=os.environ.get("PATH", "") + ":/usr/bin:/bin"):
         raise MountError("fusermount3 is not installed (Debian: apt install fuse3)")
+    if options.log_file:
+        try:
+            with open(options.log_file, "a"):
+                pass
+        except OSError as error:
+            raise MountError(f"cannot open log file {options.log_file}: {error.strerror}") from None
 
 
 def mount(options: MountOptions) -> int:
     options.store = os.path.abspath(options.store)
     options.mountpoint = os.path.abspath(options.mountpoint)
+    if options.log_file:
+        options.log_file = os.path.abspath(options.log_file)  # the daemon leaves the working directory
     check_mount_arguments(options)
     if options.foreground:
         configure_logging(options, daemonized=False)
@@ -153,7 +163,7 @@ def serve(options: MountOptions, on_ready) -> int:
     """Mount, serve until unmounted or signalled, unmount. Returns an exit code."""
     store = LocalStore(options.store)
     started = time.time()
-    tree = ViewTree(store)
+    tree = ViewTree(store, options.view)
     operations = Operations(tree, options.timeout)
     tree.status_text = lambda: _status_text(options, operations, started)
     try:
@@ -256,7 +266,7 @@ def umount(mountpoint: str, timeout: float = 120.0) -> int:
         pid = int(read_status(mountpoint)["pid"])
         os.kill(pid, signal.SIGTERM)
     except (MountError, ProcessLookupError, KeyError, ValueError, PermissionError) as error:
-        log.warning("cannot signal the daemon (%s); unmounting directly", error)
+        print(f"zarrfs: cannot signal the daemon ({error}); unmounting directly", file=sys.stderr)
         return _fusermount_unmount(mountpoint)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,4 +1,4 @@
-"""Array metadata: which arrays are sharded, how, and what their unsharded view is.
+"""Array metadata: how an array's chunks lie in the store, and its unsharded view.
 
 Only the *structure* of the sharding codec is interpreted here (shard and chunk
 shapes, index format, key encoding). The inner codec chain is copied verbatim
@@ -26,11 +26,12 @@ class MetadataError(ValueError):
 
 
 @dataclass(frozen=True)
-class ShardedArray:
-    """A sharded array as the mount sees it.
+class ArrayLayout:
+    """Where an array's chunks are, as the mount sees it.
 
     ``levels`` describes each level of (possibly nested) sharding, outermost
     first; the view flattens them so that the innermost chunks are the files.
+    An unsharded array has no levels: each "shard" file is one whole chunk.
     """
 
     shape: tuple[int, ...]
@@ -39,6 +40,10 @@ class ShardedArray:
     levels: tuple[IndexFormat, ...]
     key_encoding: ChunkKeyEncoding
     view_document: dict  # the unsharded equivalent metadata
+
+    @property
+    def is_sharded(self) -> bool:
+        return bool(self.levels)
 
     @property
     def ndim(self) -> int:
@@ -85,11 +90,9 @@ class ShardedArray:
         return (json.dumps(self.view_document, indent=2) + "\n").encode()
 
 
-def parse_array_document(doc: object) -> ShardedArray | None:
-    """Interpret a parsed ``zarr.json``.
+def parse_array_document(doc: object) -> ArrayLayout | None:
+    """Interpret a parsed ``zarr.json``: an array's layout, or None for a group.
 
-    Returns the sharded array, or None when the document is valid Zarr v3
-    metadata of something zarrfs shows as it is (a group, an unsharded array).
     Raises MetadataError when the document is malformed, or sharded in a way
     zarrfs cannot serve.
     """
@@ -104,17 +107,48 @@ def parse_array_document(doc: object) -> ShardedArray | None:
     shape = _int_tuple(doc.get("shape"), "shape")
     chunk_shape = _regular_chunk_shape(doc.get("chunk_grid"), len(shape))
     codecs = _codec_list(doc.get("codecs"), "codecs")
+    key_encoding = _key_encoding(doc.get("chunk_key_encoding", "default"))
     if not any(name == SHARDING for name, _ in codecs):
-        return None
+        return ArrayLayout(shape, chunk_shape, chunk_shape, (), key_encoding, doc)
     levels, inner_shape, inner_codecs = _sharding_levels(codecs, chunk_shape)
-    try:
-        key_encoding = ChunkKeyEncoding.from_json(doc.get("chunk_key_encoding", "default"))
-    except KeyEncodingError as error:
-        raise MetadataError(str(error)) from None
     view = copy.deepcopy(doc)
     view["chunk_grid"] = {"name": "regular", "configuration": {"chunk_shape": list(inner_shape)}}
     view["codecs"] = inner_codecs
-    return ShardedArray(shape, chunk_shape, inner_shape, levels, key_encoding, view)
+    return ArrayLayout(shape, chunk_shape, inner_shape, levels, key_encoding, view)
+
+
+PROTOTYPE_KEYS = ("shard_format", "shards")
+
+
+def parse_v2_sharded(zarray: object) -> ArrayLayout | None:
+    """The layout of a ``.zarray`` in the Zarr v2 sharding prototype format, else None.
+
+    That format keeps the v2 metadata and adds ``"shard_format": "indexed"`` and
+    ``"shards"`` (chunks per shard); each shard ends with an index of
+    little-endian uint64 (offset, nbytes) pairs in C order, without checksum.
+    """
+    if not isinstance(zarray, dict) or "shard_format" not in zarray:
+        return None
+    if zarray["shard_format"] != "indexed":
+        raise MetadataError(f"unknown shard_format {zarray['shard_format']!r}")
+    shape = _int_tuple(zarray.get("shape"), "shape")
+    chunks = _int_tuple(zarray.get("chunks"), "chunks")
+    per_shard = _int_tuple(zarray.get("shards"), "shards")
+    if not (len(shape) == len(chunks) == len(per_shard)) or 0 in chunks or 0 in per_shard:
+        raise MetadataError(f"shape {shape}, chunks {chunks} and shards {per_shard} do not fit together")
+    separator = zarray.get("dimension_separator") or "."
+    key_encoding = _key_encoding({"name": "v2", "configuration": {"separator": separator}})
+    view = {k: v for k, v in zarray.items() if k not in PROTOTYPE_KEYS}
+    level = IndexFormat(per_shard, "little", False, "end")
+    shard_shape = tuple(c * n for c, n in zip(chunks, per_shard))
+    return ArrayLayout(shape, shard_shape, chunks, (level,), key_encoding, view)
+
+
+def _key_encoding(doc) -> ChunkKeyEncoding:
+    try:
+        return ChunkKeyEncoding.from_json(doc)
+    except KeyEncodingError as error:
+        raise MetadataError(str(error)) from None
 
 
 def _sharding_levels(codecs, shard_shape):

@@ -9,7 +9,6 @@ A corrupt shard is cached too: it is logged once per version, not per read.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import stat
@@ -17,15 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..format.metadata import MetadataError, ShardedArray, parse_array_document
+from ..format.metadata import ArrayLayout
 from ..format.shard_index import CorruptEntry, CorruptShard, IndexFormat, ShardIndex
 from ..store.local import LocalStore
 from .lru import LRU
 
 log = logging.getLogger("zarrfs")
-
-METADATA_NAME = "zarr.json"
-
 
 def version(st: os.stat_result) -> tuple[int, int, int]:
     """What identifies one version of a backing file."""
@@ -52,41 +48,6 @@ class ShardChanged(Exception):
     """The shard was replaced between our stat and our read; look again."""
 
 
-class Arrays:
-    """Parsed array metadata per directory, revalidated by the metadata file's stat."""
-
-    def __init__(self, store: LocalStore, capacity: int = 4096):
-        self.store = store
-        self._cache: LRU[tuple] = LRU(capacity)
-
-    def sharded(self, dir_key: str) -> ShardedArray | None:
-        """The sharded array stored in ``dir_key``, or None if it is anything else."""
-        meta_key = join(dir_key, METADATA_NAME)
-        try:
-            st = self.store.stat(meta_key)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        cached = self._cache.get(dir_key)
-        if cached is not None and cached[0] == version(st):
-            return cached[1]
-        array = self._parse(meta_key)
-        self._cache.put(dir_key, (version(st), array))
-        return array
-
-    def metadata_stat(self, dir_key: str) -> os.stat_result:
-        return self.store.stat(join(dir_key, METADATA_NAME))
-
-    def _parse(self, meta_key: str) -> ShardedArray | None:
-        try:
-            return parse_array_document(json.loads(self.store.read(meta_key)))
-        except (ValueError, UnicodeDecodeError, MetadataError) as error:
-            log.warning("%s: %s; showing its directory as plain files", meta_key, error)
-            return None
-        except OSError as error:
-            log.warning("%s: cannot read (%s); showing its directory as plain files", meta_key, error)
-            return None
-
-
 class Shards:
     """Locates inner chunks in shards, reading and caching shard indexes."""
 
@@ -98,7 +59,7 @@ class Shards:
     def cache(self) -> LRU:
         return self._indexes
 
-    def shard_key(self, array_key: str, array: ShardedArray, shard_coords: tuple[int, ...]) -> str:
+    def shard_key(self, array_key: str, array: ArrayLayout, shard_coords: tuple[int, ...]) -> str:
         return join(array_key, array.key_encoding.encode(shard_coords))
 
     def stat_shard(self, shard_key: str) -> os.stat_result | None:
@@ -109,7 +70,7 @@ class Shards:
             return None
         return st if stat.S_ISREG(st.st_mode) else None
 
-    def locate(self, array_key: str, array: ShardedArray, coords: tuple[int, ...]) -> ChunkLocation | None:
+    def locate(self, array_key: str, array: ArrayLayout, coords: tuple[int, ...]) -> ChunkLocation | None:
         """Where the chunk's bytes are, or None if it is absent. Raises CorruptShard."""
         shard_key = self.shard_key(array_key, array, array.shard_of(coords))
         for _ in range(3):
@@ -131,7 +92,7 @@ class Shards:
                 return None
         return ChunkLocation(shard_key, st, *region)
 
-    def present_chunks(self, array_key: str, array: ShardedArray, shard_coords: tuple[int, ...]) -> np.ndarray:
+    def present_chunks(self, array_key: str, array: ArrayLayout, shard_coords: tuple[int, ...]) -> np.ndarray:
         """Global coordinates (n, ndim) of the chunks a shard holds, within the grid.
 
         A chunk of a corrupt shard is listed whenever it may be there, so that
@@ -145,12 +106,15 @@ class Shards:
         try:
             local = self._present_below(shard_key, st, array, 0, (0, st.st_size))
         except (CorruptShard, ShardChanged):
+            # A chunk of a corrupt shard is listed whenever it may be there.
             local = _all_local(array.chunks_per_shard)
         coords = local + origin
         inside = np.all(coords < np.array(array.chunk_grid, dtype=np.int64), axis=1)
         return coords[inside]
 
     def _present_below(self, shard_key, st, array, depth, region) -> np.ndarray:
+        if not array.is_sharded:  # the file is the one chunk
+            return np.zeros((1, array.ndim), dtype=np.int64)
         index = self.index(shard_key, st, array.levels[depth], region)
         present = index.present().astype(np.int64)
         if depth == len(array.levels) - 1:

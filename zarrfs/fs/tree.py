@@ -3,8 +3,9 @@
 Every view path maps to a node:
 
     Plain          a backing path shown as it is (file, directory, symlink)
-    ArrayDir       a backing directory holding a sharded array
-    ArrayMetadata  its zarr.json, rewritten as the unsharded equivalent
+    ZarrDir        a backing directory the view presents (fs/views.py): an array
+                   whose chunks are remapped, or a group with translated metadata
+    MetadataFile   one of its metadata files, made by the view
     KeyDir         a directory level of chunk keys (``c``, ``c/3`` under ``/`` keys)
     Chunk          one present inner chunk, a byte range of a shard
     ControlDir     the hidden ``.zarrfs`` directory, and StatusFile in it
@@ -22,11 +23,13 @@ import stat
 from dataclasses import dataclass, replace
 from typing import Callable
 
+import crc32c
+
 from ..format.keys import parse_index
-from ..format.metadata import ShardedArray
-from ..format.shard_index import CorruptShard
+from ..format.shard_index import CHECKSUM_NBYTES, CorruptShard
 from ..store.local import LocalStore
-from .shards import METADATA_NAME, Arrays, Shards, join, version
+from .shards import Shards, join, version
+from .views import DirView, Views
 
 RESERVED_PREFIX = ".zarrfs"  # our control directory and scratch files: never listed
 CONTROL_DIR = ".zarrfs"
@@ -44,13 +47,14 @@ class Plain(Node):
 
 
 @dataclass(frozen=True)
-class ArrayDir(Node):
+class ZarrDir(Node):
     pass
 
 
 @dataclass(frozen=True)
-class ArrayMetadata(Node):
-    array: str
+class MetadataFile(Node):
+    dir: str
+    name: str
 
 
 @dataclass(frozen=True)
@@ -129,11 +133,11 @@ class Bytes:
 
 
 class ViewTree:
-    """What the mount shows (the v3 view), computed from the backing store."""
+    """What the mount shows (the v3 or the v2 view), computed from the backing store."""
 
-    def __init__(self, store: LocalStore, status_text: Callable[[], str] = lambda: ""):
+    def __init__(self, store: LocalStore, view: str = "v3", status_text: Callable[[], str] = lambda: ""):
         self.store = store
-        self.arrays = Arrays(store)
+        self.views = Views(store, view)
         self.shards = Shards(store)
         self.status_text = status_text
 
@@ -144,22 +148,24 @@ class ViewTree:
 
     def lookup(self, parent: Node, name: str) -> Node | None:
         """The child ``name`` of ``parent``, or None if there is none."""
-        if isinstance(parent, (Plain, ArrayDir)) and parent.path == "" and name == CONTROL_DIR:
+        if isinstance(parent, (Plain, ZarrDir)) and parent.path == "" and name == CONTROL_DIR:
             return ControlDir(CONTROL_DIR)
         if isinstance(parent, ControlDir):
             return StatusFile(join(parent.path, STATUS_FILE)) if name == STATUS_FILE else None
         if name.startswith(RESERVED_PREFIX):
             return None
         if isinstance(parent, KeyDir):
-            array = self.arrays.sharded(parent.array)
-            return self._key_lookup(parent.array, array, parent.parts + (name,)) if array else None
-        array = self.arrays.sharded(parent.path) if isinstance(parent, ArrayDir) else None
-        if array is None:
+            view = self._array_view(parent.array)
+            return self._key_lookup(parent.array, view, parent.parts + (name,)) if view else None
+        view = self.views.of(parent.path) if isinstance(parent, ZarrDir) else None
+        if view is None:
             return self._backing_child(parent.path, name)
-        if name == METADATA_NAME:
-            return ArrayMetadata(join(parent.path, name), parent.path)
-        if array.key_encoding.decode_prefix((name,), array.ndim) is not None:
-            return self._key_lookup(parent.path, array, (name,))
+        if name in view.metadata:
+            return MetadataFile(join(parent.path, name), parent.path, name)
+        if name in view.hidden:
+            return None
+        if view.keys and view.keys.decode_prefix((name,), view.array.ndim) is not None:
+            return self._key_lookup(parent.path, view, (name,))
         return self._backing_child(parent.path, name)
 
     def children(self, node: Node) -> list[tuple[str, Node]]:
@@ -167,17 +173,26 @@ class ViewTree:
         if isinstance(node, ControlDir):
             return [(STATUS_FILE, StatusFile(join(node.path, STATUS_FILE)))]
         if isinstance(node, KeyDir):
-            array = self.arrays.sharded(node.array)
-            return self._key_children(node.array, array, node.parts) if array else []
-        array = self.arrays.sharded(node.path) if isinstance(node, ArrayDir) else None
+            view = self._array_view(node.array)
+            return self._key_children(node.array, view, node.parts) if view else []
+        view = self.views.of(node.path) if isinstance(node, ZarrDir) else None
         names = [n for n in self.store.listdir(node.path) if not n.startswith(RESERVED_PREFIX)]
-        if array is None:
+        if view is None:
             return [(n, self._backing_node(join(node.path, n))) for n in names]
-        in_namespace = lambda n: array.key_encoding.decode_prefix((n,), array.ndim) is not None
         entries = [(n, self._backing_node(join(node.path, n)))
-                   for n in names if n != METADATA_NAME and not in_namespace(n)]
-        entries.append((METADATA_NAME, ArrayMetadata(join(node.path, METADATA_NAME), node.path)))
-        return entries + self._key_children(node.path, array, ())
+                   for n in names if n not in view.hidden and n not in view.metadata and not self._is_key(view, n)]
+        entries += [(n, MetadataFile(join(node.path, n), node.path, n)) for n in view.metadata]
+        if view.array is not None:
+            entries += self._key_children(node.path, view, ())
+        return entries
+
+    @staticmethod
+    def _is_key(view: DirView, name: str) -> bool:
+        """Whether ``name`` lies in the array's chunk key namespace (backing or view)."""
+        if view.array is None:
+            return False
+        ndim = view.array.ndim
+        return any(k.decode_prefix((name,), ndim) is not None for k in (view.keys, view.array.key_encoding))
 
     def _backing_child(self, dir_key: str, name: str) -> Node | None:
         key = join(dir_key, name)
@@ -188,73 +203,77 @@ class ViewTree:
         return self._backing_node(key)
 
     def _backing_node(self, key: str) -> Node:
-        return ArrayDir(key) if self.arrays.sharded(key) else Plain(key)
+        return ZarrDir(key) if self.views.of(key) else Plain(key)
 
-    # -- the chunk key namespace of a sharded array ------------------------
+    # -- the chunk key namespace of an array --------------------------------
+    # View names (parts, view.keys) map to chunk coordinates; backing shard
+    # keys use the array's own encoding (view.array.key_encoding).
 
-    def _key_lookup(self, array_key: str, array: ShardedArray, parts: tuple[str, ...]) -> Node | None:
-        encoding = array.key_encoding
-        coords = encoding.decode_prefix(parts, array.ndim)
+    def _key_lookup(self, array_key: str, view: DirView, parts: tuple[str, ...]) -> Node | None:
+        array = view.array
+        coords = view.keys.decode_prefix(parts, array.ndim)
         if coords is None:
             return None
         path = join(array_key, *parts)
-        if len(parts) == encoding.depth(array.ndim):
+        if len(parts) == view.keys.depth(array.ndim):
             if array.in_grid(coords) and self.shards.locate(array_key, array, coords):
                 return Chunk(path, array_key, coords)
             return None
         if any(i >= n for i, n in zip(coords, array.chunk_grid)):
             return None
-        if not os.path.isdir(self.store.path(self._shard_dir(array_key, array, coords))):
+        if not os.path.isdir(self.store.path(self._shard_dir(array_key, view, coords))):
             return None
         return KeyDir(path, array_key, parts)
 
-    def _key_children(self, array_key: str, array: ShardedArray, parts: tuple[str, ...]) -> list[tuple[str, Node]]:
-        encoding = array.key_encoding
-        depth = encoding.depth(array.ndim)
+    def _key_children(self, array_key: str, view: DirView, parts: tuple[str, ...]) -> list[tuple[str, Node]]:
+        array = view.array
+        depth = view.keys.depth(array.ndim)
         if depth == 1:  # every key is a file name in the array directory
-            return self._chunk_entries(array_key, array, self._flat_shards(array_key, array))
-        if encoding.name == "default" and not parts:
-            return self._listed_dirs(array_key, array, [("c",)])
-        coords = encoding.decode_prefix(parts, array.ndim) if parts else ()
+            return self._chunk_entries(array_key, view, self._flat_shards(array_key, view))
+        if view.keys.name == "default" and not parts:
+            return self._listed_dirs(array_key, view, [("c",)])
+        coords = view.keys.decode_prefix(parts, array.ndim) if parts else ()
         axis = len(coords)
-        shard_prefix = array.shard_of(coords)
         try:
-            listed = self.store.listdir(self._shard_dir(array_key, array, coords))
+            listed = self.store.listdir(self._shard_dir(array_key, view, coords))
         except (FileNotFoundError, NotADirectoryError):
             return []
         shard_indices = sorted(s for s in map(parse_index, listed) if s is not None and s < array.shard_grid[axis])
         if len(parts) + 1 == depth:
+            shard_prefix = array.shard_of(coords)
             shards = [shard_prefix + (s,) for s in shard_indices]
-            return self._chunk_entries(array_key, array, shards, leaf_of=coords)
+            return self._chunk_entries(array_key, view, shards, leaf_of=coords)
         per_shard = array.chunks_per_shard[axis]
         children = [parts + (str(i),)
                     for s in shard_indices
                     for i in range(s * per_shard, min((s + 1) * per_shard, array.chunk_grid[axis]))]
-        return self._listed_dirs(array_key, array, children)
+        return self._listed_dirs(array_key, view, children)
 
-    def _listed_dirs(self, array_key, array, children: list[tuple[str, ...]]) -> list[tuple[str, Node]]:
-        nodes = (self._key_lookup(array_key, array, parts) for parts in children)
+    def _listed_dirs(self, array_key, view, children: list[tuple[str, ...]]) -> list[tuple[str, Node]]:
+        nodes = (self._key_lookup(array_key, view, parts) for parts in children)
         return [(node.parts[-1], node) for node in nodes if node is not None]
 
-    def _chunk_entries(self, array_key, array, shards, leaf_of: tuple[int, ...] | None = None):
+    def _chunk_entries(self, array_key, view, shards, leaf_of: tuple[int, ...] | None = None):
         """Entries for the present chunks of ``shards`` (those under ``leaf_of``, if given)."""
         entries = []
         for shard_coords in shards:
-            for coords in self.shards.present_chunks(array_key, array, shard_coords):
+            for coords in self.shards.present_chunks(array_key, view.array, shard_coords):
                 coords = tuple(int(i) for i in coords)
                 if leaf_of is not None and coords[: len(leaf_of)] != leaf_of:
                     continue
-                parts = array.key_encoding.components(coords)
+                parts = view.keys.components(coords)
                 entries.append((parts[-1], Chunk(join(array_key, *parts), array_key, coords)))
         return entries
 
-    def _flat_shards(self, array_key: str, array: ShardedArray) -> list[tuple[int, ...]]:
+    def _flat_shards(self, array_key: str, view: DirView) -> list[tuple[int, ...]]:
         """Shard coordinates of every shard file of a ``.``-separated (or 0-d) array."""
+        array = view.array
         decoded = (array.key_encoding.decode_prefix((n,), array.ndim) for n in self.store.listdir(array_key))
         return [c for c in decoded if c is not None and all(i < n for i, n in zip(c, array.shard_grid))]
 
-    def _shard_dir(self, array_key: str, array: ShardedArray, coords: tuple[int, ...]) -> str:
+    def _shard_dir(self, array_key: str, view: DirView, coords: tuple[int, ...]) -> str:
         """The backing directory of the shards under a chunk-coordinate prefix."""
+        array = view.array
         return join(array_key, *array.key_encoding.prefix_components(array.shard_of(coords)))
 
     # -- attributes and content --------------------------------------------
@@ -263,16 +282,17 @@ class ViewTree:
         """Raises OSError (e.g. ENOENT when the node has gone) or CorruptShard."""
         if isinstance(node, Plain):
             return Attributes.of(self.store.lstat(node.path))
-        if isinstance(node, ArrayDir):
+        if isinstance(node, ZarrDir):
             return Attributes.of(self.store.stat(node.path))
-        if isinstance(node, ArrayMetadata):
-            array = self._array_or_gone(node.array)
-            return Attributes.of(self.arrays.metadata_stat(node.array)).as_file(len(array.view_bytes()))
+        if isinstance(node, MetadataFile):
+            data, source = self._metadata_or_gone(node)
+            return Attributes.of(self.store.stat(join(node.dir, source))).as_file(len(data))
         if isinstance(node, KeyDir):
             return Attributes.of(self.store.stat(node.array)).as_directory()
         if isinstance(node, Chunk):
-            location = self._locate_or_gone(node)
-            return Attributes.of(location.shard_stat).as_file(location.length)
+            view, location = self._locate_or_gone(node)
+            size = location.length - (CHECKSUM_NBYTES if view.strip_crc else 0)
+            return Attributes.of(location.shard_stat).as_file(max(size, 0))
         if isinstance(node, ControlDir):
             return Attributes.of(self.store.stat("")).as_directory()
         if isinstance(node, StatusFile):
@@ -286,16 +306,16 @@ class ViewTree:
         try:
             return self.attributes(node)
         except CorruptShard:
-            array = self._array_or_gone(node.array)
+            array = self._array_view(node.array).array
             shard_key = self.shards.shard_key(node.array, array, array.shard_of(node.coords))
             return Attributes.of(self.store.stat(shard_key)).as_file(0)
 
     def open(self, node: Node) -> FileRange | Bytes:
         if isinstance(node, Chunk):
             return self._open_chunk(node)
-        if isinstance(node, ArrayMetadata):
-            array = self._array_or_gone(node.array)
-            return Bytes(array.view_bytes(), version(self.arrays.metadata_stat(node.array)))
+        if isinstance(node, MetadataFile):
+            data, _ = self._metadata_or_gone(node)
+            return Bytes(data, (hash(data),))
         if isinstance(node, StatusFile):
             return Bytes(self.status_text().encode(), ())
         if isinstance(node, Plain):
@@ -304,29 +324,49 @@ class ViewTree:
             return FileRange(fd, 0, 2**63 - 1, version(st))
         raise OSError(errno.EISDIR, node.path)
 
-    def _open_chunk(self, node: Chunk) -> FileRange:
+    def _open_chunk(self, node: Chunk) -> FileRange | Bytes:
         for _ in range(3):
-            location = self._locate_or_gone(node)
+            view, location = self._locate_or_gone(node)
             fd = self.store.open(location.shard_key)
-            if version(os.fstat(fd)) == version(location.shard_stat):
-                return FileRange(fd, location.offset, location.length, location.version)
-            os.close(fd)  # replaced between our index read and the open: look again
+            if version(os.fstat(fd)) != version(location.shard_stat):
+                os.close(fd)  # replaced between our index read and the open: look again
+                continue
+            content = FileRange(fd, location.offset, location.length, location.version)
+            return self._verified_without_crc(node, content) if view.strip_crc else content
         raise OSError(errno.EAGAIN, f"shard {location.shard_key} keeps changing")
+
+    def _verified_without_crc(self, node: Chunk, content: FileRange) -> Bytes:
+        """The v2 view serves chunks without their trailing crc32c, once it matches."""
+        try:
+            data = content.read(0, content.length)
+        finally:
+            content.close()
+        body, stored = data[:-CHECKSUM_NBYTES], data[-CHECKSUM_NBYTES:]
+        if len(data) < CHECKSUM_NBYTES or crc32c.crc32c(body).to_bytes(CHECKSUM_NBYTES, "little") != stored:
+            raise CorruptShard(f"{node.path}: chunk crc32c mismatch")
+        return Bytes(body, content.version)
 
     def readlink(self, node: Node) -> str:
         if not isinstance(node, Plain):
             raise OSError(errno.EINVAL, node.path)
         return self.store.readlink(node.path)
 
-    def _array_or_gone(self, array_key: str) -> ShardedArray:
-        array = self.arrays.sharded(array_key)
-        if array is None:
-            raise OSError(errno.ENOENT, f"{array_key} is no longer a sharded array")
-        return array
+    def _array_view(self, array_key: str) -> DirView | None:
+        view = self.views.of(array_key)
+        return view if view is not None and view.array is not None else None
+
+    def _metadata_or_gone(self, node: MetadataFile) -> tuple[bytes, str]:
+        """The file's bytes and the name of the backing metadata file they come from."""
+        view = self.views.of(node.dir)
+        if view is None or node.name not in view.metadata:
+            raise OSError(errno.ENOENT, f"{node.path} is gone")
+        return view.metadata[node.name], min(view.hidden)
 
     def _locate_or_gone(self, node: Chunk):
-        array = self._array_or_gone(node.array)
-        location = self.shards.locate(node.array, array, node.coords)
+        view = self._array_view(node.array)
+        if view is None:
+            raise OSError(errno.ENOENT, f"{node.array} is no longer an array zarrfs presents")
+        location = self.shards.locate(node.array, view.array, node.coords)
         if location is None:
             raise OSError(errno.ENOENT, f"{node.path} is no longer present")
-        return location
+        return view, location

@@ -1,0 +1,128 @@
+"""How each backing directory holding Zarr metadata is presented: the v3 and v2 views.
+
+A ``DirView`` says which metadata files the view shows instead of the backing
+ones, and, for arrays, how chunk keys are named. Directories without one are
+shown as they are. Per directory the result is cached and revalidated by the
+``stat`` of the metadata files it came from.
+
+                     v3 view                          v2 view
+sharded v3 array     zarr.json unsharded, chunks      .zarray/.zattrs, v2 chunk keys
+unsharded v3 array   as it is                         .zarray/.zattrs, v2 chunk keys
+v3 group             as it is                         .zgroup/.zattrs
+v2 sharding proto.   .zarray without shard keys, chunks (both views)
+plain v2 array/group as it is                         as it is
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+
+from ..format.keys import ChunkKeyEncoding
+from ..format.metadata import ArrayLayout, MetadataError, parse_array_document, parse_v2_sharded
+from ..format.v2 import NoV2Equivalent, dumps, group_v3_to_v2, v3_to_v2
+from ..store.local import LocalStore
+from .lru import LRU
+
+log = logging.getLogger("zarrfs")
+
+V3_METADATA = "zarr.json"
+V2_ARRAY = ".zarray"
+VIEWS = ("v3", "v2")
+
+
+@dataclass(frozen=True)
+class DirView:
+    metadata: dict[str, bytes]  # the view's metadata files, by name
+    hidden: frozenset[str]  # backing files they stand in for
+    array: ArrayLayout | None = None  # set when chunk keys are remapped
+    keys: ChunkKeyEncoding | None = None  # how the view names chunks
+    strip_crc: bool = False  # verify and strip a trailing crc32c per chunk
+    problem: str | None = field(default=None, compare=False)  # why the view is incomplete
+
+
+def version_of(st) -> tuple | None:
+    return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class Views:
+    """The DirView of each directory, for one view ("v3" or "v2")."""
+
+    def __init__(self, store: LocalStore, view: str = "v3", capacity: int = 4096):
+        if view not in VIEWS:
+            raise ValueError(f"unknown view {view!r}")
+        self.store = store
+        self.view = view
+        self._cache: LRU[tuple] = LRU(capacity)
+
+    def of(self, dir_key: str) -> DirView | None:
+        """The view of ``dir_key``, or None when it is shown as it is."""
+        source = self._metadata_source(dir_key)
+        if source is None:
+            return None
+        cached = self._cache.get(dir_key)
+        if cached is not None and cached[0] == source:
+            return cached[1]
+        view = self._build(dir_key, source[0])
+        self._cache.put(dir_key, (source, view))
+        return view
+
+    def _metadata_source(self, dir_key: str) -> tuple | None:
+        """``(name, version)`` of the metadata file that decides the view."""
+        for name in (V3_METADATA, V2_ARRAY):
+            try:
+                st = self.store.stat(f"{dir_key}/{name}" if dir_key else name)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            return (name, version_of(st))
+        return None
+
+    def _build(self, dir_key: str, name: str) -> DirView | None:
+        meta_key = f"{dir_key}/{name}" if dir_key else name
+        try:
+            doc = json.loads(self.store.read(meta_key))
+            if name == V2_ARRAY:
+                return _prototype_view(parse_v2_sharded(doc))
+            layout = parse_array_document(doc)
+        except (ValueError, UnicodeDecodeError, MetadataError, OSError) as error:
+            log.warning("%s: %s; showing its directory as plain files", meta_key, error)
+            return None
+        if layout is None:
+            return _v2_group_view(doc) if self.view == "v2" else None
+        if self.view == "v2":
+            return _v2_array_view(dir_key or ".", layout)
+        if layout.is_sharded:
+            return DirView({V3_METADATA: _json_bytes(layout.view_document)}, frozenset({V3_METADATA}),
+                           layout, layout.key_encoding)
+        return None
+
+
+def _prototype_view(layout: ArrayLayout | None) -> DirView | None:
+    if layout is None:
+        return None  # a plain v2 array: shown as it is
+    return DirView({V2_ARRAY: dumps(layout.view_document)}, frozenset({V2_ARRAY}), layout, layout.key_encoding)
+
+
+def _v2_group_view(doc: dict) -> DirView:
+    files = {name: dumps(content) for name, content in group_v3_to_v2(doc).items()}
+    return DirView(files, frozenset({V3_METADATA}))
+
+
+def _v2_array_view(where: str, layout: ArrayLayout) -> DirView:
+    keys = ChunkKeyEncoding("v2", layout.key_encoding.separator)
+    try:
+        zarray, zattrs, strip_crc = v3_to_v2(layout.view_document, keys.separator)
+    except NoV2Equivalent as error:
+        log.warning("%s: no exact Zarr v2 equivalent (%s); shown without .zarray", where, error)
+        attributes = layout.view_document.get("attributes") or {}
+        files = {".zattrs": dumps(attributes)} if attributes else {}
+        return DirView(files, frozenset({V3_METADATA}), layout, keys, problem=str(error))
+    files = {V2_ARRAY: dumps(zarray)}
+    if zattrs:
+        files[".zattrs"] = dumps(zattrs)
+    return DirView(files, frozenset({V3_METADATA}), layout, keys, strip_crc)
+
+
+def _json_bytes(doc: dict) -> bytes:
+    return (json.dumps(doc, indent=2) + "\n").encode()
