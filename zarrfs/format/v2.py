@@ -179,7 +179,8 @@ def fill_to_v2(value, data_type: str):
     """A v3 fill value as zarr 2.18 writes it for the same dtype."""
     kind = V3_TO_NUMPY[data_type][0]
     if kind == "c":
-        return [_float_to_v2(part, data_type) for part in value]
+        parts = value if isinstance(value, list) else [value, 0.0]  # tolerate a bare real number
+        return [_float_to_v2(part, data_type) for part in parts]
     if kind == "f":
         return _float_to_v2(value, data_type)
     if kind == "b":
