@@ -117,6 +117,11 @@ class ShardIndex:
         """Local coordinates of every chunk the index lists (valid or not), shape (n, ndim)."""
         return np.argwhere(~self._absent)
 
+    def present_nbytes(self) -> np.ndarray:
+        """Sizes of the chunks ``present`` lists, in the same order (0 for invalid entries)."""
+        listed = ~self._absent
+        return np.where(self._valid[listed], self.entries[..., 1][listed], 0).astype(np.int64)
+
     def invalid_count(self) -> int:
         return int((~self._valid).sum())
 

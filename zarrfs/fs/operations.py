@@ -103,9 +103,9 @@ class Operations(pyfuse3.Operations):
     async def readdir(self, fh, start_id, token):
         listing = self._handles[fh]
         for position in range(start_id, len(listing)):
-            name, node = listing[position]
+            name, node, attributes = listing[position]
             try:
-                attributes = self.tree.listing_attributes(node)
+                attributes = attributes or self.tree.attributes(node)
             except FileNotFoundError:
                 continue  # gone since opendir
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(node, attributes), position + 1):

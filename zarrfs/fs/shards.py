@@ -44,6 +44,13 @@ class ChunkLocation:
         return version(self.shard_stat) + (self.offset, self.length)
 
 
+@dataclass(frozen=True)
+class ShardListing:
+    coords: np.ndarray  # (n, ndim) global chunk coordinates
+    nbytes: np.ndarray  # (n,) stored size of each chunk
+    shard_stat: os.stat_result | None
+
+
 class ShardChanged(Exception):
     """The shard was replaced between our stat and our read; look again."""
 
@@ -93,41 +100,48 @@ class Shards:
         return ChunkLocation(shard_key, st, *region)
 
     def present_chunks(self, array_key: str, array: ArrayLayout, shard_coords: tuple[int, ...]) -> np.ndarray:
-        """Global coordinates (n, ndim) of the chunks a shard holds, within the grid.
+        """Global coordinates (n, ndim) of the chunks a shard holds, within the grid."""
+        return self.shard_listing(array_key, array, shard_coords).coords
 
-        A chunk of a corrupt shard is listed whenever it may be there, so that
-        reading it fails loudly (EIO) instead of looking absent (fill value).
+    def shard_listing(self, array_key: str, array: ArrayLayout, shard_coords: tuple[int, ...]) -> ShardListing:
+        """The chunks a shard holds (within the grid), with their sizes.
+
+        A chunk of a corrupt shard is listed whenever it may be there (size 0),
+        so that reading it fails loudly (EIO) instead of looking absent.
         """
         shard_key = self.shard_key(array_key, array, shard_coords)
         st = self.stat_shard(shard_key)
         if st is None:
-            return np.empty((0, array.ndim), dtype=np.int64)
+            return ShardListing(np.empty((0, array.ndim), dtype=np.int64), np.empty(0, dtype=np.int64), None)
         origin = np.array(shard_coords, dtype=np.int64) * array.chunks_per_shard
         try:
-            local = self._present_below(shard_key, st, array, 0, (0, st.st_size))
+            local, nbytes = self._present_below(shard_key, st, array, 0, (0, st.st_size))
         except (CorruptShard, ShardChanged):
-            # A chunk of a corrupt shard is listed whenever it may be there.
             local = _all_local(array.chunks_per_shard)
+            nbytes = np.zeros(len(local), dtype=np.int64)
         coords = local + origin
         inside = np.all(coords < np.array(array.chunk_grid, dtype=np.int64), axis=1)
-        return coords[inside]
+        return ShardListing(coords[inside], nbytes[inside], st)
 
-    def _present_below(self, shard_key, st, array, depth, region) -> np.ndarray:
+    def _present_below(self, shard_key, st, array, depth, region) -> tuple[np.ndarray, np.ndarray]:
+        """Local coordinates and sizes of the innermost chunks below ``region``."""
         if not array.is_sharded:  # the file is the one chunk
-            return np.zeros((1, array.ndim), dtype=np.int64)
+            return np.zeros((1, array.ndim), dtype=np.int64), np.array([st.st_size], dtype=np.int64)
         index = self.index(shard_key, st, array.levels[depth], region)
         present = index.present().astype(np.int64)
         if depth == len(array.levels) - 1:
-            return present
+            return present, index.present_nbytes()
         below = np.array(array.chunks_below(depth), dtype=np.int64)
-        parts = []
+        coords, sizes = [np.empty((0, array.ndim), dtype=np.int64)], [np.empty(0, dtype=np.int64)]
         for local in present:
             try:
-                inner = self._present_below(shard_key, st, array, depth + 1, index.chunk_range(tuple(local)))
+                inner, nbytes = self._present_below(shard_key, st, array, depth + 1, index.chunk_range(tuple(local)))
             except CorruptShard:
                 inner = _all_local(tuple(below))
-            parts.append(local * below + inner)
-        return np.concatenate(parts) if parts else np.empty((0, array.ndim), dtype=np.int64)
+                nbytes = np.zeros(len(inner), dtype=np.int64)
+            coords.append(local * below + inner)
+            sizes.append(nbytes)
+        return np.concatenate(coords), np.concatenate(sizes)
 
     def index(self, shard_key: str, st: os.stat_result, fmt: IndexFormat, region: tuple[int, int]) -> ShardIndex:
         """The decoded index of the shard occupying ``region`` of the file. Raises CorruptShard."""
