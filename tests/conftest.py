@@ -72,24 +72,24 @@ class Mounter:
                     force_unmount(m.path)
 
 
-@pytest.fixture
-def mount(tmp_path_factory):
-    """``mount(store, *options) -> Mount``; every mount is undone at teardown."""
+def _mounts(tmp_path_factory):
     mounter = Mounter(tmp_path_factory)
     try:
         yield mounter
     finally:
         mounter.close()
+
+
+@pytest.fixture
+def mount(tmp_path_factory):
+    """``mount(store, *options) -> Mount``; every mount is undone at teardown."""
+    yield from _mounts(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def module_mount(tmp_path_factory):
     """Like ``mount``, for mounts that a whole test module shares."""
-    mounter = Mounter(tmp_path_factory)
-    try:
-        yield mounter
-    finally:
-        mounter.close()
+    yield from _mounts(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
