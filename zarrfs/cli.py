@@ -8,8 +8,9 @@ import sys
 
 from . import __version__
 from .daemon import DEFAULT_TIMEOUT, MountError, MountOptions, mount, read_status, umount
+from .info import DEFAULT_JOBS, run_info
 
-COMMANDS = ("mount", "umount", "status")
+COMMANDS = ("mount", "umount", "status", "info")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     status_cmd = commands.add_parser("status", help="print the daemon's status for MOUNTPOINT")
     status_cmd.add_argument("mountpoint", metavar="MOUNTPOINT")
+
+    info_cmd = commands.add_parser(
+        "info", help="summarize STORE: arrays, shards, chunks, files saved, v2-translatable?",
+        description="Per array of STORE: shape, data type, chunk and shard shapes, shard files and "
+                    "present inner chunks, backing files versus files in the v3 view, and whether the "
+                    "v2 view can show it (or why not). Reads shard indexes only, never chunk data.",
+    )
+    info_cmd.add_argument("store", metavar="STORE")
+    info_cmd.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    info_cmd.add_argument("-j", "--jobs", type=int, default=DEFAULT_JOBS, metavar="N",
+                          help=f"shard indexes read concurrently (default {DEFAULT_JOBS})")
     return parser
 
 
@@ -70,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             print(json.dumps(read_status(args.mountpoint), indent=2))
             return 0
+        if args.command == "info":
+            return run_info(args.store, as_json=args.json, jobs=args.jobs)
     except MountError as error:
         print(f"zarrfs: error: {error}", file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ them to ``decode``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import crc32c
@@ -41,7 +42,7 @@ class IndexFormat:
 
     @property
     def n_chunks(self) -> int:
-        return int(np.prod(self.chunks_per_shard, dtype=np.int64))
+        return math.prod(self.chunks_per_shard)
 
     @property
     def nbytes(self) -> int:
