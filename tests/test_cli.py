@@ -286,7 +286,8 @@ def test_mount_returns_once_the_mount_answers(store, mnt):
     assert os.stat(mnt).st_dev != os.stat(mnt.parent).st_dev
     meta = json.loads((mnt / "zarr.json").read_text())
     assert meta["shape"] == [20, 20]
-    assert {"ro", "default_permissions"} <= fuse_options(mnt)
+    assert "default_permissions" in fuse_options(mnt)
+    assert "ro" not in fuse_options(mnt)  # writable unless --read-only
 
     pid = status_of(mnt)["pid"]
     assert alive(pid)
@@ -492,7 +493,9 @@ def test_status_command(store, mount):
     assert status["mountpoint"] == str(m.path)
     assert status["view"] == "v3"
     assert isinstance(status["pid"], int) and alive(status["pid"])
-    assert status["read_only"] is True
+    assert status["read_only"] is False
+    read_only = mount(store, "--read-only").status()
+    assert read_only["read_only"] is True
 
 
 def test_status_of_a_non_mount(tmp_path):
@@ -511,8 +514,8 @@ def test_control_dir_is_hidden_but_readable(store, mount):
     assert status["store"] == str(store)
 
 
-def test_writes_fail_with_erofs(store, mount):
-    m = mount(store)
+def test_writes_fail_with_erofs_on_a_read_only_mount(store, mount):
+    m = mount(store, "--read-only")
     before = {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()}
     attempts = {
         "create": lambda: open(m.path / "new-file", "w"),

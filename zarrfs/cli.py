@@ -7,7 +7,8 @@ import json
 import sys
 
 from . import __version__
-from .daemon import DEFAULT_TIMEOUT, MountError, MountOptions, mount, read_status, umount
+from .daemon import (DEFAULT_FLUSH_AFTER, DEFAULT_MAX_DIRTY_MIB, DEFAULT_SHARDS, DEFAULT_TIMEOUT, MountError,
+                     MountOptions, mount, read_status, umount)
 from .info import DEFAULT_JOBS, run_info
 
 COMMANDS = ("mount", "umount", "status", "info")
@@ -30,8 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     mount_cmd.add_argument("mountpoint", metavar="MOUNTPOINT")
     mount_cmd.add_argument("-f", "--foreground", action="store_true",
                            help="stay in the foreground (systemd, debugging); logs go to stderr")
-    mount_cmd.add_argument("--read-only", action="store_true", default=True,
-                           help="refuse every write with EROFS (currently always the case)")
+    mount_cmd.add_argument("--read-only", action="store_true",
+                           help="refuse every write with EROFS (also -o ro)")
+    mount_cmd.add_argument("--shards", type=_positive_int, default=DEFAULT_SHARDS, metavar="N",
+                           help="inner chunks per shard along every axis, for arrays created through "
+                                f"the mount (never more than the array has; default {DEFAULT_SHARDS})")
+    mount_cmd.add_argument("--flush-after", type=float, default=DEFAULT_FLUSH_AFTER, metavar="SECONDS",
+                           help="repack a changed shard this long after its last change "
+                                f"(default {DEFAULT_FLUSH_AFTER:g})")
+    mount_cmd.add_argument("--max-dirty", type=float, default=DEFAULT_MAX_DIRTY_MIB, metavar="MiB",
+                           help="written data held in memory before writers wait for repacks "
+                                f"(default {DEFAULT_MAX_DIRTY_MIB})")
     mount_cmd.add_argument("--view", choices=["v3", "v2"], default="v3",
                            help="what readers see: v3 = unsharded Zarr v3 arrays (default); "
                                 "v2 = Zarr v2 metadata and chunk keys, for zarr-python 2 and other legacy readers")
@@ -65,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
 def normalize_argv(argv: list[str]) -> list[str]:
     """Accept ``zarrfs STORE DIR -o OPTS``, the form mount.fuse3 and fstab use."""
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
@@ -96,7 +113,11 @@ def _mount_options(args) -> MountOptions:
         store=args.store,
         mountpoint=args.mountpoint,
         foreground=args.foreground,
+        read_only=args.read_only,
         view=args.view,
+        shards=args.shards,
+        flush_after=args.flush_after,
+        max_dirty_mib=args.max_dirty,
         fuse_options=fuse_options,
         timeout=args.attr_timeout,
         log_level=args.log_level,

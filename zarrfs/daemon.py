@@ -23,8 +23,10 @@ import pyfuse3
 import trio
 
 from . import __version__
+from .fs.flusher import Flusher
 from .fs.operations import Operations
 from .fs.tree import CONTROL_DIR, STATUS_FILE, ViewTree
+from .fs.writes import Writer
 from .store.local import LocalStore
 
 log = logging.getLogger("zarrfs")
@@ -37,6 +39,10 @@ GENERIC_MOUNT_OPTIONS = {
     "relatime", "norelatime", "strictatime", "diratime", "nodiratime", "lazytime",
 }
 DEFAULT_TIMEOUT = 10.0  # seconds the kernel may cache names and attributes
+DEFAULT_SHARDS = 8  # inner chunks per shard along every axis, for arrays created through the mount
+DEFAULT_FLUSH_AFTER = 5.0  # seconds of quiet before a changed shard is repacked
+DEFAULT_MAX_DIRTY_MIB = 256
+EXIT_FLUSH_SECONDS = 60.0  # how long an exiting daemon keeps retrying failed flushes
 
 
 class MountError(Exception):
@@ -48,8 +54,11 @@ class MountOptions:
     store: str
     mountpoint: str
     foreground: bool = False
-    read_only: bool = True
+    read_only: bool = False
     view: str = "v3"
+    shards: int = DEFAULT_SHARDS
+    flush_after: float = DEFAULT_FLUSH_AFTER
+    max_dirty_mib: float = DEFAULT_MAX_DIRTY_MIB
     fuse_options: list[str] = field(default_factory=list)
     timeout: float = DEFAULT_TIMEOUT
     log_level: str = "INFO"
@@ -58,7 +67,8 @@ class MountOptions:
     def fuse_option_set(self) -> set[str]:
         options = {f"fsname={self.store}", "subtype=zarrfs", "default_permissions"}
         options |= {o for o in self.fuse_options if o not in GENERIC_MOUNT_OPTIONS and o != "ro"}
-        options.add("ro")  # writes arrive with the write-back layer; until then the view is read-only
+        if self.read_only:
+            options.add("ro")
         return options
 
 
@@ -93,6 +103,8 @@ def mount(options: MountOptions) -> int:
     options.mountpoint = os.path.abspath(options.mountpoint)
     if options.log_file:
         options.log_file = os.path.abspath(options.log_file)  # the daemon leaves the working directory
+    if "ro" in options.fuse_options:
+        options.read_only = True
     check_mount_arguments(options)
     if options.foreground:
         configure_logging(options, daemonized=False)
@@ -164,7 +176,11 @@ def serve(options: MountOptions, on_ready) -> int:
     store = LocalStore(options.store)
     started = time.time()
     tree = ViewTree(store, options.view)
-    operations = Operations(tree, options.timeout)
+    writer = None
+    if not options.read_only:
+        flusher = Flusher(tree, options.flush_after, int(options.max_dirty_mib * 2**20))
+        writer = Writer(tree, flusher, options.shards)
+    operations = Operations(tree, options.timeout, writer)
     tree.status_text = lambda: _status_text(options, operations, started)
     try:
         pyfuse3.init(operations, options.mountpoint, options.fuse_option_set())
@@ -172,20 +188,49 @@ def serve(options: MountOptions, on_ready) -> int:
         raise MountError(f"cannot mount {options.mountpoint}: {error}") from None
     log.info("mounted %s on %s (view %s)", options.store, options.mountpoint, options.view)
     try:
-        trio.run(_run_mounted, options.mountpoint, on_ready)
+        clean = trio.run(_run_mounted, options.mountpoint, operations, on_ready)
     finally:
         sd_notify("STOPPING=1")
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", options.mountpoint)
-    return 0
+    return 0 if clean else 1
 
 
-async def _run_mounted(mountpoint: str, on_ready) -> None:
+async def _run_mounted(mountpoint: str, operations: Operations, on_ready) -> bool:
+    """Serve until unmounted or signalled; then flush. False if data could not be flushed."""
+    flusher = operations.flusher
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_serve_until_unmounted, nursery.cancel_scope)
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        if flusher is not None:
+            nursery.start_soon(flusher.run)
+            nursery.start_soon(_remove_temporaries, operations.tree.store)
         await trio.to_thread.run_sync(os.stat, mountpoint)  # served by the loop above
         on_ready()
+    return await _final_flush(flusher) if flusher is not None else True
+
+
+async def _remove_temporaries(store: LocalStore) -> None:
+    """Temporary files of a crashed daemon: never shown, removed in the background."""
+    removed = await trio.to_thread.run_sync(store.remove_temporaries)
+    if removed:
+        log.info("removed %d temporary files left by an earlier crash", removed)
+
+
+async def _final_flush(flusher: Flusher) -> bool:
+    """Everything dirty reaches the store before the daemon exits; failures are retried."""
+    deadline = trio.current_time() + EXIT_FLUSH_SECONDS
+    while flusher.dirty:
+        sd_notify(f"STATUS=flushing {len(flusher.dirty)} shards")
+        try:
+            await flusher.flush_all()
+        except OSError as error:
+            if trio.current_time() > deadline:
+                log.critical("giving up: %d shards could not be written (%s); their changes are lost",
+                             len(flusher.dirty), error)
+                return False
+            await trio.sleep(1.0)
+    return True
 
 
 async def _serve_until_unmounted(scope: trio.CancelScope) -> None:
@@ -218,6 +263,7 @@ def sd_notify(message: str) -> None:
 def _status_text(options: MountOptions, operations: Operations, started: float) -> str:
     cache = operations.tree.shards.cache
     lookups = cache.hits + cache.misses
+    flusher = operations.flusher
     status = {
         "pid": os.getpid(),
         "version": __version__,
@@ -226,11 +272,11 @@ def _status_text(options: MountOptions, operations: Operations, started: float) 
         "view": options.view,
         "read_only": options.read_only,
         "uptime_seconds": round(time.time() - started, 1),
-        "dirty_bytes": 0,
-        "dirty_shards": 0,
-        "flushes_done": 0,
-        "flushes_failed": 0,
-        "last_error": None,
+        "dirty_bytes": flusher.overlay.dirty_bytes() if flusher else 0,
+        "dirty_shards": len(flusher.dirty) if flusher else 0,
+        "flushes_done": flusher.flushes_done if flusher else 0,
+        "flushes_failed": flusher.flushes_failed if flusher else 0,
+        "last_error": flusher.last_error if flusher else None,
         "index_cache_entries": len(cache),
         "index_cache_hit_rate": round(cache.hits / lookups, 4) if lookups else None,
         "known_inodes": len(operations.inodes),

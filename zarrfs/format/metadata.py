@@ -220,3 +220,29 @@ def _int_tuple(raw, what: str) -> tuple[int, ...]:
     if not isinstance(raw, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in raw):
         raise MetadataError(f"{what} {raw!r} is not a list of non-negative integers")
     return tuple(raw)
+
+
+DEFAULT_INDEX_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
+
+
+def shard_document(doc: dict, chunks_per_shard: int) -> dict:
+    """The sharded metadata zarrfs stores for an unsharded array written through the view.
+
+    Inner chunk = the written chunk shape, inner codecs = the written codecs;
+    a shard holds ``chunks_per_shard`` chunks along every axis, but never more
+    than the array has along that axis; the index is ``[bytes, crc32c]`` at the end.
+    """
+    layout = parse_array_document(doc)
+    if layout is None or layout.is_sharded:
+        raise MetadataError("only unsharded array metadata can be sharded")
+    per_axis = [max(1, min(chunks_per_shard, n)) for n in layout.chunk_grid]
+    sharded = copy.deepcopy(doc)
+    sharded["chunk_grid"] = {"name": "regular", "configuration": {
+        "chunk_shape": [c * n for c, n in zip(layout.chunk_shape, per_axis)]}}
+    sharded["codecs"] = [{"name": SHARDING, "configuration": {
+        "chunk_shape": list(layout.chunk_shape),
+        "codecs": copy.deepcopy(doc["codecs"]),
+        "index_codecs": copy.deepcopy(DEFAULT_INDEX_CODECS),
+        "index_location": "end",
+    }}]
+    return sharded

@@ -58,6 +58,13 @@ class InodeTable:
             if inode != pyfuse3.ROOT_INODE:
                 self._nodes.pop(inode, None)
 
+    def rename(self, source: Node, moved: Node) -> None:
+        """The kernel keeps the source's inode for the new name: let it mean ``moved``."""
+        inode = self.inode_of(source)
+        if inode in self._nodes:
+            self._nodes[inode] = moved
+            self._versions.pop(inode, None)
+
     def swap_version(self, inode: int, version: tuple) -> tuple | None:
         """Record the version of the content just opened; return the previous one."""
         previous = self._versions.get(inode)

@@ -6,11 +6,13 @@ and anything unexpected is logged and answered with EIO, so no input can take
 the daemon down.
 
 Caveats, honestly:
-- Disk I/O runs inline on the trio loop. Reads of indexes and chunks are small
-  ``pread``s that the page cache answers in microseconds, and a thread hop
-  would cost more than the read (see docs/architecture.md); a hung backing
-  filesystem therefore stalls the whole mount, as it would stall ``ls``.
-- The mount is read-only for now: writes are refused by the kernel (``ro``).
+- Disk I/O of reads runs inline on the trio loop. Reads of indexes and chunks
+  are small ``pread``s that the page cache answers in microseconds, and a
+  thread hop would cost more than the read (see docs/architecture.md); a hung
+  backing filesystem therefore stalls the whole mount, as it would stall
+  ``ls``. Repacks (large writes and fsyncs) run in worker threads.
+- Inode numbers are hashes of paths; after a rename the kernel keeps the
+  source's inode for the new name, so ``rename`` re-points that inode.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import pyfuse3
 
 from ..format.shard_index import CorruptShard
 from .inodes import InodeTable
-from .tree import Attributes, Node, StatusFile, ViewTree
+from .tree import Attributes, MemContent, MetadataFile, Node, Scratch, StatusFile, ViewTree
+from .writes import Writer
 
 log = logging.getLogger("zarrfs")
 
@@ -51,10 +54,12 @@ def _kernel_errors(handler):
 
 
 class Operations(pyfuse3.Operations):
-    def __init__(self, tree: ViewTree, timeout: float):
+    def __init__(self, tree: ViewTree, timeout: float, writer: Writer | None = None):
         super().__init__()
         self.tree = tree
         self.timeout = timeout  # entry and attribute cache time, seconds
+        self.writer = writer  # None: a read-only mount
+        self.flusher = writer.flusher if writer else None
         self.inodes = InodeTable(tree.root())
         self._handles: dict[int, object] = {}
         self._next_handle = itertools.count(1)
@@ -96,12 +101,12 @@ class Operations(pyfuse3.Operations):
 
     @_kernel_errors
     async def opendir(self, inode, ctx):
-        listing = self.tree.children(self._node(inode))
-        return self._new_handle(listing)
+        node = self._node(inode)
+        return self._new_handle(DirHandle(node, self.tree.children(node)))
 
     @_kernel_errors
     async def readdir(self, fh, start_id, token):
-        listing = self._handles[fh]
+        listing = self._handles[fh].listing
         for position in range(start_id, len(listing)):
             name, node, attributes = listing[position]
             try:
@@ -119,24 +124,141 @@ class Operations(pyfuse3.Operations):
 
     @_kernel_errors
     async def open(self, inode, flags, ctx):
-        if flags & (os.O_WRONLY | os.O_RDWR):
-            raise pyfuse3.FUSEError(errno.EROFS)
         node = self._node(inode)
-        content = self.tree.open(node)
-        info = pyfuse3.FileInfo(fh=self._new_handle(content))
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            content = self._writer().open(node, flags)
+        else:
+            content = self.tree.open(node)
+        return self._file_info(inode, node, content)
+
+    def _file_info(self, inode: int, node: Node, content) -> pyfuse3.FileInfo:
+        info = pyfuse3.FileInfo(fh=self._new_handle(FileHandle(node, content)))
         # The kernel may keep cached pages only if the bytes are those it cached.
         info.keep_cache = self.inodes.swap_version(inode, content.version) == content.version
-        info.direct_io = isinstance(node, StatusFile)  # its size changes with every read
+        # Sizes of these change behind the kernel's back (status; metadata the view rewrites).
+        info.direct_io = isinstance(node, (StatusFile, MetadataFile)) or (
+            isinstance(node, Scratch) and os.path.basename(node.path) in self._metadata_names())
         return info
+
+    def _metadata_names(self):
+        return self.writer.metadata.names if self.writer else ()
 
     @_kernel_errors
     async def read(self, fh, offset, size):
-        return self._handles[fh].read(offset, size)
+        return self._handles[fh].content.read(offset, size)
+
+    @_kernel_errors
+    async def write(self, fh, offset, data):
+        await self.flusher.wait_for_room()
+        return self.writer.write(self._handles[fh].content, offset, data)
+
+    @_kernel_errors
+    async def flush(self, fh):
+        """close(): apply metadata files, and report a failed repack of this file's shard."""
+        handle = self._handles[fh]
+        if self.writer is not None:
+            await self.writer.closed(handle.node, handle.content)
+        self._raise_flush_failure(handle.content)
 
     async def release(self, fh):
-        content = self._handles.pop(fh, None)
-        if content is not None:
-            content.close()
+        handle = self._handles.pop(fh, None)
+        if handle is not None:
+            handle.content.close()
+            if isinstance(handle.content, MemContent):
+                self.tree.forget_clean(handle.content.memfile)
+
+    @_kernel_errors
+    async def fsync(self, fh, datasync):
+        content = self._handles[fh].content
+        if isinstance(content, MemContent):
+            await self.flusher.flush_memfile(content.memfile)
+        elif hasattr(content, "fd"):
+            os.fsync(content.fd)
+
+    @_kernel_errors
+    async def fsyncdir(self, fh, datasync):
+        """tensorstore renames onto a chunk key, then fsyncs the directory."""
+        if self.flusher is None:
+            return
+        array = self.tree._array_of(self._handles[fh].node)
+        await (self.flusher.flush_array(array) if array else self.flusher.flush_all())
+
+    def _raise_flush_failure(self, content) -> None:
+        if self.flusher is None or not isinstance(content, MemContent):
+            return
+        for name in content.memfile.names:
+            view = self.tree._array_view(name[1]) if name[0] == "chunk" else None
+            failure = view and self.flusher.failures.get((name[1], view.array.shard_of(name[2])))
+            if failure:
+                raise pyfuse3.FUSEError(failure[1].errno or errno.EIO)
+
+    # -- changing names -------------------------------------------------------
+
+    @_kernel_errors
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        node, content = self._writer().create(self._node(parent_inode), os.fsdecode(name), mode, flags)
+        entry = self._entry(node, self.tree.attributes(node))
+        self.inodes.remember(node)
+        return self._file_info(entry.st_ino, node, content), entry
+
+    @_kernel_errors
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        node = self._writer().mkdir(self._node(parent_inode), os.fsdecode(name), mode)
+        return self._remembered_entry(node)
+
+    @_kernel_errors
+    async def symlink(self, parent_inode, name, target, ctx):
+        node = self._writer().symlink(self._node(parent_inode), os.fsdecode(name), os.fsdecode(target))
+        return self._remembered_entry(node)
+
+    @_kernel_errors
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        node = self._writer().link(self._node(inode), self._node(new_parent_inode), os.fsdecode(new_name))
+        return self._remembered_entry(node)
+
+    @_kernel_errors
+    async def unlink(self, parent_inode, name, ctx):
+        await self._writer().unlink(self._node(parent_inode), os.fsdecode(name))
+
+    @_kernel_errors
+    async def rmdir(self, parent_inode, name, ctx):
+        self._writer().rmdir(self._node(parent_inode), os.fsdecode(name))
+
+    @_kernel_errors
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
+        old, new = os.fsdecode(name_old), os.fsdecode(name_new)
+        source = self.tree.lookup(old_parent, old)
+        await self._writer().rename(old_parent, old, new_parent, new, flags)
+        moved = self.tree.lookup(new_parent, new)
+        if source is not None and moved is not None:
+            self.inodes.rename(source, moved)
+
+    @_kernel_errors
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        node = self._node(inode)
+        writer = self._writer()
+        if fields.update_size:
+            writer.truncate(node, attr.st_size)
+        writer.set_attributes(
+            node,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+        )
+        return self._entry(node, self.tree.attributes(node))
+
+    def _writer(self) -> Writer:
+        if self.writer is None:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return self.writer
+
+    def _remembered_entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        entry = self._entry(node, self.tree.attributes(node))
+        self.inodes.remember(node)
+        return entry
 
     # -- helpers ------------------------------------------------------------
 
@@ -177,3 +299,13 @@ class Operations(pyfuse3.Operations):
 
     def open_handles(self) -> int:
         return len(self._handles)
+
+
+class FileHandle:
+    def __init__(self, node: Node, content):
+        self.node, self.content = node, content
+
+
+class DirHandle:
+    def __init__(self, node: Node, listing: list):
+        self.node, self.listing = node, listing

@@ -2,17 +2,20 @@
 
 Every view path maps to a node:
 
-    Plain          a backing path shown as it is (file, directory, symlink)
-    ZarrDir        a backing directory the view presents (fs/views.py): an array
-                   whose chunks are remapped, or a group with translated metadata
-    MetadataFile   one of its metadata files, made by the view
+    Plain          a backing path (file, directory, symlink); a directory that
+                   holds Zarr metadata is presented by its view (fs/views.py),
+                   looked up on every use since metadata can arrive at any time
+    MetadataFile   a metadata file made by the view
     KeyDir         a directory level of chunk keys (``c``, ``c/3`` under ``/`` keys)
-    Chunk          one present inner chunk, a byte range of a shard
+    Chunk          one present inner chunk: a byte range of a shard, or a
+                   MemFile of the write buffer (fs/overlay.py) until repacked
+    Scratch        a file written beside chunks that is not a chunk (temporary
+                   files, locks): lives in the write buffer
     ControlDir     the hidden ``.zarrfs`` directory, and StatusFile in it
 
 Nodes are plain values (a path and what it means); everything they show is
-looked up again from the backing store on use, so a node never goes stale in a
-way that serves wrong bytes.
+looked up again, in the write buffer first and then in the backing store, so a
+node never goes stale in a way that serves wrong bytes.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import crc32c
 from ..format.keys import parse_index
 from ..format.shard_index import CHECKSUM_NBYTES, CorruptShard
 from ..store.local import LocalStore
+from .overlay import MemFile, Overlay, chunk_name, scratch_name
 from .shards import Shards, join, version
 from .views import DirView, Views
 
@@ -47,11 +51,6 @@ class Plain(Node):
 
 
 @dataclass(frozen=True)
-class ZarrDir(Node):
-    pass
-
-
-@dataclass(frozen=True)
 class MetadataFile(Node):
     dir: str
     name: str
@@ -67,6 +66,11 @@ class KeyDir(Node):
 class Chunk(Node):
     array: str
     coords: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Scratch(Node):
+    array: str
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,11 @@ class Attributes:
         """A regular file of ``size`` bytes with these owners and times."""
         perms = stat.S_IMODE(self.mode if mode is None else mode)
         return replace(self, mode=stat.S_IFREG | perms, nlink=1, size=size, blocks=-(-size // 512))
+
+    @classmethod
+    def of_memfile(cls, f: MemFile) -> Attributes:
+        size = len(f.data)
+        return cls(f.mode, 1, f.uid, f.gid, size, -(-size // 512), f.atime_ns, f.mtime_ns, f.ctime_ns)
 
     def as_directory(self) -> Attributes:
         return replace(self, mode=stat.S_IFDIR | stat.S_IMODE(self.mode), nlink=2, size=4096, blocks=8)
@@ -135,6 +144,24 @@ class Bytes:
         pass
 
 
+class MemContent:
+    """An open file of the write buffer."""
+
+    def __init__(self, memfile: MemFile):
+        self.memfile = memfile
+        memfile.handles += 1
+
+    @property
+    def version(self) -> tuple:
+        return ("memory", id(self.memfile), self.memfile.generation)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return bytes(self.memfile.data[offset : offset + size])
+
+    def close(self) -> None:
+        self.memfile.handles -= 1
+
+
 class ViewTree:
     """What the mount shows (the v3 or the v2 view), computed from the backing store."""
 
@@ -142,25 +169,29 @@ class ViewTree:
         self.store = store
         self.views = Views(store, view)
         self.shards = Shards(store)
+        self.overlay = Overlay()
         self.status_text = status_text
 
     # -- navigation ---------------------------------------------------------
 
     def root(self) -> Node:
-        return self._backing_node("")
+        return Plain("")
 
     def lookup(self, parent: Node, name: str) -> Node | None:
         """The child ``name`` of ``parent``, or None if there is none."""
-        if isinstance(parent, (Plain, ZarrDir)) and parent.path == "" and name == CONTROL_DIR:
+        if isinstance(parent, Plain) and parent.path == "" and name == CONTROL_DIR:
             return ControlDir(CONTROL_DIR)
         if isinstance(parent, ControlDir):
             return StatusFile(join(parent.path, STATUS_FILE)) if name == STATUS_FILE else None
         if name.startswith(RESERVED_PREFIX):
             return None
+        scratch_path = join(parent.path, name)
+        if scratch_path in self.overlay.scratch:
+            return Scratch(scratch_path, self._array_of(parent))
         if isinstance(parent, KeyDir):
             view = self._array_view(parent.array)
             return self._key_lookup(parent.array, view, parent.parts + (name,)) if view else None
-        view = self.views.of(parent.path) if isinstance(parent, ZarrDir) else None
+        view = self.views.of(parent.path)
         if view is None:
             return self._backing_child(parent.path, name)
         if name in view.metadata:
@@ -179,19 +210,28 @@ class ViewTree:
         """
         if isinstance(node, ControlDir):
             return [(STATUS_FILE, StatusFile(join(node.path, STATUS_FILE)), None)]
+        scratch = [(n, Scratch(join(node.path, n), self._array_of(node)), Attributes.of_memfile(f))
+                   for n, f in self.overlay.scratch_in(node.path).items()]
         if isinstance(node, KeyDir):
             view = self._array_view(node.array)
-            return self._key_children(node.array, view, node.parts) if view else []
-        view = self.views.of(node.path) if isinstance(node, ZarrDir) else None
+            return (self._key_children(node.array, view, node.parts) if view else []) + scratch
+        view = self.views.of(node.path)
         names = [n for n in self.store.listdir(node.path) if not n.startswith(RESERVED_PREFIX)]
         if view is None:
-            return [(n, self._backing_node(join(node.path, n)), None) for n in names]
-        entries = [(n, self._backing_node(join(node.path, n)), None)
+            return [(n, Plain(join(node.path, n)), None) for n in names] + scratch
+        entries = [(n, Plain(join(node.path, n)), None)
                    for n in names if n not in view.hidden and n not in view.metadata and not self._is_key(view, n)]
         entries += [(n, MetadataFile(join(node.path, n), node.path, n), None) for n in view.metadata]
         if view.array is not None:
             entries += self._key_children(node.path, view, ())
-        return entries
+        return entries + scratch
+
+    def _array_of(self, node: Node) -> str:
+        """The array directory a node lies in ("" when it is not in an array's namespace)."""
+        if isinstance(node, Plain):
+            view = self.views.of(node.path)
+            return node.path if view is not None and view.array is not None else ""
+        return getattr(node, "array", "")
 
     @staticmethod
     def _is_key(view: DirView, name: str) -> bool:
@@ -207,10 +247,7 @@ class ViewTree:
             self.store.lstat(key)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return self._backing_node(key)
-
-    def _backing_node(self, key: str) -> Node:
-        return ZarrDir(key) if self.views.of(key) else Plain(key)
+        return Plain(key)
 
     # -- the chunk key namespace of an array --------------------------------
     # View names (parts, view.keys) map to chunk coordinates; backing shard
@@ -223,14 +260,25 @@ class ViewTree:
             return None
         path = join(array_key, *parts)
         if len(parts) == view.keys.depth(array.ndim):
-            if array.in_grid(coords) and self.shards.locate(array_key, array, coords):
-                return Chunk(path, array_key, coords)
-            return None
+            if not array.in_grid(coords):
+                return None
+            name = chunk_name(array_key, coords)
+            if self.overlay.has(name):
+                present = self.overlay.get(name) is not None
+            else:
+                present = self.shards.locate(array_key, array, coords) is not None
+            return Chunk(path, array_key, coords) if present else None
         if any(i >= n for i, n in zip(coords, array.chunk_grid)):
             return None
-        if not os.path.isdir(self.store.path(self._shard_dir(array_key, view, coords))):
-            return None
-        return KeyDir(path, array_key, parts)
+        if (path in self.overlay.directories or self._written_under(array_key, coords)
+                or os.path.isdir(self.store.path(self._shard_dir(array_key, view, coords)))):
+            return KeyDir(path, array_key, parts)
+        return None
+
+    def _written_under(self, array_key: str, prefix: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Coordinates of chunks in the write buffer under a coordinate prefix."""
+        return [c for c, f in self.overlay.chunks_of(array_key).items()
+                if f is not None and c[: len(prefix)] == prefix]
 
     def _key_children(self, array_key: str, view: DirView, parts: tuple[str, ...]) -> list[Entry]:
         array = view.array
@@ -244,17 +292,19 @@ class ViewTree:
         try:
             listed = self.store.listdir(self._shard_dir(array_key, view, coords))
         except (FileNotFoundError, NotADirectoryError):
-            return []
+            listed = []
         shard_indices = sorted(s for s in map(parse_index, listed) if s is not None and s < array.shard_grid[axis])
         if len(parts) + 1 == depth:
             shard_prefix = array.shard_of(coords)
             shards = [shard_prefix + (s,) for s in shard_indices]
             return self._chunk_entries(array_key, view, shards, leaf_of=coords)
         per_shard = array.chunks_per_shard[axis]
-        children = [parts + (str(i),)
-                    for s in shard_indices
-                    for i in range(s * per_shard, min((s + 1) * per_shard, array.chunk_grid[axis]))]
-        return self._listed_dirs(array_key, view, children)
+        indices = {i for s in shard_indices for i in range(s * per_shard, min((s + 1) * per_shard, array.chunk_grid[axis]))}
+        indices |= {c[axis] for c in self._written_under(array_key, coords)}
+        here = join(array_key, *parts)
+        made = {os.path.basename(d) for d in self.overlay.directories if os.path.dirname(d) == here}
+        names = sorted({str(i) for i in indices} | made, key=lambda n: (len(n), n))
+        return self._listed_dirs(array_key, view, [parts + (n,) for n in names])
 
     def _listed_dirs(self, array_key, view, children: list[tuple[str, ...]]) -> list[Entry]:
         nodes = (self._key_lookup(array_key, view, parts) for parts in children)
@@ -264,7 +314,15 @@ class ViewTree:
         """Entries for the present chunks of ``shards`` (those under ``leaf_of``, if given),
         with their attributes: the listing has read the indexes already."""
         crc = CHECKSUM_NBYTES if view.strip_crc else 0
+        written = self.overlay.chunks_of(array_key)
         entries = []
+        for coords, memfile in written.items():
+            if memfile is None or not view.array.in_grid(coords):
+                continue
+            if leaf_of is not None and coords[: len(leaf_of)] != leaf_of:
+                continue
+            parts = view.keys.components(coords)
+            entries.append((parts[-1], Chunk(join(array_key, *parts), array_key, coords), Attributes.of_memfile(memfile)))
         for shard_coords in shards:
             listing = self.shards.shard_listing(array_key, view.array, shard_coords)
             if listing.shard_stat is None:
@@ -272,7 +330,7 @@ class ViewTree:
             shard_attributes = Attributes.of(listing.shard_stat)
             for coords, nbytes in zip(listing.coords.tolist(), listing.nbytes.tolist()):
                 coords = tuple(coords)
-                if leaf_of is not None and coords[: len(leaf_of)] != leaf_of:
+                if coords in written or (leaf_of is not None and coords[: len(leaf_of)] != leaf_of):
                     continue
                 parts = view.keys.components(coords)
                 node = Chunk(join(array_key, *parts), array_key, coords)
@@ -296,13 +354,15 @@ class ViewTree:
         """Raises OSError (e.g. ENOENT when the node has gone) or CorruptShard."""
         if isinstance(node, Plain):
             return Attributes.of(self.store.lstat(node.path))
-        if isinstance(node, ZarrDir):
-            return Attributes.of(self.store.stat(node.path))
         if isinstance(node, MetadataFile):
             data, source = self._metadata_or_gone(node)
             return Attributes.of(self.store.stat(join(node.dir, source))).as_file(len(data))
         if isinstance(node, KeyDir):
             return Attributes.of(self.store.stat(node.array)).as_directory()
+        if isinstance(node, (Chunk, Scratch)) and self._memfile(node) is not None:
+            return Attributes.of_memfile(self._memfile(node))
+        if isinstance(node, Scratch):
+            raise OSError(errno.ENOENT, node.path)
         if isinstance(node, Chunk):
             view, location = self._locate_or_gone(node)
             size = location.length - (CHECKSUM_NBYTES if view.strip_crc else 0)
@@ -314,7 +374,13 @@ class ViewTree:
             return root.as_file(len(self.status_text().encode()), mode=0o444)
         raise TypeError(node)
 
-    def open(self, node: Node) -> FileRange | Bytes:
+    def open(self, node: Node) -> FileRange | Bytes | MemContent:
+        """Content to read ``node`` from."""
+        memfile = self._memfile(node)
+        if memfile is not None:
+            return MemContent(memfile)
+        if isinstance(node, Scratch):
+            raise OSError(errno.ENOENT, node.path)
         if isinstance(node, Chunk):
             return self._open_chunk(node)
         if isinstance(node, MetadataFile):
@@ -355,6 +421,19 @@ class ViewTree:
             raise OSError(errno.EINVAL, node.path)
         return self.store.readlink(node.path)
 
+    def forget_clean(self, memfile: MemFile) -> None:
+        """A buffered chunk nobody holds open whose bytes are in its shard needs no memory."""
+        if memfile.handles == 0 and memfile.generation == memfile.flushed_generation:
+            for name in [n for n in memfile.names if n[0] == "chunk"]:
+                self.overlay.forget(name)
+
+    def _memfile(self, node: Node) -> MemFile | None:
+        if isinstance(node, Chunk):
+            return self.overlay.get(chunk_name(node.array, node.coords))
+        if isinstance(node, Scratch):
+            return self.overlay.get(scratch_name(node.path))
+        return None
+
     def _array_view(self, array_key: str) -> DirView | None:
         view = self.views.of(array_key)
         return view if view is not None and view.array is not None else None
@@ -370,7 +449,8 @@ class ViewTree:
         view = self._array_view(node.array)
         if view is None:
             raise OSError(errno.ENOENT, f"{node.array} is no longer an array zarrfs presents")
-        location = self.shards.locate(node.array, view.array, node.coords)
+        deleted = self.overlay.has(chunk_name(node.array, node.coords))
+        location = None if deleted else self.shards.locate(node.array, view.array, node.coords)
         if location is None:
             raise OSError(errno.ENOENT, f"{node.path} is no longer present")
         return view, location

@@ -1,0 +1,67 @@
+"""Whole shards: all inner chunks out of a shard's bytes, and a shard out of chunks.
+
+Used by the repacker: it reads the current shard, replaces the chunks written
+through the mount, and encodes a complete new shard. Nested sharding is handled
+by recursion: an inner shard is just the bytes of an outer chunk.
+Keys are innermost-chunk coordinates local to the (outermost) shard.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from .metadata import ArrayLayout
+from .shard_index import IndexFormat
+
+Chunks = dict[tuple[int, ...], bytes]
+
+
+def read_chunks(layout: ArrayLayout, shard: bytes, depth: int = 0) -> Chunks:
+    """Every present innermost chunk of ``shard``. Raises CorruptShard."""
+    fmt = layout.levels[depth]
+    offset = fmt.index_offset(len(shard))
+    index = fmt.decode(shard[offset : offset + fmt.nbytes], len(shard))
+    below = layout.chunks_below(depth)
+    chunks: Chunks = {}
+    for local in index.present():
+        local = tuple(int(i) for i in local)
+        start, length = index.chunk_range(local)
+        data = shard[start : start + length]
+        if depth == len(layout.levels) - 1:
+            chunks[local] = data
+            continue
+        for inner, inner_data in read_chunks(layout, data, depth + 1).items():
+            chunks[tuple(l * b + i for l, b, i in zip(local, below, inner))] = inner_data
+    return chunks
+
+
+def write_shard(layout: ArrayLayout, chunks: Chunks, depth: int = 0) -> bytes | None:
+    """A complete shard holding ``chunks`` (payload in C order), or None if there are none."""
+    if not chunks:
+        return None
+    fmt = layout.levels[depth]
+    if depth == len(layout.levels) - 1:
+        return encode_shard(fmt, chunks)
+    below = layout.chunks_below(depth)
+    groups: dict[tuple[int, ...], Chunks] = {}
+    for coords, data in chunks.items():
+        outer = tuple(c // b for c, b in zip(coords, below))
+        groups.setdefault(outer, {})[tuple(c % b for c, b in zip(coords, below))] = data
+    inner_shards = {outer: write_shard(layout, group, depth + 1) for outer, group in groups.items()}
+    return encode_shard(fmt, inner_shards)
+
+
+def encode_shard(fmt: IndexFormat, chunks: Chunks) -> bytes:
+    """One level: payloads in C order, the index where ``fmt`` puts it."""
+    entries = fmt.empty_entries()
+    start = fmt.nbytes if fmt.location == "start" else 0
+    payload = bytearray()
+    for local in itertools.product(*(range(n) for n in fmt.chunks_per_shard)):
+        data = chunks.get(local)
+        if data is None:
+            continue
+        entries[local] = (start + len(payload), len(data))
+        payload += data
+    index = fmt.encode(entries)
+    return index + bytes(payload) if fmt.location == "start" else bytes(payload) + index
+

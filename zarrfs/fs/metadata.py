@@ -1,0 +1,221 @@
+"""Array and group metadata written through the mount (SPEC §5).
+
+The view shows unsharded arrays; the backing store keeps them sharded. So a
+``zarr.json`` (v3 view) or ``.zarray`` (v2 view) written into a directory is
+translated: the written chunk shape becomes the inner chunk, ``--shards``
+chunks per axis make a shard, the index is ``[bytes, crc32c]`` at the end. An
+existing array keeps its sharding when only its shape or attributes change
+(resize; shrinking drops the chunks out of range). Sharded metadata written
+through the view is refused with EINVAL, and nothing changes.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import json
+import logging
+import os
+
+import trio
+
+from ..format.metadata import MetadataError, parse_array_document, shard_document
+from ..format.v2 import NoV2Equivalent, v2_to_v3
+from .overlay import chunk_name
+from .shards import join
+
+log = logging.getLogger("zarrfs")
+
+V3_NAMES = frozenset({"zarr.json"})
+V2_NAMES = frozenset({".zarray", ".zattrs", ".zgroup"})
+
+
+def refuse(where: str, why: str) -> OSError:
+    log.warning("%s: refused: %s", where, why)
+    return OSError(errno.EINVAL, f"{where}: {why}")
+
+
+class MetadataWriter:
+    def __init__(self, tree, flusher, chunks_per_shard: int):
+        self.tree = tree
+        self.store = tree.store
+        self.flusher = flusher
+        self.chunks_per_shard = chunks_per_shard
+        self.names = V3_NAMES if tree.views.view == "v3" else V2_NAMES
+
+    # -- applying a written file ---------------------------------------------
+
+    async def apply(self, dir_key: str, name: str, data: bytes) -> None:
+        where = join(dir_key, name)
+        content = _json(where, data)
+        if name == "zarr.json":
+            await self._apply_v3(dir_key, where, content)
+        elif name == ".zarray":
+            if not isinstance(content, dict) or "shard_format" in content:
+                raise refuse(where, "sharded or malformed .zarray written through the view")
+            try:
+                doc = v2_to_v3(content, self._v2_attributes(dir_key))
+            except (NoV2Equivalent, KeyError, TypeError, ValueError) as error:
+                raise refuse(where, f"no v3 equivalent: {error}") from None
+            await self._store_array(dir_key, where, doc)
+            self._drop_pending_attributes(dir_key)
+        elif name == ".zgroup":
+            self._write_doc(dir_key, {"zarr_format": 3, "node_type": "group",
+                                      "attributes": self._v2_attributes(dir_key)})
+            self._drop_pending_attributes(dir_key)
+        elif name == ".zattrs":
+            self._apply_attributes(dir_key, where, content)
+
+    async def _apply_v3(self, dir_key: str, where: str, doc) -> None:
+        if isinstance(doc, dict) and doc.get("node_type") == "group":
+            self._write_doc(dir_key, doc)
+            return
+        layout = _layout(where, doc)
+        if layout.is_sharded:
+            raise refuse(where, "sharded metadata written through the view (write the unsharded array)")
+        await self._store_array(dir_key, where, doc)
+
+    async def _store_array(self, dir_key: str, where: str, doc: dict) -> None:
+        new = _layout(where, doc)
+        existing = self._backing_doc(dir_key)
+        old = parse_array_document(existing) if _is_array(existing) else None
+        if old is not None and old.is_sharded and _same_chunking(old, new, existing, doc):
+            sharded = copy.deepcopy(doc)
+            sharded["chunk_grid"], sharded["codecs"] = existing["chunk_grid"], existing["codecs"]
+        elif old is not None and self._holds_chunks(dir_key):
+            raise refuse(where, "changes the chunking of an array that holds chunks (delete it first)")
+        else:
+            try:
+                sharded = shard_document(doc, self.chunks_per_shard)
+            except MetadataError as error:
+                raise refuse(where, str(error)) from None
+        await self.flusher.flush_array(dir_key)  # pending chunks belong to the metadata they were written for
+        self._write_doc(dir_key, sharded)
+        if old is not None:
+            self._trim(dir_key, old, parse_array_document(sharded))
+
+    def _apply_attributes(self, dir_key: str, where: str, attributes) -> None:
+        if not isinstance(attributes, dict):
+            raise refuse(where, ".zattrs is not a JSON object")
+        doc = self._backing_doc(dir_key)
+        if doc is None:  # no .zarray/.zgroup yet: keep it until they arrive
+            self.store.replace_durably(join(dir_key, ".zattrs"), _dumps(attributes))
+            return
+        doc = copy.deepcopy(doc)
+        attributes = dict(attributes)
+        names = attributes.pop("_ARRAY_DIMENSIONS", None)
+        if doc.get("node_type") == "array" and isinstance(names, list) and len(names) == len(doc.get("shape", [])):
+            doc["dimension_names"] = names
+        elif names is not None:
+            attributes["_ARRAY_DIMENSIONS"] = names
+        doc["attributes"] = attributes
+        self._write_doc(dir_key, doc)
+
+    # -- removing ------------------------------------------------------------
+
+    async def remove(self, dir_key: str, name: str) -> None:
+        doc = self._backing_doc(dir_key)
+        if name == ".zattrs":
+            if doc is None:
+                os.unlink(self.store.path(join(dir_key, ".zattrs")))
+            else:
+                doc = dict(doc, attributes={})
+                doc.pop("dimension_names", None)
+                self._write_doc(dir_key, doc)
+            return
+        if _is_array(doc):
+            await self.flusher.flush_array(dir_key)
+        if name != "zarr.json" and doc and (doc.get("attributes") or doc.get("dimension_names")):
+            # .zattrs stays visible while its .zarray/.zgroup goes (rm -r removes it next)
+            self.store.replace_durably(join(dir_key, ".zattrs"), _dumps(self._v2_attributes(dir_key)))
+        os.unlink(self.store.path(join(dir_key, "zarr.json")))
+
+    # -- helpers -------------------------------------------------------------
+
+    def _backing_doc(self, dir_key: str) -> dict | None:
+        try:
+            doc = json.loads(self.store.read(join(dir_key, "zarr.json")))
+        except (FileNotFoundError, NotADirectoryError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def _write_doc(self, dir_key: str, doc: dict) -> None:
+        self.store.replace_durably(join(dir_key, "zarr.json"), (json.dumps(doc, indent=2) + "\n").encode())
+
+    def _v2_attributes(self, dir_key: str) -> dict:
+        """Attributes as v2 sees them: the backing ones, else a pending .zattrs."""
+        doc = self._backing_doc(dir_key)
+        if doc is not None:
+            attributes = dict(doc.get("attributes") or {})
+            if doc.get("dimension_names"):
+                attributes.setdefault("_ARRAY_DIMENSIONS", doc["dimension_names"])
+            return attributes
+        try:
+            pending = json.loads(self.store.read(join(dir_key, ".zattrs")))
+        except (FileNotFoundError, NotADirectoryError, ValueError):
+            return {}
+        return pending if isinstance(pending, dict) else {}
+
+    def _drop_pending_attributes(self, dir_key: str) -> None:
+        try:
+            os.unlink(self.store.path(join(dir_key, ".zattrs")))
+        except FileNotFoundError:
+            pass
+
+    def _holds_chunks(self, dir_key: str) -> bool:
+        if any(f is not None for f in self.tree.overlay.chunks_of(dir_key).values()):
+            return True
+        for _, _, files in os.walk(self.store.path(dir_key)):
+            if any(f not in ("zarr.json", ".zattrs") and not f.startswith(".zarrfs") for f in files):
+                return True
+        return False
+
+    def _trim(self, dir_key: str, old, new) -> None:
+        """After a shrink: shards with chunks outside the new grid are repacked without them."""
+        if all(n >= o for n, o in zip(new.chunk_grid, old.chunk_grid)):
+            return
+        for coords in list(self.tree.overlay.chunks_of(dir_key)):
+            if not new.in_grid(coords):
+                self.tree.overlay.unbind(chunk_name(dir_key, coords))
+        now = trio.current_time()
+        root = self.store.path(dir_key)
+        for directory, _, files in os.walk(root):
+            for f in files:
+                key = os.path.relpath(os.path.join(directory, f), root)
+                shard = old.key_encoding.decode_prefix(tuple(key.split("/")), old.ndim)
+                if shard is None or len(shard) != old.ndim:
+                    continue
+                last = [(s + 1) * n for s, n in zip(shard, old.chunks_per_shard)]
+                if any(end > g for end, g in zip(last, new.chunk_grid)):
+                    self.flusher.dirty[(dir_key, tuple(shard))] = now - self.flusher.flush_after
+
+
+def _json(where: str, data: bytes):
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise refuse(where, f"not JSON ({error})") from None
+
+
+def _layout(where: str, doc):
+    try:
+        layout = parse_array_document(doc)
+    except MetadataError as error:
+        raise refuse(where, str(error)) from None
+    if layout is None:
+        raise refuse(where, "not array metadata")
+    return layout
+
+
+def _is_array(doc) -> bool:
+    return isinstance(doc, dict) and doc.get("node_type") == "array"
+
+
+def _same_chunking(old, new, old_doc: dict, new_doc: dict) -> bool:
+    return (old.chunk_shape == new.chunk_shape and old.key_encoding == new.key_encoding
+            and old.view_document.get("codecs") == new_doc.get("codecs")
+            and old_doc.get("data_type") == new_doc.get("data_type"))
+
+
+def _dumps(doc) -> bytes:
+    return (json.dumps(doc, indent=2) + "\n").encode()

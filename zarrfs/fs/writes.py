@@ -1,0 +1,329 @@
+"""Writes through the mount (SPEC §5): where each written name goes.
+
+    a chunk key of an array         the write buffer (a MemFile), repacked into its shard
+    a metadata name (zarr.json;     the write buffer until the last close or a rename
+      .zarray/.zattrs/.zgroup)      onto the name, then applied (fs/metadata.py)
+    any other name beside chunks    a scratch MemFile (temporary files, locks)
+    anything else                   the backing directory, as it is
+
+A rename or link moves a MemFile between names; open handles follow it. The
+Writer changes the model only; the handlers in operations.py await flushes.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+
+from .metadata import MetadataWriter
+from .overlay import MemFile, chunk_name, scratch_name
+from .shards import join
+from .tree import RESERVED_PREFIX, Chunk, KeyDir, MemContent, MetadataFile, Node, Plain, Scratch, ViewTree
+
+log = logging.getLogger("zarrfs")
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a name in a directory means for a write."""
+
+    kind: str  # "plain", "chunk", "scratch", "metadata"
+    path: str  # view path (== backing path for "plain")
+    array: str = ""
+    coords: tuple[int, ...] = ()
+
+    @property
+    def name(self) -> tuple:
+        return chunk_name(self.array, self.coords) if self.kind == "chunk" else scratch_name(self.path)
+
+
+class PlainWriter:
+    """An open backing file (a plain file outside any array)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.version = ("plain", fd, time.monotonic_ns())
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def write(self, offset: int, data: bytes) -> int:
+        return os.pwrite(self.fd, data, offset)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class Writer:
+    def __init__(self, tree: ViewTree, flusher, chunks_per_shard: int):
+        self.tree = tree
+        self.overlay = tree.overlay
+        self.flusher = flusher
+        self.metadata = MetadataWriter(tree, flusher, chunks_per_shard)
+
+    # -- naming -------------------------------------------------------------
+
+    def target(self, parent: Node, name: str) -> Target:
+        """What writing ``name`` in ``parent`` means. Raises OSError for names that cannot be written."""
+        if name.startswith(RESERVED_PREFIX):
+            raise OSError(errno.EPERM, f"{name}: names starting with {RESERVED_PREFIX} are zarrfs's own")
+        path = join(parent.path, name)
+        if isinstance(parent, Plain) and name in self.metadata.names:
+            return Target("metadata", path, parent.path)
+        if isinstance(parent, KeyDir):
+            return self._key_target(parent.array, parent.parts + (name,), path)
+        view = self.tree.views.of(parent.path) if isinstance(parent, Plain) else None
+        if view is None or view.array is None:
+            if view is not None and name in view.hidden:
+                raise OSError(errno.EPERM, f"{path}: the view shows other metadata here")
+            return Target("plain", path)
+        if name in view.hidden:
+            raise OSError(errno.EPERM, f"{path}: the view shows other metadata here")
+        if self.tree._is_key(view, name):
+            return self._key_target(parent.path, (name,), path)
+        return Target("scratch", path, parent.path)
+
+    def _key_target(self, array_key: str, parts: tuple[str, ...], path: str) -> Target:
+        view = self.tree._array_view(array_key)
+        if view is None:
+            raise OSError(errno.ENOENT, f"{array_key} is no longer an array")
+        layout = view.array
+        coords = view.keys.decode_prefix(parts, layout.ndim)
+        if coords is None or len(parts) != view.keys.depth(layout.ndim):
+            return Target("scratch", path, array_key)
+        if not layout.in_grid(coords):
+            log.warning("%s: chunk key outside the grid %s of %s; refused", path, layout.chunk_grid, array_key)
+            raise OSError(errno.EINVAL, f"{path} is outside the array's chunk grid")
+        return Target("chunk", path, array_key, coords)
+
+    def node_of(self, target: Target) -> Node:
+        if target.kind == "chunk":
+            return Chunk(target.path, target.array, target.coords)
+        if target.kind == "plain":
+            return Plain(target.path)
+        return Scratch(target.path, target.array)
+
+    # -- files --------------------------------------------------------------
+
+    def create(self, parent: Node, name: str, mode: int, flags: int):
+        """A new (or, without O_EXCL, existing) file; returns its node and a writable handle."""
+        target = self.target(parent, name)
+        if target.kind == "plain":
+            fd = os.open(self.tree.store.path(target.path), flags | os.O_CREAT | os.O_CLOEXEC, mode)
+            return self.node_of(target), PlainWriter(fd)
+        if self.tree.lookup(parent, name) is not None:
+            if flags & os.O_EXCL:
+                raise OSError(errno.EEXIST, target.path)
+            return self.open(self.tree.lookup(parent, name), flags)
+        memfile = MemFile(mode=stat.S_IFREG | stat.S_IMODE(mode))
+        self._bind(target, memfile)
+        return self.node_of(target), MemContent(memfile)
+
+    def open(self, node: Node, flags: int):
+        """A writable handle on an existing file."""
+        if isinstance(node, Plain):
+            return PlainWriter(os.open(self.tree.store.path(node.path), flags & ~os.O_CREAT | os.O_CLOEXEC))
+        memfile = self._memfile_for(node)
+        if flags & os.O_TRUNC and memfile.data:
+            memfile.truncate(0)
+            self.flusher.changed(memfile)
+        return MemContent(memfile)
+
+    def _memfile_for(self, node: Node) -> MemFile:
+        """The MemFile behind ``node``, copying a chunk out of its shard on first write."""
+        memfile = self.tree._memfile(node)
+        if memfile is not None:
+            return memfile
+        if isinstance(node, Chunk):
+            content = self.tree.open(node)
+            try:
+                data = content.read(0, 2**31)
+            finally:
+                content.close()
+            memfile = MemFile(bytearray(data))
+            memfile.flushed_generation = memfile.generation  # same bytes as the shard
+            self.overlay.bind(chunk_name(node.array, node.coords), memfile)
+            return memfile
+        if isinstance(node, MetadataFile):
+            memfile = MemFile(bytearray(self.tree.open(node).read(0, 2**31)))
+            self.overlay.bind(scratch_name(node.path), memfile)
+            return memfile
+        raise OSError(errno.EPERM, node.path)
+
+    def write(self, content, offset: int, data: bytes) -> int:
+        written = content.write(offset, data) if isinstance(content, PlainWriter) else content.memfile.write(offset, data)
+        if isinstance(content, MemContent):
+            self.flusher.changed(content.memfile)
+        return written
+
+    def truncate(self, node: Node, size: int) -> None:
+        if isinstance(node, Plain):
+            os.truncate(self.tree.store.path(node.path), size)
+            return
+        memfile = self._memfile_for(node)
+        memfile.truncate(size)
+        self.flusher.changed(memfile)
+
+    def set_attributes(self, node: Node, mode=None, uid=None, gid=None, atime_ns=None, mtime_ns=None) -> None:
+        """chmod, chown, utimes. A chunk's mode and times are those of its shard: accepted, not kept."""
+        if isinstance(node, Plain):
+            path = self.tree.store.path(node.path)
+            if mode is not None:
+                os.chmod(path, stat.S_IMODE(mode), follow_symlinks=False)
+            if uid is not None or gid is not None:
+                os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid, follow_symlinks=False)
+            if atime_ns is not None or mtime_ns is not None:
+                st = os.lstat(path)
+                os.utime(path, ns=(atime_ns or st.st_atime_ns, mtime_ns or st.st_mtime_ns), follow_symlinks=False)
+            return
+        memfile = self.tree._memfile(node)
+        if memfile is None:
+            return
+        if mode is not None:
+            memfile.mode = stat.S_IFREG | stat.S_IMODE(mode)
+        memfile.uid = memfile.uid if uid is None else uid
+        memfile.gid = memfile.gid if gid is None else gid
+        memfile.atime_ns = atime_ns or memfile.atime_ns
+        memfile.mtime_ns = mtime_ns or memfile.mtime_ns
+
+    # -- names --------------------------------------------------------------
+
+    async def unlink(self, parent: Node, name: str) -> None:
+        node = self.tree.lookup(parent, name)
+        if node is None:
+            raise OSError(errno.ENOENT, join(parent.path, name))
+        if isinstance(node, KeyDir) or (isinstance(node, Plain) and stat.S_ISDIR(self.tree.store.lstat(node.path).st_mode)):
+            raise OSError(errno.EISDIR, node.path)
+        if isinstance(node, MetadataFile):
+            await self.metadata.remove(node.dir, node.name)
+        elif isinstance(node, Plain):
+            os.unlink(self.tree.store.path(node.path))
+        elif isinstance(node, Chunk):
+            self.overlay.unbind(chunk_name(node.array, node.coords))
+            self.flusher.chunk_changed(node.array, node.coords)
+        else:
+            self.overlay.forget(scratch_name(node.path))
+
+    def mkdir(self, parent: Node, name: str, mode: int) -> Node:
+        target = self.target(parent, name)
+        if target.kind == "plain":
+            os.mkdir(self.tree.store.path(target.path), mode)
+            return self.node_of(target)
+        if target.kind != "scratch" or not isinstance(self.tree.lookup(parent, name) or None, type(None)):
+            raise OSError(errno.EEXIST if self.tree.lookup(parent, name) else errno.EINVAL, target.path)
+        self.overlay.directories.add(target.path)
+        node = self.tree.lookup(parent, name)
+        if not isinstance(node, KeyDir):
+            self.overlay.directories.discard(target.path)
+            raise OSError(errno.EINVAL, f"{target.path} is not a chunk key directory of {target.array}")
+        return node
+
+    def rmdir(self, parent: Node, name: str) -> None:
+        node = self.tree.lookup(parent, name)
+        if node is None:
+            raise OSError(errno.ENOENT, join(parent.path, name))
+        if isinstance(node, KeyDir):
+            if self.tree.children(node):
+                raise OSError(errno.ENOTEMPTY, node.path)
+            self.overlay.directories.discard(node.path)
+            return
+        if isinstance(node, Plain):
+            if self.tree.children(node):
+                raise OSError(errno.ENOTEMPTY, node.path)
+            os.rmdir(self.tree.store.path(node.path))
+            return
+        raise OSError(errno.ENOTDIR, node.path)
+
+    async def rename(self, old_parent: Node, old: str, new_parent: Node, new: str, flags: int) -> None:
+        if flags & RENAME_EXCHANGE:
+            raise OSError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+        source = self.tree.lookup(old_parent, old)
+        if source is None:
+            raise OSError(errno.ENOENT, join(old_parent.path, old))
+        target = self.target(new_parent, new)
+        existing = self.tree.lookup(new_parent, new)
+        if existing is not None and flags & RENAME_NOREPLACE:
+            raise OSError(errno.EEXIST, target.path)
+        if isinstance(source, Plain) and target.kind == "plain":
+            os.rename(self.tree.store.path(source.path), self.tree.store.path(target.path))
+            return
+        if isinstance(source, KeyDir) or (isinstance(source, Plain) and os.path.isdir(self.tree.store.path(source.path))):
+            raise OSError(errno.EXDEV, "directories move only outside arrays")
+        memfile = self._detach(source)
+        await self._place(target, memfile)
+
+    def _detach(self, node: Node) -> MemFile:
+        """Take the file at ``node`` away from its name, as a MemFile."""
+        if isinstance(node, Plain):
+            path = self.tree.store.path(node.path)
+            with open(path, "rb") as f:
+                memfile = MemFile(bytearray(f.read()), mode=os.stat(path).st_mode)
+            os.unlink(path)
+            return memfile
+        memfile = self._memfile_for(node)
+        name = memfile_name(node)
+        if name[0] == "chunk":
+            self.overlay.unbind(name)
+            self.flusher.chunk_changed(name[1], name[2])
+        else:
+            self.overlay.forget(name)
+        return memfile
+
+    async def _place(self, target: Target, memfile: MemFile) -> None:
+        if target.kind == "metadata":
+            await self.metadata.apply(target.array, os.path.basename(target.path), bytes(memfile.data))
+        elif target.kind == "plain":
+            fd = os.open(self.tree.store.path(target.path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                         stat.S_IMODE(memfile.mode))
+            try:
+                os.write(fd, bytes(memfile.data))
+            finally:
+                os.close(fd)
+        else:
+            self._bind(target, memfile)
+
+    def _bind(self, target: Target, memfile: MemFile) -> None:
+        self.overlay.bind(target.name, memfile)
+        if target.kind == "chunk":
+            self.flusher.chunk_changed(target.array, target.coords)
+
+    def link(self, node: Node, new_parent: Node, new: str) -> Node:
+        target = self.target(new_parent, new)
+        if self.tree.lookup(new_parent, new) is not None:
+            raise OSError(errno.EEXIST, target.path)
+        if isinstance(node, Plain) and target.kind == "plain":
+            os.link(self.tree.store.path(node.path), self.tree.store.path(target.path))
+            return self.node_of(target)
+        if target.kind in ("plain", "metadata"):
+            raise OSError(errno.EXDEV, f"{target.path}: link it by copying")
+        self._bind(target, self._memfile_for(node))
+        return self.node_of(target)
+
+    def symlink(self, parent: Node, name: str, target_text: str) -> Node:
+        target = self.target(parent, name)
+        if target.kind != "plain":
+            raise OSError(errno.EPERM, f"{target.path}: symbolic links belong outside arrays")
+        os.symlink(target_text, self.tree.store.path(target.path))
+        return self.node_of(target)
+
+    async def closed(self, node: Node, content) -> None:
+        """The last handle of a metadata file closed: apply what was written."""
+        if isinstance(content, MemContent) and content.memfile.handles == 1:
+            memfile = content.memfile
+            if isinstance(node, (Scratch, MetadataFile)) and os.path.basename(node.path) in self.metadata.names \
+                    and self.overlay.get(scratch_name(node.path)) is memfile:
+                self.overlay.forget(scratch_name(node.path))
+                await self.metadata.apply(os.path.dirname(node.path), os.path.basename(node.path), bytes(memfile.data))
+
+
+def memfile_name(node: Node) -> tuple:
+    if isinstance(node, Chunk):
+        return chunk_name(node.array, node.coords)
+    return scratch_name(node.path)
