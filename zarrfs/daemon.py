@@ -207,7 +207,10 @@ async def _run_mounted(mountpoint: str, operations: Operations, on_ready) -> boo
             nursery.start_soon(_remove_temporaries, operations.tree.store)
         await trio.to_thread.run_sync(os.stat, mountpoint)  # served by the loop above
         on_ready()
-    return await _final_flush(flusher) if flusher is not None else True
+    if flusher is None:
+        return True
+    await operations.writer.metadata.finalize_all()
+    return await _final_flush(flusher)
 
 
 async def _remove_temporaries(store: LocalStore) -> None:

@@ -48,6 +48,7 @@ class MetadataWriter:
     async def apply(self, dir_key: str, name: str, data: bytes) -> None:
         where = join(dir_key, name)
         content = _json(where, data)
+        self.tree.views.removed.get(dir_key, set()).discard(name)
         if name == "zarr.json":
             await self._apply_v3(dir_key, where, content)
         elif name == ".zarray":
@@ -114,21 +115,39 @@ class MetadataWriter:
     # -- removing ------------------------------------------------------------
 
     async def remove(self, dir_key: str, name: str) -> None:
+        """Unlink a metadata file. Attributes are cleared at once; array and group
+        metadata is hidden and deleted with the directory (``finalize``)."""
+        removed = self.tree.views.removed.setdefault(dir_key, set())
         doc = self._backing_doc(dir_key)
-        if name == ".zattrs":
-            if doc is None:
-                os.unlink(self.store.path(join(dir_key, ".zattrs")))
-            else:
-                doc = dict(doc, attributes={})
-                doc.pop("dimension_names", None)
-                self._write_doc(dir_key, doc)
+        if name == ".zattrs" and doc is None:
+            os.unlink(self.store.path(join(dir_key, ".zattrs")))
+        elif name == ".zattrs" and not removed:
+            doc = dict(doc, attributes={})
+            doc.pop("dimension_names", None)
+            self._write_doc(dir_key, doc)
+        else:
+            removed.add(name)
+        if not removed:
+            del self.tree.views.removed[dir_key]
+
+    async def finalize(self, dir_key: str) -> None:
+        """Delete the backing metadata of a directory whose metadata was unlinked."""
+        if dir_key not in self.tree.views.removed:
             return
-        if _is_array(doc):
-            await self.flusher.flush_array(dir_key)
-        if name != "zarr.json" and doc and (doc.get("attributes") or doc.get("dimension_names")):
-            # .zattrs stays visible while its .zarray/.zgroup goes (rm -r removes it next)
-            self.store.replace_durably(join(dir_key, ".zattrs"), _dumps(self._v2_attributes(dir_key)))
-        os.unlink(self.store.path(join(dir_key, "zarr.json")))
+        await self.flusher.flush_array(dir_key)
+        for name in ("zarr.json", ".zattrs"):
+            try:
+                os.unlink(self.store.path(join(dir_key, name)))
+            except FileNotFoundError:
+                pass
+        del self.tree.views.removed[dir_key]
+
+    async def finalize_all(self) -> None:
+        for dir_key in list(self.tree.views.removed):
+            try:
+                await self.finalize(dir_key)
+            except OSError as error:
+                log.error("%s: could not delete its unlinked metadata: %s", dir_key, error)
 
     # -- helpers -------------------------------------------------------------
 

@@ -222,7 +222,7 @@ class Operations(pyfuse3.Operations):
 
     @_kernel_errors
     async def rmdir(self, parent_inode, name, ctx):
-        self._writer().rmdir(self._node(parent_inode), os.fsdecode(name))
+        await self._writer().rmdir(self._node(parent_inode), os.fsdecode(name))
 
     @_kernel_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):

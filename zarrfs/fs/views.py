@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..format.keys import ChunkKeyEncoding
 from ..format.metadata import ArrayLayout, MetadataError, parse_array_document, parse_v2_sharded
@@ -55,6 +55,10 @@ class Views:
         self.store = store
         self.view = view
         self._cache: LRU[tuple] = LRU(capacity)
+        # Metadata files unlinked through the mount, by directory. The backing
+        # metadata stays until the directory is removed (``rm -r`` deletes the
+        # metadata, then the chunks, in any order), so chunk names keep working.
+        self.removed: dict[str, set[str]] = {}
 
     def of(self, dir_key: str) -> DirView | None:
         """The view of ``dir_key``, or None when it is shown as it is."""
@@ -62,10 +66,13 @@ class Views:
         if source is None:
             return None
         cached = self._cache.get(dir_key)
-        if cached is not None and cached[0] == source:
-            return cached[1]
-        view = self._build(dir_key, source[0])
-        self._cache.put(dir_key, (source, view))
+        if cached is None or cached[0] != source:
+            cached = (source, self._build(dir_key, source[0]))
+            self._cache.put(dir_key, cached)
+        view = cached[1]
+        gone = self.removed.get(dir_key)
+        if gone and view is not None:
+            view = replace(view, metadata={n: d for n, d in view.metadata.items() if n not in gone})
         return view
 
     def _metadata_source(self, dir_key: str) -> tuple | None:

@@ -70,7 +70,7 @@ class Writer:
 
     # -- naming -------------------------------------------------------------
 
-    def target(self, parent: Node, name: str) -> Target:
+    def target(self, parent: Node, name: str, quiet: bool = False) -> Target:
         """What writing ``name`` in ``parent`` means. Raises OSError for names that cannot be written."""
         if name.startswith(RESERVED_PREFIX):
             raise OSError(errno.EPERM, f"{name}: names starting with {RESERVED_PREFIX} are zarrfs's own")
@@ -78,7 +78,7 @@ class Writer:
         if isinstance(parent, Plain) and name in self.metadata.names:
             return Target("metadata", path, parent.path)
         if isinstance(parent, KeyDir):
-            return self._key_target(parent.array, parent.parts + (name,), path)
+            return self._key_target(parent.array, parent.parts + (name,), path, quiet)
         view = self.tree.views.of(parent.path) if isinstance(parent, Plain) else None
         if view is None or view.array is None:
             if view is not None and name in view.hidden:
@@ -87,10 +87,10 @@ class Writer:
         if name in view.hidden:
             raise OSError(errno.EPERM, f"{path}: the view shows other metadata here")
         if self.tree._is_key(view, name):
-            return self._key_target(parent.path, (name,), path)
+            return self._key_target(parent.path, (name,), path, quiet)
         return Target("scratch", path, parent.path)
 
-    def _key_target(self, array_key: str, parts: tuple[str, ...], path: str) -> Target:
+    def _key_target(self, array_key: str, parts: tuple[str, ...], path: str, quiet: bool = False) -> Target:
         view = self.tree._array_view(array_key)
         if view is None:
             raise OSError(errno.ENOENT, f"{array_key} is no longer an array")
@@ -99,7 +99,9 @@ class Writer:
         if coords is None or len(parts) != view.keys.depth(layout.ndim):
             return Target("scratch", path, array_key)
         if not layout.in_grid(coords):
-            log.warning("%s: chunk key outside the grid %s of %s; refused", path, layout.chunk_grid, array_key)
+            if not quiet:
+                log.warning("%s: chunk key outside the grid %s of %s; refused", path, layout.chunk_grid,
+                            array_key)
             raise OSError(errno.EINVAL, f"{path} is outside the array's chunk grid")
         return Target("chunk", path, array_key, coords)
 
@@ -198,6 +200,8 @@ class Writer:
     async def unlink(self, parent: Node, name: str) -> None:
         node = self.tree.lookup(parent, name)
         if node is None:
+            if self._dropped_by_shrink(parent, name):
+                return  # the kernel may still cache the name; the chunk is already gone
             raise OSError(errno.ENOENT, join(parent.path, name))
         if isinstance(node, KeyDir) or (isinstance(node, Plain) and stat.S_ISDIR(self.tree.store.lstat(node.path).st_mode)):
             raise OSError(errno.EISDIR, node.path)
@@ -210,6 +214,14 @@ class Writer:
             self.flusher.chunk_changed(node.array, node.coords)
         else:
             self.overlay.forget(scratch_name(node.path))
+
+    def _dropped_by_shrink(self, parent: Node, name: str) -> bool:
+        """A chunk key outside the grid: a resize dropped it (zarr-python 2 deletes them after)."""
+        try:
+            self.target(parent, name, quiet=True)
+        except OSError as error:
+            return error.errno == errno.EINVAL
+        return False
 
     def mkdir(self, parent: Node, name: str, mode: int) -> Node:
         target = self.target(parent, name)
@@ -225,7 +237,7 @@ class Writer:
             raise OSError(errno.EINVAL, f"{target.path} is not a chunk key directory of {target.array}")
         return node
 
-    def rmdir(self, parent: Node, name: str) -> None:
+    async def rmdir(self, parent: Node, name: str) -> None:
         node = self.tree.lookup(parent, name)
         if node is None:
             raise OSError(errno.ENOENT, join(parent.path, name))
@@ -237,6 +249,7 @@ class Writer:
         if isinstance(node, Plain):
             if self.tree.children(node):
                 raise OSError(errno.ENOTEMPTY, node.path)
+            await self.metadata.finalize(node.path)
             os.rmdir(self.tree.store.path(node.path))
             return
         raise OSError(errno.ENOTDIR, node.path)

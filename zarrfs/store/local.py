@@ -76,7 +76,9 @@ class LocalStore:
         while directory and directory != up_to and directory.startswith(up_to):
             try:
                 os.rmdir(self.path(directory))
-            except OSError:
+            except FileNotFoundError:
+                pass
+            except OSError:  # not empty: other shards live here
                 break
             directory = os.path.dirname(directory)
         _fsync_directory(self.path(directory))
