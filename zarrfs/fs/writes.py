@@ -305,6 +305,7 @@ class Writer:
     def _bind(self, target: Target, memfile: MemFile) -> None:
         self.overlay.bind(target.name, memfile)
         if target.kind == "chunk":
+            memfile.generation += 1  # new content at this key: not in its shard yet
             self.flusher.chunk_changed(target.array, target.coords)
 
     def link(self, node: Node, new_parent: Node, new: str) -> Node:
