@@ -65,6 +65,14 @@ class InodeTable:
             self._nodes[inode] = moved
             self._versions.pop(inode, None)
 
+    def resolve_again(self, prefix: str, resolve) -> None:
+        """Nodes below ``prefix`` are looked up again by path (``resolve(path) -> Node | None``)."""
+        for inode, node in list(self._nodes.items()):
+            if node.path.startswith(prefix + "/") if prefix else node.path:
+                fresh = resolve(node.path)
+                if fresh is not None:
+                    self._nodes[inode] = fresh
+
     def swap_version(self, inode: int, version: tuple) -> tuple | None:
         """Record the version of the content just opened; return the previous one."""
         previous = self._versions.get(inode)

@@ -21,7 +21,7 @@ import trio
 
 from ..format.metadata import MetadataError, parse_array_document, shard_document
 from ..format.v2 import NoV2Equivalent, v2_to_v3
-from .overlay import chunk_name
+from .overlay import MemFile, chunk_name
 from .shards import join
 
 log = logging.getLogger("zarrfs")
@@ -94,6 +94,34 @@ class MetadataWriter:
         self._write_doc(dir_key, sharded)
         if old is not None:
             self._trim(dir_key, old, parse_array_document(sharded))
+        else:
+            self._adopt_chunk_files(dir_key)
+        self.changed(dir_key)
+
+    def changed(self, dir_key: str) -> None:
+        """Called when a directory starts or stops being an array (operations re-resolves inodes)."""
+
+    def _adopt_chunk_files(self, dir_key: str) -> None:
+        """``cp -r`` copies in directory order, so chunk files may arrive before their
+        metadata (as plain files). They become chunks of the new array now."""
+        view = self.tree._array_view(dir_key)
+        if view is None:
+            return
+        layout, root = view.array, self.store.path(dir_key)
+        for directory, _, files in os.walk(root, topdown=False):
+            for name in files:
+                path = os.path.join(directory, name)
+                parts = tuple(os.path.relpath(path, root).split(os.sep))
+                coords = view.keys.decode_prefix(parts, layout.ndim)
+                if coords is None or len(parts) != view.keys.depth(layout.ndim) or not layout.in_grid(coords):
+                    continue
+                with open(path, "rb") as f:
+                    memfile = MemFile(bytearray(f.read()))
+                self.tree.overlay.bind(chunk_name(dir_key, coords), memfile)
+                self.flusher.chunk_changed(dir_key, coords)
+                os.unlink(path)
+            if directory != root and not os.listdir(directory):
+                os.rmdir(directory)
 
     def _apply_attributes(self, dir_key: str, where: str, attributes) -> None:
         if not isinstance(attributes, dict):

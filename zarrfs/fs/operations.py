@@ -61,6 +61,8 @@ class Operations(pyfuse3.Operations):
         self.writer = writer  # None: a read-only mount
         self.flusher = writer.flusher if writer else None
         self.inodes = InodeTable(tree.root())
+        if writer is not None:
+            writer.metadata.changed = self._resolve_again
         self._handles: dict[int, object] = {}
         self._next_handle = itertools.count(1)
 
@@ -249,6 +251,11 @@ class Operations(pyfuse3.Operations):
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
         return self._entry(node, self.tree.attributes(node))
+
+    def _resolve_again(self, dir_key: str) -> None:
+        """A directory became (or stopped being) an array: the kernel's inodes below it
+        must mean what the tree says now (a plain ``c`` directory is now a KeyDir)."""
+        self.inodes.resolve_again(dir_key, self.tree.resolve)
 
     def _writer(self) -> Writer:
         if self.writer is None:

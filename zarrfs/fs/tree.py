@@ -202,6 +202,15 @@ class ViewTree:
             return self._key_lookup(parent.path, view, (name,))
         return self._backing_child(parent.path, name)
 
+    def resolve(self, path: str) -> Node | None:
+        """The node at a view path, looked up component by component from the root."""
+        node = self.root()
+        for name in path.split("/") if path else []:
+            node = self.lookup(node, name)
+            if node is None:
+                return None
+        return node
+
     def children(self, node: Node) -> list[Entry]:
         """The entries of directory ``node``: ``(name, node, attributes or None)``.
 
