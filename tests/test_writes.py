@@ -242,3 +242,14 @@ def test_read_only_mounts_refuse_every_write(tmp_path, mount):
     with pytest.raises(OSError) as failure:
         (mnt.path / "c" / "0").write_bytes(b"x")
     assert failure.value.errno == errno.EROFS
+
+
+def test_plain_files_in_an_array_directory_survive_and_temporaries_do_not(array):
+    store, mnt, a = array
+    (a / "README.txt").write_text("calibration notes")
+    (a / "c" / "0").mkdir(parents=True, exist_ok=True)
+    (a / "c" / "0" / "0.tmp").write_bytes(b"junk")
+    (a / "c" / "0" / "0").write_bytes(raw_chunk(1))
+    mnt.unmount()
+    assert (store / "a" / "README.txt").read_text() == "calibration notes"
+    assert list_files(store / "a") == {"zarr.json", "README.txt", "c/0/0"}

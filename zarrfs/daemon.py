@@ -210,6 +210,7 @@ async def _run_mounted(mountpoint: str, operations: Operations, on_ready) -> boo
     if flusher is None:
         return True
     await operations.writer.metadata.finalize_all()
+    operations.writer.persist_scratch()
     return await _final_flush(flusher)
 
 

@@ -327,6 +327,18 @@ class Writer:
         os.symlink(target_text, self.tree.store.path(target.path))
         return self.node_of(target)
 
+    def persist_scratch(self) -> None:
+        """At exit: files left directly in an array directory are a user's plain files;
+        temporaries left in chunk key directories have no place in the store."""
+        for path, memfile in list(self.overlay.scratch.items()):
+            self.overlay.forget(scratch_name(path))
+            if os.path.basename(path) in self.metadata.names:
+                continue  # metadata still being written when the mount went away
+            if self.tree.views.of(os.path.dirname(path)) is None:
+                log.warning("%s: a temporary file left among chunks is dropped", path)
+                continue
+            self.tree.store.replace_durably(path, bytes(memfile.data), stat.S_IMODE(memfile.mode))
+
     async def closed(self, node: Node, content) -> None:
         """The last handle of a metadata file closed: apply what was written."""
         if isinstance(content, MemContent) and content.memfile.handles == 1:
