@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev rsync
 
-.PHONY: demo test bench install system-deps clean
+.PHONY: demo test bench install system-deps entry-point clean
 
 demo: install
 	$(PY) scripts/demo.py
@@ -15,7 +15,12 @@ test: install
 bench: install
 	$(PY) bench/read_bench.py
 
-install: system-deps $(VENV)/.installed
+install: system-deps $(VENV)/.installed entry-point
+
+# mount -t fuse.zarrfs, fstab lines and the systemd units run `zarrfs` from a
+# reset PATH: make this checkout's entry point reachable there.
+entry-point: $(VENV)/.installed
+	ln -sf $(abspath $(VENV))/bin/zarrfs /usr/local/bin/zarrfs
 
 # Only what is missing is installed, so repeated runs are quick and offline-safe.
 system-deps:

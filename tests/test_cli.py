@@ -349,8 +349,16 @@ def test_umount_leaves_other_filesystems_alone(tmp_path, cleanup):
     assert [e[2] for e in mount_entries(other)] == ["tmpfs"]
 
 
+def test_a_killed_daemon_leaves_no_dead_mount(store, mnt):
+    cli_mount(store, mnt)  # auto_unmount is the default
+    pid = status_of(mnt)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not alive(pid), timeout=5)
+    assert wait_until(lambda: not is_mounted(mnt), timeout=10)
+
+
 def test_umount_cleans_up_after_a_killed_daemon(store, mnt):
-    cli_mount(store, mnt)
+    cli_mount(store, mnt, "-o", "noauto_unmount")
     pid = status_of(mnt)["pid"]
     os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: not alive(pid), timeout=5)

@@ -65,8 +65,11 @@ class MountOptions:
     log_file: str | None = None
 
     def fuse_option_set(self) -> set[str]:
-        options = {f"fsname={self.store}", "subtype=zarrfs", "default_permissions"}
+        # auto_unmount: a killed daemon leaves no dead "Transport endpoint is not connected" mount.
+        options = {f"fsname={self.store}", "subtype=zarrfs", "default_permissions", "auto_unmount"}
         options |= {o for o in self.fuse_options if o not in GENERIC_MOUNT_OPTIONS and o != "ro"}
+        if "noauto_unmount" in options:
+            options -= {"auto_unmount", "noauto_unmount"}
         if self.read_only:
             options.add("ro")
         return options
