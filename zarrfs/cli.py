@@ -7,11 +7,12 @@ import json
 import sys
 
 from . import __version__
+from .check import run_check
 from .daemon import (DEFAULT_FLUSH_AFTER, DEFAULT_MAX_DIRTY_MIB, DEFAULT_SHARDS, DEFAULT_TIMEOUT, MountError,
                      MountOptions, mount, read_status, umount)
 from .info import DEFAULT_JOBS, run_info
 
-COMMANDS = ("mount", "umount", "status", "info")
+COMMANDS = ("mount", "umount", "status", "info", "check")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     info_cmd.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info_cmd.add_argument("-j", "--jobs", type=int, default=DEFAULT_JOBS, metavar="N",
                           help=f"shard indexes read concurrently (default {DEFAULT_JOBS})")
+
+    check_cmd = commands.add_parser(
+        "check", help="verify every shard and every array's metadata; exit 1 on problems",
+        description="Verify every shard of STORE (file length, index checksum, entries inside the file, "
+                    "not overlapping each other or the index; nested shards too) and every array's "
+                    "metadata. Prints one line per problem, naming the shard by its store-relative key. "
+                    "Exit status: 0 clean, 1 problems found, 2 usage errors.",
+    )
+    check_cmd.add_argument("store", metavar="STORE")
+    check_cmd.add_argument("--decode", action="store_true",
+                           help="also decode every chunk with zarr-python's codecs and check its shape (slower)")
+    check_cmd.add_argument("-j", "--jobs", type=_positive_int, default=DEFAULT_JOBS, metavar="N",
+                           help=f"shards read concurrently (default {DEFAULT_JOBS})")
     return parser
 
 
@@ -101,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "info":
             return run_info(args.store, as_json=args.json, jobs=args.jobs)
+        if args.command == "check":
+            return run_check(args.store, decode=args.decode, jobs=args.jobs)
     except MountError as error:
         print(f"zarrfs: error: {error}", file=sys.stderr)
         return 1

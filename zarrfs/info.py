@@ -14,45 +14,39 @@ would show. Two phases:
 2. read the index of every shard, in batches: in a bounded thread pool when
    reads wait on the filesystem (on Lustre, GPFS or NFS each index read is a
    network round trip, so they are overlapped), in this thread when they do not.
+
+Both phases (and the progress line) are shared with ``zarrfs check``: walk.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import math
-import os
 import sys
 import threading
-import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator, TextIO
+from typing import TextIO
 
-from .format.keys import ChunkKeyEncoding
-from .format.metadata import ArrayLayout, MetadataError, parse_array_document, parse_v2_sharded
+from .format.metadata import ArrayLayout
 from .format.shard_index import CorruptShard
 from .fs.shards import Shards, ShardChanged, join
-from .fs.tree import RESERVED_PREFIX
-from .fs.views import V2_ARRAY, V3_METADATA, Views
+from .fs.views import Views
 from .store.local import LocalStore
+from .walk import Progress, StoreError, StoreWalker, batched, open_store, quiet_zarrfs_log, run_batches
+
+__all__ = ["ArraySummary", "Progress", "StoreError", "StoreSummary", "format_array", "format_text",
+           "run_info", "summarize"]
 
 DEFAULT_JOBS = 16  # concurrent index reads: enough to hide network filesystem latency
 # Shards per task handed to a worker thread: a handoff costs about as much as
 # reading one small index from the page cache, so hand them over in batches.
 BATCH = 64
 # Threads are used when reading indexes is mostly waiting: wall time above this
-# many times the CPU time (see _run_batches).
+# many times the CPU time (see walk.run_batches).
 IO_BOUND = 2.0
-V2_GROUP = ".zgroup"
 # Per worker thread: an index is needed only by the task that reads it (and its
 # nested levels), so a small cache is enough and memory stays bounded.
 WORKER_CACHE_BYTES = 8 << 20
-
-
-class StoreError(Exception):
-    """STORE cannot be summarized at all (missing, not a directory)."""
 
 
 @dataclass
@@ -121,49 +115,6 @@ class StoreSummary:
         }
 
 
-# -- progress ---------------------------------------------------------------------------
-
-
-class Progress:
-    """One self-overwriting line on a terminal, shown only once work takes a while.
-
-    Never writes to a pipe or file: a log or a ``--json`` consumer must not get
-    carriage returns mixed into stderr.
-    """
-
-    def __init__(self, stream: TextIO, delay: float = 1.0, interval: float = 0.1,
-                 clock: Callable[[], float] = time.monotonic):
-        self.stream = stream
-        self.enabled = _is_tty(stream)
-        self.interval, self.clock = interval, clock
-        self._next = clock() + delay
-        self._shown = False
-
-    def update(self, text: str) -> None:
-        if not self.enabled:
-            return
-        now = self.clock()
-        if now < self._next:
-            return
-        self._next = now + self.interval
-        self.stream.write("\r\x1b[K" + text)
-        self.stream.flush()
-        self._shown = True
-
-    def clear(self) -> None:
-        if self._shown:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self._shown = False
-
-
-def _is_tty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # no isatty, or a closed stream
-        return False
-
-
 # -- phase 1: the walk ------------------------------------------------------------------
 
 
@@ -177,78 +128,31 @@ class _Shard:
     coords: tuple[int, ...]
 
 
-class _Walker:
+class _Walker(StoreWalker):
     """Walks the backing store once, summarizing every directory that holds metadata."""
 
     def __init__(self, store: LocalStore, progress: Progress):
-        self.store = store
-        self.progress = progress
+        super().__init__(store, progress, "zarrfs info")
         self.v2_views = Views(store, "v2")  # the mount's own v2 decision, with its reason
         self.result = StoreSummary(store.root)
         self.shards: list[_Shard] = []
-        self._seen = 0
 
-    def walk(self, dir_key: str) -> None:
-        entries = self._scandir(dir_key)
-        if entries is None:
-            return
-        kind, layout = self._node_of(dir_key, {e.name for e in entries})
-        if layout is not None:
-            self._array(dir_key, 3 if kind == V3_METADATA else 2, layout, entries)
-            return
-        if kind is not None:
-            self.result.groups += 1
-        self._plain(dir_key, entries)
+    def unlistable(self, dir_key: str, error: OSError) -> None:
+        self.result.skipped.append((dir_key or ".", f"cannot list: {error.strerror or error}"))
 
-    def _scandir(self, dir_key: str) -> list[os.DirEntry] | None:
-        try:
-            with os.scandir(self.store.path(dir_key)) as it:
-                return sorted(it, key=lambda e: e.name)
-        except OSError as error:
-            self.result.skipped.append((dir_key or ".", f"cannot list: {error.strerror or error}"))
-            return None
+    def bad_metadata(self, meta_key: str, error: Exception) -> None:
+        self.result.skipped.append((meta_key, f"shown as plain files: {error}"))
 
-    def _count_file(self) -> None:
-        self._seen += 1
-        self.progress.update(f"zarrfs info: scanning the store, {self._seen} files")
+    def group(self, dir_key: str) -> None:
+        self.result.groups += 1
 
-    def _plain(self, dir_key: str, entries: list[os.DirEntry]) -> None:
-        """A directory the view shows as it is (a group, or no Zarr node at all)."""
-        for entry in entries:
-            if entry.name.startswith(RESERVED_PREFIX):
-                self._scratch(dir_key, entry)
-            elif entry.is_dir(follow_symlinks=False):
-                self.walk(join(dir_key, entry.name))
-            else:
-                self._count_file()
-                self.result.other_files += 1
+    def other_file(self, dir_key: str, name: str) -> None:
+        self.result.other_files += 1
 
-    def _scratch(self, dir_key: str, entry: os.DirEntry) -> None:
-        """Files under a ``.zarrfs*`` name: zarrfs's own, never shown by the view."""
-        for _ in self._files_below(dir_key, (entry.name,), entry.is_dir(follow_symlinks=False)):
-            self._count_file()
-            self.result.scratch_files += 1
+    def scratch_file(self, dir_key: str, parts: tuple[str, ...]) -> None:
+        self.result.scratch_files += 1
 
-    def _node_of(self, dir_key: str, names: set[str]) -> tuple[str | None, ArrayLayout | None]:
-        """``(metadata file, array layout)``: layout None for a group, both None
-        for a directory that is no Zarr node.
-
-        zarr.json wins over .zarray, as in fs/views.py; metadata that does not
-        parse makes the directory plain files there, so it is skipped here too.
-        """
-        for name in (V3_METADATA, V2_ARRAY):
-            if name in names:
-                meta_key = join(dir_key, name)
-                try:
-                    doc = json.loads(self.store.read(meta_key))
-                    layout = parse_array_document(doc) if name == V3_METADATA else _v2_layout(doc)
-                except (ValueError, UnicodeDecodeError, MetadataError, OSError) as error:
-                    self.result.skipped.append((meta_key, f"shown as plain files: {error}"))
-                    return None, None
-                return name, layout
-        return (V2_GROUP, None) if V2_GROUP in names else (None, None)
-
-    def _array(self, dir_key: str, zarr_format: int, layout: ArrayLayout, entries: list[os.DirEntry]) -> None:
+    def array(self, dir_key: str, zarr_format: int, layout: ArrayLayout) -> ArraySummary:
         doc = layout.view_document  # the zarr.json (unsharded) or the .zarray
         summary = ArraySummary(
             path=dir_key or ".",
@@ -262,43 +166,22 @@ class _Walker:
             v2_problem=self._v2_problem(dir_key) if zarr_format == 3 else None,
         )
         self.result.arrays.append(summary)
-        keys = layout.key_encoding
-        for entry in entries:
-            is_dir = entry.is_dir(follow_symlinks=False)
-            if entry.name.startswith(RESERVED_PREFIX):
-                self._scratch(dir_key, entry)
-                continue
-            if keys.decode_prefix((entry.name,), layout.ndim) is None:
-                # Not a chunk key: metadata, or a stray file the view shows as it is.
-                if is_dir:
-                    self.walk(join(dir_key, entry.name))
-                else:
-                    self._count_file()
-                    summary.backing_files += 1
-                    summary.view_files += 1
-                continue
-            for parts in self._files_below(dir_key, (entry.name,), is_dir):
-                self._key_file(summary, dir_key, layout, parts)
+        return summary
 
-    def _files_below(self, dir_key: str, parts: tuple[str, ...], is_dir: bool) -> Iterator[tuple[str, ...]]:
-        """Key components of every file at or under ``dir_key/parts``."""
-        if not is_dir:
-            yield parts
-            return
-        for entry in self._scandir(join(dir_key, *parts)) or ():
-            yield from self._files_below(dir_key, parts + (entry.name,), entry.is_dir(follow_symlinks=False))
-
-    def _key_file(self, summary: ArraySummary, dir_key: str, layout: ArrayLayout, parts: tuple[str, ...]) -> None:
-        """A file in the array's chunk key namespace: a shard, a chunk, or one the view hides."""
-        self._count_file()
+    def array_file(self, summary: ArraySummary, dir_key: str, name: str) -> None:
+        # Not a chunk key: metadata, or a stray file the view shows as it is.
         summary.backing_files += 1
-        coords = _decode_key(layout.key_encoding, parts, layout.ndim)
-        valid = coords is not None and all(i < n for i, n in zip(coords, layout.shard_grid))
+        summary.view_files += 1
+
+    def key_file(self, summary: ArraySummary, dir_key: str, layout: ArrayLayout, parts: tuple[str, ...],
+                 coords: tuple[int, ...] | None) -> None:
+        """A file in the array's chunk key namespace: a shard, a chunk, or one the view hides."""
+        summary.backing_files += 1
         if not layout.is_sharded:
             # Shown as it is: every file is in the view, the valid ones are chunks.
             summary.view_files += 1
-            summary.chunks += int(valid)
-        elif valid:
+            summary.chunks += int(coords is not None)
+        elif coords is not None:
             summary.shards += 1
             self.shards.append(_Shard(summary, dir_key, layout, coords))
         # else: a name in the key namespace that is no shard (outside the grid,
@@ -309,34 +192,6 @@ class _Walker:
         if view is None:  # cannot happen for metadata we just parsed, unless it changed
             return "its metadata cannot be read"
         return view.problem
-
-
-def _decode_key(keys: ChunkKeyEncoding, parts: tuple[str, ...], ndim: int) -> tuple[int, ...] | None:
-    if len(parts) != keys.depth(ndim):
-        return None
-    coords = keys.decode_prefix(parts, ndim)
-    return coords if coords is not None and len(coords) == ndim else None
-
-
-def _v2_layout(zarray: object) -> ArrayLayout:
-    """The layout of a ``.zarray``: the sharding prototype, or a plain (unsharded) v2 array."""
-    layout = parse_v2_sharded(zarray)
-    if layout is not None:
-        return layout
-    if not isinstance(zarray, dict):
-        raise MetadataError(".zarray is not a JSON object")
-    shape, chunks = zarray.get("shape"), zarray.get("chunks")
-    if not (_is_shape(shape) and _is_shape(chunks) and len(shape) == len(chunks) and 0 not in chunks):
-        raise MetadataError(f"shape {shape!r} and chunks {chunks!r} do not fit together")
-    separator = zarray.get("dimension_separator") or "."
-    if separator not in (".", "/"):
-        raise MetadataError(f"unknown dimension_separator {separator!r}")
-    keys = ChunkKeyEncoding("v2", separator)
-    return ArrayLayout(tuple(shape), tuple(chunks), tuple(chunks), (), keys, zarray)
-
-
-def _is_shape(value: object) -> bool:
-    return isinstance(value, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
 
 
 # -- phase 2: the shard indexes ---------------------------------------------------------
@@ -365,42 +220,6 @@ def _inspect_shard(shards: Shards, task: _Shard) -> tuple[int, str | None]:
         return 0, f"cannot read: {error.strerror or error}"
 
 
-def _bounded_map(pool: ThreadPoolExecutor, fn, items: Iterable, window: int) -> Iterator:
-    """``fn(item)`` for each item, in completion order, with at most ``window`` in flight,
-    so that millions of shards do not become millions of queued futures."""
-    pending = set()
-    for item in items:
-        if len(pending) >= window:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            yield from (f.result() for f in done)
-        pending.add(pool.submit(fn, item))
-    while pending:
-        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-        yield from (f.result() for f in done)
-
-
-def _run_batches(work: Callable, batches: list, jobs: int) -> Iterator:
-    """``work(batch)`` for every batch, in some order, in threads only where they help.
-
-    The first batch runs here, timed. If the thread spent most of it waiting
-    (a network filesystem, cold caches), the rest go to ``jobs`` threads, which
-    overlap those waits. If it was mostly CPU (indexes in the page cache), the
-    rest run here too: threads would only contend for the GIL, which on a local
-    disk doubles the CPU time of the same work.
-    """
-    if not batches:
-        return
-    wall, cpu = time.perf_counter(), time.thread_time()
-    first = work(batches[0])
-    waited = time.perf_counter() - wall > IO_BOUND * (time.thread_time() - cpu)
-    yield first
-    if jobs == 1 or not waited:
-        yield from map(work, batches[1:])
-        return
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="zarrfs-info") as pool:
-        yield from _bounded_map(pool, work, batches[1:], 2 * jobs)
-
-
 def _read_indexes(store: LocalStore, tasks: list[_Shard], jobs: int, progress: Progress) -> None:
     # Shards and its LRU are not thread-safe: one per thread.
     local = threading.local()
@@ -410,9 +229,8 @@ def _read_indexes(store: LocalStore, tasks: list[_Shard], jobs: int, progress: P
             local.shards = Shards(store, cache_bytes=WORKER_CACHE_BYTES)
         return [(task, *_inspect_shard(local.shards, task)) for task in batch]
 
-    batches = [tasks[i : i + BATCH] for i in range(0, len(tasks), BATCH)]
     done = 0
-    for results in _run_batches(work, batches, jobs):
+    for results in run_batches(work, batched(tasks, BATCH), jobs, IO_BOUND, "zarrfs-info"):
         for task, chunks, problem in results:
             task.summary.chunks += chunks
             task.summary.view_files += chunks
@@ -425,34 +243,13 @@ def _read_indexes(store: LocalStore, tasks: list[_Shard], jobs: int, progress: P
         summary.corrupt_shards.sort()
 
 
-@contextlib.contextmanager
-def _quiet_zarrfs_log():
-    """Views and Shards log as the daemon would (a warning per array without a v2
-    equivalent, an error per corrupt shard); the report says the same, so keep
-    those lines off the user's terminal while we run."""
-    logger = logging.getLogger("zarrfs")
-
-    def drop(record: logging.LogRecord) -> bool:
-        return False
-
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
-
-
 def summarize(root: str, jobs: int = DEFAULT_JOBS, progress: Progress | None = None) -> StoreSummary:
     """Summarize the store at ``root``. Raises StoreError when it is not a directory."""
-    if not os.path.exists(root):
-        raise StoreError(f"{root}: no such directory")
-    if not os.path.isdir(root):
-        raise StoreError(f"{root}: not a directory")
+    store = open_store(root)
     progress = progress or Progress(sys.stderr)
-    store = LocalStore(root)
     walker = _Walker(store, progress)
     try:
-        with _quiet_zarrfs_log():
+        with quiet_zarrfs_log():
             walker.walk("")
             _read_indexes(store, walker.shards, max(1, jobs), progress)
     finally:

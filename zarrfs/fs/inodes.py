@@ -27,6 +27,7 @@ class InodeTable:
         self._nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: root}
         self._lookups: dict[int, int] = {}
         self._versions: dict[int, tuple] = {}  # content version at the last open
+        self._by_path: dict[str, int] = {}  # the inode the kernel knows each path by
 
     def node(self, inode: int) -> Node | None:
         return self._nodes.get(inode)
@@ -35,6 +36,9 @@ class InodeTable:
         """The inode number ``node`` has (or would get); probes past hash collisions."""
         if node.path == "":
             return pyfuse3.ROOT_INODE
+        known = self._by_path.get(node.path)
+        if known is not None:
+            return known
         inode = path_inode(node.path)
         while inode in self._nodes and self._nodes[inode].path != node.path:
             inode += 1
@@ -46,6 +50,7 @@ class InodeTable:
         if inode != pyfuse3.ROOT_INODE:
             self._nodes[inode] = node  # the newest meaning of the path
             self._lookups[inode] = self._lookups.get(inode, 0) + 1
+            self._by_path[node.path] = inode
         return inode
 
     def forget(self, inode: int, count: int) -> None:
@@ -56,21 +61,24 @@ class InodeTable:
             self._lookups.pop(inode, None)
             self._versions.pop(inode, None)
             if inode != pyfuse3.ROOT_INODE:
-                self._nodes.pop(inode, None)
+                node = self._nodes.pop(inode, None)
+                if node is not None and self._by_path.get(node.path) == inode:
+                    del self._by_path[node.path]
 
     def rename(self, source: Node, moved: Node) -> None:
         """The kernel keeps the source's inode for the new name: let it mean ``moved``."""
-        inode = self.inode_of(source)
-        if inode in self._nodes:
+        inode = self._by_path.pop(source.path, None)
+        if inode is not None and inode in self._nodes:
             self._nodes[inode] = moved
             self._versions.pop(inode, None)
+            self._by_path[moved.path] = inode
 
     def resolve_again(self, prefix: str, resolve) -> None:
         """Nodes below ``prefix`` are looked up again by path (``resolve(path) -> Node | None``)."""
         for inode, node in list(self._nodes.items()):
             if node.path.startswith(prefix + "/") if prefix else node.path:
                 fresh = resolve(node.path)
-                if fresh is not None:
+                if fresh is not None and fresh.path == node.path:
                     self._nodes[inode] = fresh
 
     def swap_version(self, inode: int, version: tuple) -> tuple | None:

@@ -48,7 +48,7 @@ class MetadataWriter:
     async def apply(self, dir_key: str, name: str, data: bytes) -> None:
         where = join(dir_key, name)
         content = _json(where, data)
-        self.tree.views.removed.get(dir_key, set()).discard(name)
+        self._unhide(dir_key, name)
         if name == "zarr.json":
             await self._apply_v3(dir_key, where, content)
         elif name == ".zarray":
@@ -67,6 +67,16 @@ class MetadataWriter:
         elif name == ".zattrs":
             self._apply_attributes(dir_key, where, content)
 
+    def _unhide(self, dir_key: str, name: str) -> None:
+        """New metadata in a directory whose metadata was unlinked: it is reborn."""
+        removed = self.tree.views.removed
+        if name == ".zattrs" and dir_key in removed:
+            removed[dir_key].discard(name)
+        else:
+            removed.pop(dir_key, None)
+        if dir_key in removed and not removed[dir_key]:
+            del removed[dir_key]
+
     async def _apply_v3(self, dir_key: str, where: str, doc) -> None:
         if isinstance(doc, dict) and doc.get("node_type") == "group":
             self._write_doc(dir_key, doc)
@@ -78,6 +88,9 @@ class MetadataWriter:
 
     async def _store_array(self, dir_key: str, where: str, doc: dict) -> None:
         new = _layout(where, doc)
+        # Chunks written or deleted under the old metadata go to the store first
+        # (tensorstore's delete_existing unlinks every chunk, then writes zarr.json).
+        await self.flusher.flush_array(dir_key)
         existing = self._backing_doc(dir_key)
         old = parse_array_document(existing) if _is_array(existing) else None
         if old is not None and old.is_sharded and _same_chunking(old, new, existing, doc):
@@ -90,7 +103,6 @@ class MetadataWriter:
                 sharded = shard_document(doc, self.chunks_per_shard)
             except MetadataError as error:
                 raise refuse(where, str(error)) from None
-        await self.flusher.flush_array(dir_key)  # pending chunks belong to the metadata they were written for
         self._write_doc(dir_key, sharded)
         if old is not None:
             self._trim(dir_key, old, parse_array_document(sharded))
@@ -120,7 +132,12 @@ class MetadataWriter:
                 self.tree.overlay.bind(chunk_name(dir_key, coords), memfile)
                 self.flusher.chunk_changed(dir_key, coords)
                 os.unlink(path)
-            if directory != root and not os.listdir(directory):
+            if directory == root:
+                continue
+            parts = tuple(os.path.relpath(directory, root).split(os.sep))
+            if view.keys.decode_prefix(parts, layout.ndim) is not None:  # rsync makes them all first
+                self.tree.overlay.directories.add(join(dir_key, *parts))
+            if not os.listdir(directory):
                 os.rmdir(directory)
 
     def _apply_attributes(self, dir_key: str, where: str, attributes) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import os
 import secrets
+import struct
 
 
 class LocalStore:
@@ -87,13 +88,16 @@ class LocalStore:
     def locked(self, key: str, slot: int):
         """An advisory lock, between processes and nodes, on ``slot`` of file ``key``.
 
-        POSIX record locks work on NFS (lockd) and on Lustre/GPFS mounted with
-        locking, and a byte range per shard of the array's metadata file needs
-        no extra inode per shard.
+        Open-file-description record locks: unlike classic POSIX locks they
+        belong to this descriptor, not to the process, so the repacker's threads
+        exclude each other too and closing one descriptor does not drop another
+        thread's lock. They work on NFS (lockd) and on Lustre/GPFS mounted with
+        locking, and a byte per shard of the array's metadata file needs no
+        extra inode per shard.
         """
         fd = os.open(self.path(key), os.O_RDWR | os.O_CLOEXEC)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX, 1, slot)
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, slot, 1, 0))
             yield
         finally:
             os.close(fd)  # releases the lock
