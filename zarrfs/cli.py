@@ -96,6 +96,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _own_option(name: str, value: str):
+    """Convert like the matching command-line option does."""
+    name = name.replace("-", "_")
+    if name == "view" and value not in ("v3", "v2"):
+        raise SystemExit(f"zarrfs: error: -o view={value}: choose v3 or v2")
+    converters = {"shards": _positive_int, "flush_after": float, "max_dirty": float, "attr_timeout": float,
+                  "log_level": str.upper}
+    return converters.get(name, str)(value)
+
+
 def normalize_argv(argv: list[str]) -> list[str]:
     """Accept ``zarrfs STORE DIR -o OPTS``, the form mount.fuse3 and fstab use."""
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
@@ -123,8 +133,19 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+# zarrfs's own options may also come as -o NAME=VALUE (fstab lines, mount -t fuse.zarrfs).
+OWN_OPTIONS = {"view": "view", "shards": "shards", "flush_after": "flush_after", "max_dirty": "max_dirty",
+               "attr_timeout": "attr_timeout", "log_level": "log_level", "log_file": "log_file"}
+
+
 def _mount_options(args) -> MountOptions:
-    fuse_options = [o.strip() for group in args.fuse_options for o in group.split(",") if o.strip()]
+    fuse_options = []
+    for option in (o.strip() for group in args.fuse_options for o in group.split(",")):
+        name, _, value = option.partition("=")
+        if name.replace("-", "_") in OWN_OPTIONS and value:
+            setattr(args, OWN_OPTIONS[name.replace("-", "_")], _own_option(name, value))
+        elif option:
+            fuse_options.append(option)
     return MountOptions(
         store=args.store,
         mountpoint=args.mountpoint,

@@ -8,6 +8,7 @@ only then tells the waiting parent, or systemd (``READY=1``), that it is ready.
 from __future__ import annotations
 
 import json
+import errno
 import logging
 import logging.handlers
 import os
@@ -77,6 +78,7 @@ class MountOptions:
 
 def check_mount_arguments(options: MountOptions) -> None:
     """Fail early, with one clear line, before anything is mounted."""
+    _clear_dead_mount(options.mountpoint)
     if not os.path.exists(options.store):
         raise MountError(f"store {options.store} does not exist")
     if not os.path.isdir(options.store):
@@ -99,6 +101,17 @@ def check_mount_arguments(options: MountOptions) -> None:
                 pass
         except OSError as error:
             raise MountError(f"cannot open log file {options.log_file}: {error.strerror}") from None
+
+
+def _clear_dead_mount(mountpoint: str) -> None:
+    """A zarrfs mount whose daemon died ("Transport endpoint is not connected",
+    e.g. its fusermount3 helper was killed too) would block every restart."""
+    try:
+        os.statvfs(mountpoint)  # always asks the daemon; stat may be answered from the kernel's cache
+    except OSError as error:
+        if error.errno == errno.ENOTCONN and is_zarrfs_mount(mountpoint):
+            log.warning("%s: clearing the dead mount of a daemon that died", mountpoint)
+            subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True)
 
 
 def mount(options: MountOptions) -> int:
@@ -167,11 +180,22 @@ def configure_logging(options: MountOptions, daemonized: bool) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
     timestamp = "%(asctime)s " if options.log_file else ""
-    handler.setFormatter(logging.Formatter(timestamp + "zarrfs[%(process)d] %(levelname)s: %(message)s"))
+    formatter = _JournalFormatter if isinstance(handler, logging.StreamHandler) and os.environ.get(
+        "JOURNAL_STREAM") and not options.log_file else logging.Formatter
+    handler.setFormatter(formatter(timestamp + "zarrfs[%(process)d] %(levelname)s: %(message)s"))
     root = logging.getLogger("zarrfs")
     root.handlers[:] = [handler]
     root.setLevel(options.log_level.upper())
     root.propagate = False
+
+
+class _JournalFormatter(logging.Formatter):
+    """Under systemd, stderr lines carry their priority (<3> error ... <7> debug) for journald."""
+
+    PRIORITIES = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self.PRIORITIES.get(record.levelno, 6)}>{super().format(record)}"
 
 
 def serve(options: MountOptions, on_ready) -> int:
@@ -190,16 +214,31 @@ def serve(options: MountOptions, on_ready) -> int:
     except RuntimeError as error:
         raise MountError(f"cannot mount {options.mountpoint}: {error}") from None
     log.info("mounted %s on %s (view %s)", options.store, options.mountpoint, options.view)
+    unmount = _Unmount(options.mountpoint)
     try:
-        clean = trio.run(_run_mounted, options.mountpoint, operations, on_ready)
+        clean = trio.run(_run_mounted, options.mountpoint, operations, on_ready, unmount)
     finally:
-        sd_notify("STOPPING=1")
-        pyfuse3.close(unmount=True)
-        log.info("unmounted %s", options.mountpoint)
+        unmount()
     return 0 if clean else 1
 
 
-async def _run_mounted(mountpoint: str, operations: Operations, on_ready) -> bool:
+class _Unmount:
+    """Unmount once: before the exit flush (so the mountpoint does not hang while
+    it runs), or on the way out after an error."""
+
+    def __init__(self, mountpoint: str):
+        self.mountpoint, self.done = mountpoint, False
+
+    def __call__(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        sd_notify("STOPPING=1")
+        pyfuse3.close(unmount=True)
+        log.info("unmounted %s", self.mountpoint)
+
+
+async def _run_mounted(mountpoint: str, operations: Operations, on_ready, unmount: _Unmount) -> bool:
     """Serve until unmounted or signalled; then flush. False if data could not be flushed."""
     flusher = operations.flusher
     async with trio.open_nursery() as nursery:
@@ -210,6 +249,9 @@ async def _run_mounted(mountpoint: str, operations: Operations, on_ready) -> boo
             nursery.start_soon(_remove_temporaries, operations.tree.store)
         await trio.to_thread.run_sync(os.stat, mountpoint)  # served by the loop above
         on_ready()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)  # a second signal must not cut the flush short
+    unmount()
     if flusher is None:
         return True
     await operations.writer.metadata.finalize_all()

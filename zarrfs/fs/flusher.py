@@ -182,7 +182,7 @@ class Flusher:
                 if not layout.in_grid(shard) or (shard in replacements and replacements[shard] is None):
                     store.remove_durably(shard_key, up_to=array_key)
                 elif shard in replacements:
-                    store.replace_durably(shard_key, replacements[shard])
+                    store.replace_durably(shard_key, replacements[shard], like=join(array_key, metadata_name))
                 return
             chunks = self._current_chunks(shard_key, layout)
             origin = np.array(shard) * layout.chunks_per_shard
@@ -198,7 +198,7 @@ class Flusher:
             if encoded is None:
                 store.remove_durably(shard_key, up_to=array_key)
             else:
-                store.replace_durably(shard_key, encoded)
+                store.replace_durably(shard_key, encoded, like=join(array_key, metadata_name))
 
     def _current_chunks(self, shard_key: str, layout: ArrayLayout) -> dict:
         try:

@@ -204,7 +204,8 @@ class MetadataWriter:
         return doc if isinstance(doc, dict) else None
 
     def _write_doc(self, dir_key: str, doc: dict) -> None:
-        self.store.replace_durably(join(dir_key, "zarr.json"), (json.dumps(doc, indent=2) + "\n").encode())
+        self.store.replace_durably(join(dir_key, "zarr.json"), (json.dumps(doc, indent=2) + "\n").encode(),
+                                   like=dir_key)
 
     def _v2_attributes(self, dir_key: str) -> dict:
         """Attributes as v2 sees them: the backing ones, else a pending .zattrs."""

@@ -198,19 +198,21 @@ class Operations(pyfuse3.Operations):
 
     @_kernel_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
-        node, content = self._writer().create(self._node(parent_inode), os.fsdecode(name), mode, flags)
+        node, content = self._writer().create(self._node(parent_inode), os.fsdecode(name), mode, flags,
+                                              (ctx.uid, ctx.gid))
         entry = self._entry(node, self.tree.attributes(node))
         self.inodes.remember(node)
         return self._file_info(entry.st_ino, node, content), entry
 
     @_kernel_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
-        node = self._writer().mkdir(self._node(parent_inode), os.fsdecode(name), mode)
+        node = self._writer().mkdir(self._node(parent_inode), os.fsdecode(name), mode, (ctx.uid, ctx.gid))
         return self._remembered_entry(node)
 
     @_kernel_errors
     async def symlink(self, parent_inode, name, target, ctx):
-        node = self._writer().symlink(self._node(parent_inode), os.fsdecode(name), os.fsdecode(target))
+        node = self._writer().symlink(self._node(parent_inode), os.fsdecode(name), os.fsdecode(target),
+                                      (ctx.uid, ctx.gid))
         return self._remembered_entry(node)
 
     @_kernel_errors

@@ -114,17 +114,18 @@ class Writer:
 
     # -- files --------------------------------------------------------------
 
-    def create(self, parent: Node, name: str, mode: int, flags: int):
+    def create(self, parent: Node, name: str, mode: int, flags: int, owner: tuple[int, int] = (0, 0)):
         """A new (or, without O_EXCL, existing) file; returns its node and a writable handle."""
         target = self.target(parent, name)
         if target.kind == "plain":
             fd = os.open(self.tree.store.path(target.path), flags | os.O_CREAT | os.O_CLOEXEC, mode)
+            self.tree.store.chown_to(target.path, *owner)
             return self.node_of(target), PlainWriter(fd)
         if self.tree.lookup(parent, name) is not None:
             if flags & os.O_EXCL:
                 raise OSError(errno.EEXIST, target.path)
             return self.open(self.tree.lookup(parent, name), flags)
-        memfile = MemFile(mode=stat.S_IFREG | stat.S_IMODE(mode))
+        memfile = MemFile(mode=stat.S_IFREG | stat.S_IMODE(mode), uid=owner[0], gid=owner[1])
         self._bind(target, memfile)
         return self.node_of(target), MemContent(memfile)
 
@@ -223,10 +224,11 @@ class Writer:
             return error.errno == errno.EINVAL
         return False
 
-    def mkdir(self, parent: Node, name: str, mode: int) -> Node:
+    def mkdir(self, parent: Node, name: str, mode: int, owner: tuple[int, int] = (0, 0)) -> Node:
         target = self.target(parent, name)
         if target.kind == "plain":
             os.mkdir(self.tree.store.path(target.path), mode)
+            self.tree.store.chown_to(target.path, *owner)
             return self.node_of(target)
         if target.kind != "scratch" or not isinstance(self.tree.lookup(parent, name) or None, type(None)):
             raise OSError(errno.EEXIST if self.tree.lookup(parent, name) else errno.EINVAL, target.path)
@@ -320,11 +322,12 @@ class Writer:
         self._bind(target, self._memfile_for(node))
         return self.node_of(target)
 
-    def symlink(self, parent: Node, name: str, target_text: str) -> Node:
+    def symlink(self, parent: Node, name: str, target_text: str, owner: tuple[int, int] = (0, 0)) -> Node:
         target = self.target(parent, name)
         if target.kind != "plain":
             raise OSError(errno.EPERM, f"{target.path}: symbolic links belong outside arrays")
         os.symlink(target_text, self.tree.store.path(target.path))
+        self.tree.store.chown_to(target.path, *owner)
         return self.node_of(target)
 
     def persist_scratch(self) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import os
 import secrets
+import stat
 import struct
 
 
@@ -50,13 +51,19 @@ class LocalStore:
 
     # -- durable writes ------------------------------------------------------
 
-    def replace_durably(self, key: str, data: bytes, mode: int = 0o644) -> None:
-        """Atomically make ``key`` hold ``data``, durable once this returns."""
+    def replace_durably(self, key: str, data: bytes, mode: int = 0o644, like: str | None = None) -> None:
+        """Atomically make ``key`` hold ``data``, durable once this returns.
+
+        The new file keeps the owner and mode of the one it replaces (else those
+        of ``like``, e.g. the array's metadata), so a daemon running as root does
+        not move a user's files, and their quota, to root.
+        """
         directory, name = os.path.split(self.path(key))
         os.makedirs(directory, exist_ok=True)
         temporary = os.path.join(directory, f"{TEMPORARY_PREFIX}{secrets.token_hex(6)}-{name}")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
+            _take_ownership_of(fd, self.path(key), like and self.path(like))
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
@@ -68,6 +75,11 @@ class LocalStore:
         os.close(fd)
         os.rename(temporary, self.path(key))
         _fsync_directory(directory)
+
+    def chown_to(self, key: str, uid: int, gid: int) -> None:
+        """Files made through an ``allow_other`` mount belong to the caller, not the daemon."""
+        if os.geteuid() == 0 and (uid, gid) != (0, 0):
+            os.chown(self.path(key), uid, gid, follow_symlinks=False)
 
     def remove_durably(self, key: str, up_to: str) -> None:
         """Delete ``key``, then its parent directories while empty, up to ``up_to``."""
@@ -115,6 +127,21 @@ class LocalStore:
 
 
 TEMPORARY_PREFIX = ".zarrfs-tmp-"
+
+
+def _take_ownership_of(fd: int, *candidates: str | None) -> None:
+    for path in candidates:
+        if not path:
+            continue
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
+            os.fchown(fd, st.st_uid, st.st_gid)
+        return
 
 
 def _fsync_directory(path: str) -> None:
