@@ -28,7 +28,7 @@ from .fs.flusher import Flusher
 from .fs.operations import Operations
 from .fs.tree import CONTROL_DIR, STATUS_FILE, ViewTree
 from .fs.writes import Writer
-from .store.local import LocalStore
+from .store.local import LocalStore, process_alive
 
 log = logging.getLogger("zarrfs")
 
@@ -43,7 +43,7 @@ DEFAULT_TIMEOUT = 10.0  # seconds the kernel may cache names and attributes
 DEFAULT_SHARDS = 8  # inner chunks per shard along every axis, for arrays created through the mount
 DEFAULT_FLUSH_AFTER = 5.0  # seconds of quiet before a changed shard is repacked
 DEFAULT_MAX_DIRTY_MIB = 256
-EXIT_FLUSH_SECONDS = 60.0  # how long an exiting daemon keeps retrying failed flushes
+EXIT_WARNING_SECONDS = 60.0  # how often an exiting daemon that cannot flush says so
 
 
 class MountError(Exception):
@@ -267,17 +267,23 @@ async def _remove_temporaries(store: LocalStore) -> None:
 
 
 async def _final_flush(flusher: Flusher) -> bool:
-    """Everything dirty reaches the store before the daemon exits; failures are retried."""
-    deadline = trio.current_time() + EXIT_FLUSH_SECONDS
+    """Everything dirty reaches the store before the daemon exits.
+
+    A daemon that cannot write (disk full, permissions) does not exit and lose
+    the data: it keeps retrying, and says so, until the cause is fixed (or it
+    is killed, which is the admin's call: TimeoutStopSec in the units).
+    """
+    next_warning = trio.current_time()
     while flusher.dirty:
         sd_notify(f"STATUS=flushing {len(flusher.dirty)} shards")
         try:
             await flusher.flush_all()
         except OSError as error:
-            if trio.current_time() > deadline:
-                log.critical("giving up: %d shards could not be written (%s); their changes are lost",
+            if trio.current_time() >= next_warning:
+                log.critical("cannot exit yet: %d shards cannot be written (%s); retrying until they can",
                              len(flusher.dirty), error)
-                return False
+                sd_notify(f"STATUS=cannot write {len(flusher.dirty)} shards: {error}; retrying")
+                next_warning = trio.current_time() + EXIT_WARNING_SECONDS
             await trio.sleep(1.0)
     return True
 
@@ -365,7 +371,7 @@ def umount(mountpoint: str, timeout: float = 120.0) -> int:
         return _fusermount_unmount(mountpoint)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not is_zarrfs_mount(mountpoint) and not _alive(pid):
+        if not is_zarrfs_mount(mountpoint) and not process_alive(pid):
             return 0
         time.sleep(0.05)
     raise MountError(f"the daemon (pid {pid}) did not unmount {mountpoint} within {timeout:.0f} s")
@@ -377,13 +383,4 @@ def _fusermount_unmount(mountpoint: str) -> int:
         raise MountError(result.stderr.strip() or f"fusermount3 -u {mountpoint} failed")
     return 0
 
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie waiting for its parent counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
 

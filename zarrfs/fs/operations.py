@@ -127,14 +127,12 @@ class Operations(pyfuse3.Operations):
     @_kernel_errors
     async def open(self, inode, flags, ctx):
         node = self._node(inode)
-        if flags & (os.O_WRONLY | os.O_RDWR):
-            content = self._writer().open(node, flags)
-        else:
-            content = self.tree.open(node)
-        return self._file_info(inode, node, content)
+        writable = bool(flags & (os.O_WRONLY | os.O_RDWR))
+        content = self._writer().open(node, flags) if writable else self.tree.open(node)
+        return self._file_info(inode, node, content, writable)
 
-    def _file_info(self, inode: int, node: Node, content) -> pyfuse3.FileInfo:
-        info = pyfuse3.FileInfo(fh=self._new_handle(FileHandle(node, content)))
+    def _file_info(self, inode: int, node: Node, content, writable: bool = True) -> pyfuse3.FileInfo:
+        info = pyfuse3.FileInfo(fh=self._new_handle(FileHandle(node, content, writable)))
         # The kernel may keep cached pages only if the bytes are those it cached.
         info.keep_cache = self.inodes.swap_version(inode, content.version) == content.version
         # Sizes of these change behind the kernel's back (status; metadata the view rewrites).
@@ -158,9 +156,9 @@ class Operations(pyfuse3.Operations):
     async def flush(self, fh):
         """close(): apply metadata files, and report a failed repack of this file's shard."""
         handle = self._handles[fh]
-        if self.writer is not None:
+        if self.writer is not None and handle.writable:
             await self.writer.closed(handle.node, handle.content)
-        self._raise_flush_failure(handle.content)
+            self._raise_flush_failure(handle.content)  # readers are not told of writers' troubles
 
     async def release(self, fh):
         handle = self._handles.pop(fh, None)
@@ -311,8 +309,8 @@ class Operations(pyfuse3.Operations):
 
 
 class FileHandle:
-    def __init__(self, node: Node, content):
-        self.node, self.content = node, content
+    def __init__(self, node: Node, content, writable: bool):
+        self.node, self.content, self.writable = node, content, writable
 
 
 class DirHandle:

@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import secrets
+import socket
 import stat
 import struct
+import time
+import zlib
 
 
 class LocalStore:
@@ -60,7 +62,9 @@ class LocalStore:
         """
         directory, name = os.path.split(self.path(key))
         os.makedirs(directory, exist_ok=True)
-        temporary = os.path.join(directory, f"{TEMPORARY_PREFIX}{secrets.token_hex(6)}-{name}")
+        temporary = os.path.join(directory, temporary_name(name))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)  # ours by name: a dead process with our pid left it
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
             _take_ownership_of(fd, self.path(key), like and self.path(like))
@@ -97,8 +101,10 @@ class LocalStore:
         _fsync_directory(self.path(directory))
 
     @contextlib.contextmanager
-    def locked(self, key: str, slot: int):
-        """An advisory lock, between processes and nodes, on ``slot`` of file ``key``.
+    def locked(self, key: str, target: str, wait: bool = True):
+        """An advisory lock, between processes and nodes, for rewriting ``target``,
+        taken on one byte (a hash of ``target``) of the file ``key``.
+        Without ``wait``, raises BlockingIOError when somebody holds it.
 
         Open-file-description record locks: unlike classic POSIX locks they
         belong to this descriptor, not to the process, so the repacker's threads
@@ -107,26 +113,92 @@ class LocalStore:
         locking, and a byte per shard of the array's metadata file needs no
         extra inode per shard.
         """
+        slot = zlib.crc32(target.encode()) & 0x7FFFFFFF
         fd = os.open(self.path(key), os.O_RDWR | os.O_CLOEXEC)
         try:
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, slot, 1, 0))
+            command = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK
+            fcntl.fcntl(fd, command, struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, slot, 1, 0))
             yield
         finally:
             os.close(fd)  # releases the lock
 
-    def remove_temporaries(self) -> int:
-        """Delete temporary files a crashed daemon left behind; returns how many."""
+    def remove_temporaries(self, metadata_names=("zarr.json", ".zarray")) -> int:
+        """Delete temporary files a crashed daemon left behind; returns how many.
+
+        Another daemon on the same store may be writing one right now: a shard's
+        temporary is removed only under that shard's repack lock, and any other
+        temporary only once it is old.
+        """
         removed = 0
         for directory, _, files in os.walk(self.root):
             for name in files:
-                if name.startswith(TEMPORARY_PREFIX):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(directory, name))
-                        removed += 1
+                if name.startswith(TEMPORARY_PREFIX) and self._remove_if_abandoned(directory, name, metadata_names):
+                    removed += 1
         return removed
+
+    def _remove_if_abandoned(self, directory: str, name: str, metadata_names) -> bool:
+        path = os.path.join(directory, name)
+        owner, target_name = name[len(TEMPORARY_PREFIX):].partition("-")[::2]
+        target = os.path.relpath(os.path.join(directory, target_name), self.root)
+        metadata = _array_metadata_above(self.root, directory, metadata_names)
+        try:
+            if metadata is not None and target_name not in metadata_names:
+                # A shard's temporary exists only while its repack holds the shard's lock.
+                with self.locked(os.path.relpath(metadata, self.root), target, wait=False):
+                    os.unlink(path)
+                return True
+            if _owner_is_gone(owner) or time.time() - os.stat(path).st_mtime > ABANDONED_AFTER_SECONDS:
+                os.unlink(path)
+                return True
+        except (BlockingIOError, PermissionError, FileNotFoundError):
+            pass  # being written right now, or gone already
+        return False
 
 
 TEMPORARY_PREFIX = ".zarrfs-tmp-"
+ABANDONED_AFTER_SECONDS = 600  # a temporary of another node is removed once this old
+
+
+def _host_tag() -> str:
+    return f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFF:04x}"
+
+
+def temporary_name(name: str, pid: int | None = None) -> str:
+    """``.zarrfs-tmp-<host><pid>-<name>``: says who writes it, so that a later
+    mount on the same node can tell a dead writer's leftovers at once."""
+    return f"{TEMPORARY_PREFIX}{_host_tag()}{os.getpid() if pid is None else pid:08x}-{name}"
+
+
+def _owner_is_gone(owner: str) -> bool:
+    """Whether the process that wrote a temporary is gone (known only on its own node)."""
+    if len(owner) != 12 or owner[:4] != _host_tag():
+        return False
+    try:
+        return not process_alive(int(owner[4:], 16))
+    except ValueError:
+        return False
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _array_metadata_above(root: str, directory: str, names) -> str | None:
+    """The metadata file of the array a shard directory belongs to."""
+    while True:
+        for name in names:
+            candidate = os.path.join(directory, name)
+            if os.path.exists(candidate):
+                return candidate
+        if os.path.samefile(directory, root) if os.path.exists(directory) else True:
+            return None
+        directory = os.path.dirname(directory)
 
 
 def _take_ownership_of(fd: int, *candidates: str | None) -> None:
