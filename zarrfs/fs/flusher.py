@@ -63,13 +63,13 @@ class Flusher:
         view = self.tree._array_view(array_key)
         if view is not None:
             self.dirty[(array_key, view.array.shard_of(coords))] = trio.current_time()
-            self._dirty_bytes_cache = (-1.0, 0)
 
     def dirty_bytes(self) -> int:
-        """Bytes of chunks not yet in shards (recounted at most every 50 ms)."""
+        """Bytes of chunks not yet in shards, recounted at most every 0.25 s: writers
+        ask on every write, and a count walks the whole write buffer."""
         when, count = self._dirty_bytes_cache
         now = trio.current_time()
-        if now - when > 0.05:
+        if now - when > 0.25:
             count = self.overlay.dirty_bytes()
             self._dirty_bytes_cache = (now, count)
         return count
