@@ -50,11 +50,13 @@ class Flusher:
         self._locks: dict[ShardId, trio.Lock] = {}
         self._threads = trio.CapacityLimiter(2)
         self._dirty_bytes_cache = (-1.0, 0)
+        self._written_since_count = 0
 
     # -- what changed --------------------------------------------------------
 
-    def changed(self, memfile: MemFile) -> None:
-        """Every chunk name of ``memfile`` has new content."""
+    def changed(self, memfile: MemFile, nbytes: int = 0) -> None:
+        """Every chunk name of ``memfile`` has new content (``nbytes`` more of it)."""
+        self._written_since_count += nbytes
         for name in memfile.names:
             if name[0] == "chunk":
                 self.chunk_changed(name[1], name[2])
@@ -65,14 +67,17 @@ class Flusher:
             self.dirty[(array_key, view.array.shard_of(coords))] = trio.current_time()
 
     def dirty_bytes(self) -> int:
-        """Bytes of chunks not yet in shards, recounted at most every 0.25 s: writers
-        ask on every write, and a count walks the whole write buffer."""
+        """At least the bytes of chunks not yet in shards. Writers ask on every write
+        and a count walks the whole write buffer, so the last count plus what was
+        written since serves until it could pass the limit, or for 0.25 s."""
         when, count = self._dirty_bytes_cache
         now = trio.current_time()
-        if now - when > 0.25:
-            count = self.overlay.dirty_bytes()
-            self._dirty_bytes_cache = (now, count)
-        return count
+        estimate = count + self._written_since_count
+        if now - when > 0.25 or estimate > self.max_dirty:
+            estimate = self.overlay.dirty_bytes()
+            self._dirty_bytes_cache = (now, estimate)
+            self._written_since_count = 0
+        return estimate
 
     # -- flushing ------------------------------------------------------------
 

@@ -163,7 +163,7 @@ class Writer:
     def write(self, content, offset: int, data: bytes) -> int:
         written = content.write(offset, data) if isinstance(content, PlainWriter) else content.memfile.write(offset, data)
         if isinstance(content, MemContent):
-            self.flusher.changed(content.memfile)
+            self.flusher.changed(content.memfile, len(data))
         return written
 
     def truncate(self, node: Node, size: int) -> None:
