@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -11,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from helpers import alive, mount_entries, processes_naming, read_status
+
 ZARRFS = [sys.executable, "-m", "zarrfs"]
 
 
 def is_mounted(path: Path) -> bool:
-    with open("/proc/mounts") as mounts:
-        return any(line.split()[1] == str(path) for line in mounts)
+    return bool(mount_entries(path))
 
 
 def force_unmount(path: Path) -> None:
@@ -37,7 +39,7 @@ class Mount:
         return self.log.read_text() if self.log.exists() else ""
 
     def status(self) -> dict:
-        return json.loads((self.path / ".zarrfs" / "status").read_text())
+        return read_status(self.path)
 
     def unmount(self) -> None:
         subprocess.run([*ZARRFS, "umount", str(self.path)], check=True, capture_output=True, timeout=60)
@@ -92,6 +94,72 @@ def module_mount(tmp_path_factory):
     yield from _mounts(tmp_path_factory)
 
 
+class Cleanup:
+    """Mountpoints, processes and daemons a test made without ``mount`` (by the CLI, mount(8), an
+    fstab line, a foreground daemon); all undone at teardown, whatever happened, so that a failing
+    test never leaves a mount or a daemon behind."""
+
+    def __init__(self):
+        self.paths: list[Path] = []
+        self.procs: list[subprocess.Popen] = []
+        self.pids: list[int] = []
+
+    def mountpoint(self, path: Path, *, create: bool = False) -> Path:
+        """Unmount ``path`` at teardown; ``create`` makes the directory (tests of bad mountpoints
+        register paths that are missing or plain files, and must keep them so)."""
+        path = Path(path)
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        self.paths.append(path)
+        return path
+
+    def process(self, proc: subprocess.Popen) -> subprocess.Popen:
+        """Kill ``proc`` at teardown if it still runs."""
+        self.procs.append(proc)
+        return proc
+
+    def daemon(self, pid: int) -> int:
+        """Kill the daemon ``pid`` at teardown if it outlives its unmount."""
+        self.pids.append(pid)
+        return pid
+
+    def undo(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        for path in self.paths:
+            if is_mounted(path):
+                try:
+                    subprocess.run([*ZARRFS, "umount", str(path)], capture_output=True, timeout=20)
+                except subprocess.TimeoutExpired:
+                    pass
+            for _ in range(5):
+                if not is_mounted(path):
+                    break
+                if subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True,
+                                  timeout=15).returncode:
+                    subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=15)
+        # daemons registered, and any left in a private mount namespace (found by their arguments)
+        stragglers = [*self.pids, *(pid for path in self.paths for pid in processes_naming(path))]
+        for pid in stragglers:
+            if alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+@pytest.fixture
+def cleanup():
+    """A ``Cleanup`` for mounts and processes made by hand."""
+    undo = Cleanup()
+    try:
+        yield undo
+    finally:
+        undo.undo()
+
+
 @pytest.fixture(scope="session")
 def corpus_store(tmp_path_factory):
     """``(store, cases)``: one store of sharded arrays by zarr-python 3 and tensorstore.
@@ -102,6 +170,15 @@ def corpus_store(tmp_path_factory):
 
     store = tmp_path_factory.mktemp("corpus") / "store.zarr"
     return store, build_corpus(store)
+
+
+@pytest.fixture
+def store_copy(corpus_store, tmp_path):
+    """``(root, cases by name)``: a private copy of the corpus, free to change or damage."""
+    source, cases = corpus_store
+    copy = tmp_path / "store.zarr"
+    shutil.copytree(source, copy)
+    return copy, {c.name: c for c in cases}
 
 
 def wait_until(predicate, timeout: float = 10.0) -> bool:

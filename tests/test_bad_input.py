@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,18 +11,10 @@ import zarr
 
 import corpus
 from conftest import list_files
+from helpers import rewritten_json
 
 CASE = "zarr_2d_end_crc_default_slash"  # 2-D, index at the end, [bytes, crc32c]
 START_CASE = "ts_2d_start_crc_default_slash"  # index at the start
-
-
-@pytest.fixture
-def store(corpus_store, tmp_path):
-    """A private copy of the corpus, free to damage."""
-    source, cases = corpus_store
-    copy = tmp_path / "store.zarr"
-    shutil.copytree(source, copy)
-    return copy, {c.name: c for c in cases}
 
 
 def chunk_keys_of_shard(mnt: Path, case: corpus.Case, shard_coords) -> list[Path]:
@@ -61,8 +51,8 @@ DAMAGE = {
 
 @pytest.mark.parametrize("damage", DAMAGE)
 @pytest.mark.parametrize("name", [CASE, START_CASE])
-def test_every_chunk_of_a_broken_shard_fails_with_eio(store, mount, damage, name):
-    root, cases = store
+def test_every_chunk_of_a_broken_shard_fails_with_eio(store_copy, mount, damage, name):
+    root, cases = store_copy
     case = cases[name]
     DAMAGE[damage](case.shard_path(root, (0, 0)), case)
     mnt = mount(root)
@@ -79,8 +69,8 @@ def test_every_chunk_of_a_broken_shard_fails_with_eio(store, mount, damage, name
 
 
 @pytest.mark.parametrize("name", [CASE, START_CASE])
-def test_a_listing_still_shows_the_chunks_of_a_broken_shard(store, mount, name):
-    root, cases = store
+def test_a_listing_still_shows_the_chunks_of_a_broken_shard(store_copy, mount, name):
+    root, cases = store_copy
     case = cases[name]
     corpus.corrupt_checksum(case.shard_path(root, (0, 0)), case.index_location)
     mnt = mount(root)
@@ -91,8 +81,8 @@ def test_a_listing_still_shows_the_chunks_of_a_broken_shard(store, mount, name):
 
 @pytest.mark.parametrize("corruption", ["past_end", "into_index"])
 @pytest.mark.parametrize("name", [CASE, START_CASE])
-def test_a_bad_entry_fails_its_chunk_and_only_its_chunk(store, mount, corruption, name):
-    root, cases = store
+def test_a_bad_entry_fails_its_chunk_and_only_its_chunk(store_copy, mount, corruption, name):
+    root, cases = store_copy
     case = cases[name]
     shard = case.shard_path(root, (0, 0))
     args = (shard, case.n_chunks, case.index_location, case.index_endian, case.index_crc)
@@ -113,8 +103,8 @@ def test_a_bad_entry_fails_its_chunk_and_only_its_chunk(store, mount, corruption
     assert "outside the payload" in mnt.log_text()
 
 
-def test_a_malformed_zarr_json_shows_its_directory_as_plain_files(store, mount):
-    root, cases = store
+def test_a_malformed_zarr_json_shows_its_directory_as_plain_files(store_copy, mount):
+    root, cases = store_copy
     case = cases[CASE]
     (root / case.path / "zarr.json").write_text("{ not json")
     mnt = mount(root)
@@ -127,20 +117,18 @@ def test_a_malformed_zarr_json_shows_its_directory_as_plain_files(store, mount):
     [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "zstd", "configuration": {"level": 1}}],
     [{"name": "transpose", "configuration": {"order": [1, 0, 2]}}, {"name": "bytes"}],
 ])
-def test_an_unsupported_index_codec_is_refused_with_a_log_line(store, mount, codecs):
-    root, cases = store
+def test_an_unsupported_index_codec_is_refused_with_a_log_line(store_copy, mount, codecs):
+    root, cases = store_copy
     case = cases[CASE]
-    meta_path = root / case.path / "zarr.json"
-    meta = json.loads(meta_path.read_text())
-    meta["codecs"][0]["configuration"]["index_codecs"] = codecs
-    meta_path.write_text(json.dumps(meta))
+    with rewritten_json(root / case.path / "zarr.json") as meta:
+        meta["codecs"][0]["configuration"]["index_codecs"] = codecs
     mnt = mount(root)
     assert list_files(mnt.path / case.path) == list_files(root / case.path)  # shown as stored
     assert "index_codecs" in mnt.log_text()
 
 
-def test_garbage_everywhere_never_kills_the_daemon(store, mount):
-    root, cases = store
+def test_garbage_everywhere_never_kills_the_daemon(store_copy, mount):
+    root, cases = store_copy
     for case in cases.values():
         for shard in corpus.shard_files(root, case)[:1]:
             shard.write_bytes(os.urandom(37))

@@ -8,8 +8,6 @@ store-relative key, as the daemon's log names it.
 from __future__ import annotations
 
 import io
-import json
-import shutil
 import struct
 import subprocess
 import sys
@@ -21,6 +19,7 @@ import numpy as np
 import pytest
 
 import corpus
+from helpers import rewritten_json, v2_prototype_array
 from zarrfs import check
 from zarrfs.check import check_store, entry_problems, run_check
 from zarrfs.format.shard_index import EMPTY, IndexFormat
@@ -47,13 +46,12 @@ def problems(result: subprocess.CompletedProcess) -> list[str]:
     return lines[:-1]
 
 
-@pytest.fixture
-def store_copy(corpus_store, tmp_path):
-    """A private copy of the corpus, free to change."""
-    source, cases = corpus_store
-    copy = tmp_path / "store.zarr"
-    shutil.copytree(source, copy)
-    return copy, {c.name: c for c in cases}
+def one_problem(store: Path, *options: str) -> str:
+    """The line of the one problem ``zarrfs check`` must find (and so exit 1)."""
+    result = zarrfs_check(store, *options)
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = problems(result)
+    return line
 
 
 def set_entries(shard: Path, case: corpus.Case, entries: dict[int, tuple[int, int]]) -> None:
@@ -214,9 +212,7 @@ def test_malformed_zarr_json_is_named_by_its_path(store_copy):
     root, cases = store_copy
     case = cases[CASE]
     (root / case.path / "zarr.json").write_text("{not json")
-    result = zarrfs_check(root)
-    assert result.returncode == 1
-    (line,) = problems(result)
+    line = one_problem(root)
     assert line.startswith(f"{case.path}/zarr.json: malformed JSON (")
     assert line.endswith("the mount shows this directory as plain files")
 
@@ -224,17 +220,13 @@ def test_malformed_zarr_json_is_named_by_its_path(store_copy):
 def test_a_compressed_index_codec_is_unsupported_metadata(store_copy):
     root, cases = store_copy
     case = cases[CASE]
-    meta_path = root / case.path / "zarr.json"
-    meta = json.loads(meta_path.read_text())
-    meta["codecs"][0]["configuration"]["index_codecs"] = [
-        {"name": "bytes", "configuration": {"endian": "little"}},
-        {"name": "zstd", "configuration": {"level": 1, "checksum": False}},
-        {"name": "crc32c"},
-    ]
-    meta_path.write_text(json.dumps(meta))
-    result = zarrfs_check(root)
-    assert result.returncode == 1
-    (line,) = problems(result)
+    with rewritten_json(root / case.path / "zarr.json") as meta:
+        meta["codecs"][0]["configuration"]["index_codecs"] = [
+            {"name": "bytes", "configuration": {"endian": "little"}},
+            {"name": "zstd", "configuration": {"level": 1, "checksum": False}},
+            {"name": "crc32c"},
+        ]
+    line = one_problem(root)
     assert line.startswith(f"{case.path}/zarr.json: index_codecs ['bytes', 'zstd', 'crc32c'] are not supported")
 
 
@@ -242,14 +234,10 @@ def test_metadata_zarr_python_rejects_is_a_problem_with_decode(store_copy):
     """zarrfs serves codecs it does not know, so only --decode (which needs them) objects."""
     root, cases = store_copy
     case = cases[CASE]
-    meta_path = root / case.path / "zarr.json"
-    meta = json.loads(meta_path.read_text())
-    meta["codecs"][0]["configuration"]["codecs"].append({"name": "no_such_codec"})
-    meta_path.write_text(json.dumps(meta))
+    with rewritten_json(root / case.path / "zarr.json") as meta:
+        meta["codecs"][0]["configuration"]["codecs"].append({"name": "no_such_codec"})
     assert zarrfs_check(root).returncode == 0
-    result = zarrfs_check(root, "--decode")
-    assert result.returncode == 1
-    (line,) = problems(result)
+    line = one_problem(root, "--decode")
     assert line.startswith(f"{case.path}/zarr.json: zarr-python cannot decode its chunks: ")
 
 
@@ -270,9 +258,7 @@ def test_decode_finds_a_garbage_chunk_behind_a_valid_index(store_copy):
     corpus.read_shard_index(shard, *args)  # the index is still valid (crc32c checked)
 
     assert zarrfs_check(root).returncode == 0  # the index alone is fine
-    result = zarrfs_check(root, "--decode")
-    assert result.returncode == 1, result.stdout
-    (line,) = problems(result)
+    line = one_problem(root, "--decode")
     assert line.startswith(f"{case.path}/c/0: chunk {case.path}/c/3 does not decode: "), line
 
 
@@ -287,9 +273,7 @@ def test_decode_finds_a_chunk_of_the_wrong_shape(store_copy):
     corpus.write_shard(shard, chunks, *args)
 
     assert zarrfs_check(root).returncode == 0
-    result = zarrfs_check(root, "--decode")
-    assert result.returncode == 1
-    (line,) = problems(result)
+    line = one_problem(root, "--decode")
     assert line.startswith(f"{case.path}/c/1: chunk {case.path}/c/{4 + first} does not decode: ")
     assert "(8,)" in line  # the chunk shape it should have
 
@@ -316,12 +300,7 @@ def test_decode_checks_every_level_of_nested_shards(store_copy):
 def prototype_array(root: Path) -> Path:
     """A ``.zarray`` with "shard_format": "indexed" (SPEC §4), shards by the corpus's writer
     (index at the end, little endian, no checksum); chunks of 2 x 3 int16, uncompressed."""
-    array = root / "proto"
-    array.mkdir(parents=True)
-    (root / ".zgroup").write_text('{"zarr_format": 2}')
-    zarray = {"zarr_format": 2, "shape": [8, 12], "chunks": [2, 3], "shards": [2, 2], "shard_format": "indexed",
-              "dtype": "<i2", "compressor": None, "fill_value": 0, "order": "C", "filters": None}
-    (array / ".zarray").write_text(json.dumps(zarray))
+    array = v2_prototype_array(root)
     chunk = np.arange(6, dtype="<i2").tobytes()
     for (i, j), present in {(0, 0): (0, 3), (1, 1): (1,), (1, 0): (0, 1, 2)}.items():
         corpus.write_shard(array / f"{i}.{j}", {k: chunk for k in present}, 4, crc=False)

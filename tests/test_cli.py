@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -22,7 +21,8 @@ import numpy as np
 import pytest
 
 import zarrfs
-from conftest import wait_until
+from conftest import Cleanup, is_mounted, wait_until
+from helpers import alive, cmdline, mount_entries, mount_options, processes_naming
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,39 +46,6 @@ def zarrfs_cmd(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return run(ZARRFS, *args, **kwargs)
 
 
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def mount_entries(path: Path) -> list[list[str]]:
-    """The /proc/mounts lines (as fields) whose mountpoint is ``path``."""
-    with open("/proc/mounts") as mounts:
-        return [f for f in (line.split() for line in mounts) if _unescape(f[1]) == str(path)]
-
-
-def is_mounted(path: Path) -> bool:
-    return bool(mount_entries(path))
-
-
-def fuse_options(path: Path) -> set[str]:
-    (entry,) = mount_entries(path)
-    return set(entry[3].split(","))
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie nobody reaps counts as gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def cmdline(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return [os.fsdecode(a) for a in f.read().split(b"\0") if a]
-
-
 def status_of(mnt: Path) -> dict:
     result = zarrfs_cmd("status", str(mnt))
     assert result.returncode == 0, result.stderr
@@ -94,19 +61,6 @@ def assert_one_error_line(result: subprocess.CompletedProcess, *mentions: str) -
         assert text in lines[0], lines[0]
     assert "Traceback" not in result.stderr
     return lines[0]
-
-
-def _daemons_for(path: Path) -> list[int]:
-    """Pids of our own processes that have ``path`` as an argument (stragglers)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                if str(path) in cmdline(int(entry)):
-                    pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
 
 
 def _unshare_works() -> bool:
@@ -136,59 +90,10 @@ def store(tmp_path_factory) -> Path:
     return path.resolve()
 
 
-class Cleanup:
-    """Mountpoints and processes a test made; all undone at teardown."""
-
-    def __init__(self):
-        self.paths: list[Path] = []
-        self.procs: list[subprocess.Popen] = []
-
-    def mountpoint(self, path: Path) -> Path:
-        self.paths.append(Path(path))
-        return Path(path)
-
-    def process(self, proc: subprocess.Popen) -> subprocess.Popen:
-        self.procs.append(proc)
-        return proc
-
-    def undo(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-        for path in self.paths:
-            if is_mounted(path):
-                try:
-                    zarrfs_cmd("umount", str(path), timeout=15)
-                except subprocess.TimeoutExpired:
-                    pass
-            while is_mounted(path):
-                if subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True,
-                                  timeout=15).returncode:
-                    subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=15)
-                    break
-            for pid in _daemons_for(path):  # e.g. daemons left in a private namespace
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-
-@pytest.fixture
-def cleanup():
-    undo = Cleanup()
-    try:
-        yield undo
-    finally:
-        undo.undo()
-
-
 @pytest.fixture
 def mnt(tmp_path, cleanup) -> Path:
     """An empty mountpoint that is unmounted at teardown whatever happens."""
-    path = (tmp_path / "mnt").resolve()
-    path.mkdir()
-    return cleanup.mountpoint(path)
+    return cleanup.mountpoint((tmp_path / "mnt").resolve(), create=True)
 
 
 def cli_mount(store: Path, mnt: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
@@ -225,7 +130,7 @@ def test_bad_arguments_one_clear_line_and_nothing_mounted(case, store, tmp_path,
     assert_one_error_line(result, str(src) if "store" in case else str(dst))
     assert result.stdout == ""
     assert not is_mounted(dst) and not is_mounted(good_mnt)
-    assert not _daemons_for(dst)
+    assert not processes_naming(dst)
 
 
 def test_mountpoint_already_mounted(store, mnt):
@@ -249,7 +154,7 @@ def test_no_dev_fuse(store, mnt):
                  ZARRFS, "mount", str(store), str(mnt))
     assert_one_error_line(result, "/dev/fuse")
     assert not is_mounted(mnt)
-    assert not _daemons_for(mnt)
+    assert not processes_naming(mnt)
 
 
 @needs_unshare
@@ -262,7 +167,7 @@ def test_no_fusermount3(store, mnt, tmp_path):
                  "sh", str(empty), ZARRFS, "mount", str(store), str(mnt), env=env)
     assert_one_error_line(result, "fusermount3")
     assert not is_mounted(mnt)
-    assert not _daemons_for(mnt)
+    assert not processes_naming(mnt)
 
 
 def test_empty_store_mounts_as_empty_directory(tmp_path, mnt):
@@ -286,8 +191,8 @@ def test_mount_returns_once_the_mount_answers(store, mnt):
     assert os.stat(mnt).st_dev != os.stat(mnt.parent).st_dev
     meta = json.loads((mnt / "zarr.json").read_text())
     assert meta["shape"] == [20, 20]
-    assert "default_permissions" in fuse_options(mnt)
-    assert "ro" not in fuse_options(mnt)  # writable unless --read-only
+    assert "default_permissions" in mount_options(mnt)
+    assert "ro" not in mount_options(mnt)  # writable unless --read-only
 
     pid = status_of(mnt)["pid"]
     assert alive(pid)
@@ -417,7 +322,7 @@ def test_mount_fuse3_argument_form(store, mnt):
     result = zarrfs_cmd(str(store), str(mnt), "-o", "ro,allow_other,nofail,dev,suid,defaults")
     assert result.returncode == 0, result.stderr
     assert [e[2] for e in mount_entries(mnt)] == ["fuse.zarrfs"]
-    assert {"ro", "allow_other"} <= fuse_options(mnt)
+    assert {"ro", "allow_other"} <= mount_options(mnt)
     assert sorted(os.listdir(mnt)) == ["c", "zarr.json"]
 
 
@@ -485,7 +390,7 @@ echo "after: $(awk -v m="$MNT" '$2 == m {print $3}' /proc/mounts)"
     assert lines["mounts"].strip() == "fuse.zarrfs"
     assert lines["listing"].split() == ["c", "zarr.json"]
     assert lines["after"].strip() == ""
-    assert not _daemons_for(mnt)
+    assert not processes_naming(mnt)
 
 
 # -- status, hidden control dir, read-only, statfs ------------------------------------

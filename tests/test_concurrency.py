@@ -14,65 +14,27 @@ import threading
 import time
 from pathlib import Path
 
-import crc32c
 import numpy as np
 import pytest
-import tensorstore as ts
 import zarr
 
 from conftest import is_mounted, wait_until
-
-TEMPORARY_PREFIX = ".zarrfs-tmp-"
-ABSENT = 2**64 - 1
-
+from helpers import TEMPORARY_PREFIX, check_shard_index, chunk_content, read_backing, seq_of, write_file
 
 # -- contents and checks -----------------------------------------------------------------
 
 
-def content(seq: int, elements: int) -> np.ndarray:
-    """The chunk written for ``seq`` (>= 1): element 0 is ``seq``, the rest depends on it."""
-    values = (np.arange(elements, dtype=np.uint64) * 2654435761 + seq * 40503) % 2**32
-    values[0] = seq
-    return values.astype("<u4")
-
-
-def seq_of(chunk: np.ndarray) -> int | None:
-    flat = np.ascontiguousarray(chunk).ravel()
-    if not flat.any():
-        return None
-    seq = int(flat[0])
-    assert np.array_equal(flat, content(seq, flat.size)), f"chunk is not any writer's content (element 0 = {seq})"
-    return seq
-
-
-def read_backing(array_dir: Path) -> np.ndarray:
-    """The whole array read from the backing store by zarr-python 3 and by tensorstore (must agree)."""
-    by_zarr = zarr.open_array(str(array_dir), mode="r")[...]
-    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(array_dir) + "/"}}
-    by_tensorstore = ts.open(spec, open=True, read=True).result().read().result()
-    assert np.array_equal(by_zarr, by_tensorstore), "zarr-python 3 and tensorstore disagree"
-    return by_zarr
-
-
 def check_shards_complete(array_dir: Path, chunks_per_shard: int, chunk_nbytes: int) -> int:
-    """Every shard file (index [bytes, crc32c] at the end) is complete; returns the number of shards."""
+    """No temporary file is left and every shard file is complete; returns the number of shards."""
     shards = [p for p in (array_dir / "c").rglob("*") if p.is_file()] if (array_dir / "c").exists() else []
     for path in shards:
         assert not path.name.startswith(TEMPORARY_PREFIX), f"{path}: a temporary file left behind"
-        data = path.read_bytes()
-        index_nbytes = chunks_per_shard * 16 + 4
-        assert len(data) >= index_nbytes, f"{path}: shorter than its index"
-        index = data[-index_nbytes:-4]
-        assert crc32c.crc32c(index).to_bytes(4, "little") == data[-4:], f"{path}: index checksum mismatch"
-        for offset, nbytes in np.frombuffer(index, dtype="<u8").reshape(-1, 2):
-            if offset == ABSENT and nbytes == ABSENT:
-                continue
-            assert nbytes == chunk_nbytes and offset + nbytes <= len(data) - index_nbytes, (path, offset, nbytes)
+        check_shard_index(path, chunks_per_shard, chunk_nbytes)
     return len(shards)
 
 
 def check_values(data: np.ndarray, chunk: int, expected: dict[tuple[int, int], int | None], where: str) -> None:
-    """Every chunk (i, j) of ``data`` holds ``content(expected[(i, j)])`` (absent when None or not listed)."""
+    """Every chunk (i, j) of ``data`` holds ``chunk_content(expected[(i, j)])`` (absent when None or not listed)."""
     rows, cols = data.shape[0] // chunk, data.shape[1] // chunk
     wrong = {}
     for i in range(rows):
@@ -221,7 +183,7 @@ def test_reusing_a_temporary_name_for_renames_onto_a_chunk(tmp_path, mount):
         directory = mnt.path / "arr" / "c" / str(i)
         directory.mkdir(parents=True, exist_ok=True)
         for n in range(3):
-            data = content(100 * i + n + 1, chunk * chunk).tobytes()
+            data = chunk_content(100 * i + n + 1, chunk * chunk).tobytes()
             (directory / "5.tmp").write_bytes(data)
             os.rename(directory / "5.tmp", directory / "5")
             try:
@@ -253,7 +215,7 @@ def test_two_mounts_of_one_store_take_turns_in_one_shard(tmp_path, mount):
     for step, (i, j) in enumerate([(i, j) for i in range(shards) for j in range(shards)] * 2):
         through = mount_a if step % 2 == 0 else mount_b
         (through.path / "arr" / "c" / str(i)).mkdir(parents=True, exist_ok=True)
-        write_durably(through.path / "arr" / "c" / str(i) / str(j), content(step + 1, n).tobytes())
+        write_file(through.path / "arr" / "c" / str(i) / str(j), chunk_content(step + 1, n).tobytes())
         expected[(i, j)] = step + 1
         if step % 5 == 4:
             check_values(read_backing(store / "arr"), chunk, expected, f"backing store after step {step}")
@@ -332,15 +294,6 @@ def test_mounting_a_second_daemon_does_not_disturb_the_first_ones_repacks(tmp_pa
     assert mount_a.status()["flushes_failed"] == 0, mount_a.status()
 
 
-def write_durably(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        assert os.write(fd, data) == len(data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def read_when(path: Path) -> bytes | None:
     try:
         return path.read_bytes()
@@ -355,35 +308,35 @@ def test_a_mount_sees_the_other_mounts_flushed_chunks_after_its_attribute_timeou
     make_sharded_array(store / "arr", chunk, grid, shards)
     n = chunk * chunk
     # one chunk exists already, so both mounts have the shard (and its index) cached
-    zarr.open_array(str(store / "arr"), mode="r+")[0:chunk, 0:chunk] = content(1, n).reshape(chunk, chunk)
+    zarr.open_array(str(store / "arr"), mode="r+")[0:chunk, 0:chunk] = chunk_content(1, n).reshape(chunk, chunk)
     mount_a = mount(store, "--flush-after", "600")
     mount_b = mount(store, "--flush-after", "600", "--attr-timeout", "0.5")
     new_in_a, new_in_b = mount_a.path / "arr" / "c" / "0" / "1", mount_b.path / "arr" / "c" / "0" / "1"
     old_in_a, old_in_b = mount_a.path / "arr" / "c" / "0" / "0", mount_b.path / "arr" / "c" / "0" / "0"
-    assert old_in_b.read_bytes() == content(1, n).tobytes()
+    assert old_in_b.read_bytes() == chunk_content(1, n).tobytes()
     assert not new_in_b.exists()  # B caches this "no such file" for its attribute timeout
 
     # a new chunk in the same shard
-    write_durably(new_in_a, content(2, n).tobytes())  # A: fsync returned
+    write_file(new_in_a, chunk_content(2, n).tobytes())  # A: fsync returned
     started = time.monotonic()
-    assert wait_until(lambda: read_when(new_in_b) == content(2, n).tobytes(), timeout=5), read_when(new_in_b)
+    assert wait_until(lambda: read_when(new_in_b) == chunk_content(2, n).tobytes(), timeout=5), read_when(new_in_b)
     seen_after = time.monotonic() - started
     # an overwrite of a chunk B has just read (its attributes fresh, its pages cached)
-    assert old_in_b.read_bytes() == content(1, n).tobytes()
-    write_durably(old_in_a, content(3, n).tobytes())
+    assert old_in_b.read_bytes() == chunk_content(1, n).tobytes()
+    write_file(old_in_a, chunk_content(3, n).tobytes())
     started = time.monotonic()
-    assert wait_until(lambda: read_when(old_in_b) == content(3, n).tobytes(), timeout=5), read_when(old_in_b)
+    assert wait_until(lambda: read_when(old_in_b) == chunk_content(3, n).tobytes(), timeout=5), read_when(old_in_b)
     overwrite_seen_after = time.monotonic() - started
     # and the other way round
     (mount_b.path / "arr" / "c" / "1").mkdir(exist_ok=True)
-    write_durably(mount_b.path / "arr" / "c" / "1" / "1", content(4, n).tobytes())
+    write_file(mount_b.path / "arr" / "c" / "1" / "1", chunk_content(4, n).tobytes())
     # (A never looked this name up, so it has nothing cached: the default 10 s timeout does not matter)
     assert wait_until(lambda: read_when(mount_a.path / "arr" / "c" / "1" / "1") is not None, timeout=5)
-    assert (mount_a.path / "arr" / "c" / "1" / "1").read_bytes() == content(4, n).tobytes()
+    assert (mount_a.path / "arr" / "c" / "1" / "1").read_bytes() == chunk_content(4, n).tobytes()
 
     zarr_b = zarr.open_array(str(mount_b.path / "arr"), mode="r")
-    assert np.array_equal(zarr_b[0:chunk, 0:chunk].ravel(), content(3, n))
-    assert np.array_equal(zarr_b[0:chunk, chunk:2 * chunk].ravel(), content(2, n))
+    assert np.array_equal(zarr_b[0:chunk, 0:chunk].ravel(), chunk_content(3, n))
+    assert np.array_equal(zarr_b[0:chunk, chunk:2 * chunk].ravel(), chunk_content(2, n))
 
     # a chunk A deletes (made durable by fsync of its directory) disappears from B
     assert new_in_b.exists()

@@ -54,8 +54,9 @@ def _read_outcome(root: pathlib.Path, case: corpus.Case):
         return exc
 
 
-def _copy_array(root: pathlib.Path, case: corpus.Case, dst: pathlib.Path) -> pathlib.Path:
-    """Private copy of one array (zarr.json + shards) so a test can mangle it."""
+def _copy_array(built, case: corpus.Case, dst: pathlib.Path) -> pathlib.Path:
+    """Private copy of one array of the built corpus (zarr.json + shards) so a test can mangle it."""
+    root, _ = built
     shutil.copytree(root / case.path, dst / case.path)
     return dst
 
@@ -215,8 +216,7 @@ def test_write_shard_layout(tmp_path, location, endian, crc):
 @pytest.mark.parametrize("case", ALL, indirect=True)
 @pytest.mark.parametrize("gap", [0, 5])
 def test_write_shard_reversed_reads_identically(built, case, gap, tmp_path):
-    root, _ = built
-    dst = _copy_array(root, case, tmp_path)
+    dst = _copy_array(built, case, tmp_path)
     for shard in corpus.shard_files(dst, case):
         chunks = corpus.read_shard_chunks(shard, **_layout(case))
         corpus.write_shard(shard, chunks, order=sorted(chunks, reverse=True), gap=gap, **_layout(case))
@@ -226,8 +226,7 @@ def test_write_shard_reversed_reads_identically(built, case, gap, tmp_path):
 @pytest.mark.parametrize("case", ALL, indirect=True)
 @pytest.mark.parametrize("seed", [0, 3])
 def test_rewrite_shard_shuffled_reads_identically(built, case, seed, tmp_path):
-    root, _ = built
-    dst = _copy_array(root, case, tmp_path)
+    dst = _copy_array(built, case, tmp_path)
     for shard in corpus.shard_files(dst, case):
         before = corpus.read_shard_chunks(shard, **_layout(case))
         order_before = _file_order(corpus.read_shard_index(shard, **_layout(case)))
@@ -261,9 +260,12 @@ ANY_CASES = CRC_CASES + [
 ]
 
 
-def _first_shard_and_chunk(dst: pathlib.Path, case: corpus.Case) -> tuple[pathlib.Path, int]:
+def _copy_with_first_shard(built, case: corpus.Case, dst: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, int]:
+    """``(dst, shard, chunk)``: a private copy of the case's array in ``dst`` to damage, its first
+    shard file, and the first chunk present in that shard."""
+    _copy_array(built, case, dst)
     shard = corpus.shard_files(dst, case)[0]
-    return shard, _present(corpus.read_shard_index(shard, **_layout(case)))[0]
+    return dst, shard, _present(corpus.read_shard_index(shard, **_layout(case)))[0]
 
 
 def _assert_broken(dst: pathlib.Path, case: corpus.Case) -> None:
@@ -273,9 +275,7 @@ def _assert_broken(dst: pathlib.Path, case: corpus.Case) -> None:
 
 @pytest.mark.parametrize("case", CRC_CASES, indirect=True)
 def test_corrupt_checksum(built, case, tmp_path):
-    root, _ = built
-    dst = _copy_array(root, case, tmp_path)
-    shard, _ = _first_shard_and_chunk(dst, case)
+    dst, shard, _ = _copy_with_first_shard(built, case, tmp_path)
     corpus.corrupt_checksum(shard, case.index_location)
     with pytest.raises(ValueError, match="checksum"):
         corpus.read_shard_index(shard, **_layout(case))
@@ -284,9 +284,7 @@ def test_corrupt_checksum(built, case, tmp_path):
 
 @pytest.mark.parametrize("case", ANY_CASES, indirect=True)
 def test_corrupt_entry_past_end(built, case, tmp_path):
-    root, _ = built
-    dst = _copy_array(root, case, tmp_path)
-    shard, chunk = _first_shard_and_chunk(dst, case)
+    dst, shard, chunk = _copy_with_first_shard(built, case, tmp_path)
     size = shard.stat().st_size
     corpus.corrupt_entry_past_end(shard, chunk=chunk, **_layout(case))
     index = corpus.read_shard_index(shard, **_layout(case))  # CRC still valid
@@ -296,9 +294,7 @@ def test_corrupt_entry_past_end(built, case, tmp_path):
 
 @pytest.mark.parametrize("case", ANY_CASES, indirect=True)
 def test_corrupt_entry_into_index(built, case, tmp_path):
-    root, _ = built
-    dst = _copy_array(root, case, tmp_path)
-    shard, chunk = _first_shard_and_chunk(dst, case)
+    dst, shard, chunk = _copy_with_first_shard(built, case, tmp_path)
     corpus.corrupt_entry_into_index(shard, chunk=chunk, **_layout(case))
     index = corpus.read_shard_index(shard, **_layout(case))  # CRC still valid
     size, index_size = shard.stat().st_size, case.n_chunks * 16 + 4 * case.index_crc
@@ -311,9 +307,7 @@ def test_corrupt_entry_into_index(built, case, tmp_path):
 @pytest.mark.parametrize("case", ANY_CASES, indirect=True)
 @pytest.mark.parametrize("keep", ["short_of_index", "empty"])
 def test_truncate_shard(built, case, keep, tmp_path):
-    root, _ = built
-    dst = _copy_array(root, case, tmp_path)
-    shard, _ = _first_shard_and_chunk(dst, case)
+    dst, shard, _ = _copy_with_first_shard(built, case, tmp_path)
     corpus.truncate_shard(shard, case.n_chunks * 16 - 1 if keep == "short_of_index" else 0)
     with pytest.raises(ValueError):
         corpus.read_shard_index(shard, **_layout(case))

@@ -9,7 +9,6 @@ index checksum verifies and every entry lies inside the file).
 from __future__ import annotations
 
 import errno
-import json
 import os
 import random
 import signal
@@ -18,17 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-import crc32c
 import numpy as np
 import pytest
-import tensorstore as ts
 import zarr
 
 from conftest import ZARRFS, force_unmount, is_mounted, wait_until
+from helpers import (TEMPORARY_PREFIX, alive, check_shard_index, chunk_content, read_backing, read_status, seq_of,
+                     write_file)
 from zarrfs.store.local import temporary_name
-
-TEMPORARY_PREFIX = ".zarrfs-tmp-"
-ABSENT = 2**64 - 1
 
 # The array every test here writes: raw little-endian uint32 chunks (no compressor),
 # so a chunk file is exactly CHUNK*CHUNK*4 bytes that a writer can produce by hand.
@@ -40,20 +36,8 @@ CHUNK_NBYTES = CHUNK_ELEMENTS * 4
 
 
 def content(seq: int) -> np.ndarray:
-    """The chunk a writer writes for sequence number ``seq`` (>= 1): element 0 is ``seq``."""
-    values = (np.arange(CHUNK_ELEMENTS, dtype=np.uint64) * 2654435761 + seq * 40503) % 2**32
-    values[0] = seq
-    return values.astype("<u4")
-
-
-def seq_of(chunk: np.ndarray) -> int | None:
-    """The sequence number a chunk read back holds; None for an absent (fill value) chunk."""
-    flat = np.ascontiguousarray(chunk).ravel()
-    if not flat.any():
-        return None
-    seq = int(flat[0])
-    assert np.array_equal(flat, content(seq)), f"chunk is not any writer's content (element 0 = {seq})"
-    return seq
+    """The chunk a writer writes for sequence number ``seq`` (>= 1), in this file's chunk size."""
+    return chunk_content(seq, CHUNK_ELEMENTS)
 
 
 def create_array(mnt: Path, name: str = "arr", shape=(GRID * CHUNK, GRID * CHUNK)) -> None:
@@ -62,20 +46,19 @@ def create_array(mnt: Path, name: str = "arr", shape=(GRID * CHUNK, GRID * CHUNK
                       compressors=None, fill_value=0)
 
 
+def mount_with_new_array(mount, store: Path, flush_after: str):
+    """A mount (``--shards SHARDS``) of a new empty ``store``, with the array created through it."""
+    store.mkdir()
+    mnt = mount(store, "--shards", str(SHARDS), "--flush-after", flush_after)
+    create_array(mnt.path)
+    return mnt
+
+
 def chunk_region(i: int, j: int) -> tuple[slice, slice]:
     return slice(i * CHUNK, (i + 1) * CHUNK), slice(j * CHUNK, (j + 1) * CHUNK)
 
 
 # -- reading the backing store -------------------------------------------------------
-
-
-def read_backing(array_dir: Path) -> np.ndarray:
-    """The whole array read from the backing store by zarr-python 3 and by tensorstore (must agree)."""
-    by_zarr = zarr.open_array(str(array_dir), mode="r")[...]
-    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(array_dir) + "/"}}
-    by_tensorstore = ts.open(spec, open=True, read=True).result().read().result()
-    assert np.array_equal(by_zarr, by_tensorstore), "zarr-python 3 and tensorstore disagree"
-    return by_zarr
 
 
 def shard_files(array_dir: Path) -> list[Path]:
@@ -88,21 +71,8 @@ def temporaries(root: Path) -> list[Path]:
 
 
 def check_shard_complete(path: Path, chunks_per_shard: int, chunk_nbytes: int | None = CHUNK_NBYTES) -> int:
-    """A shard file (index [bytes, crc32c] at the end) is complete; returns its present chunks."""
-    data = path.read_bytes()
-    index_nbytes = chunks_per_shard * 16 + 4
-    assert len(data) >= index_nbytes, f"{path}: {len(data)} bytes, shorter than its index (half-written?)"
-    index, checksum = data[-index_nbytes:-4], data[-4:]
-    assert crc32c.crc32c(index).to_bytes(4, "little") == checksum, f"{path}: index checksum mismatch (half-written?)"
-    entries = np.frombuffer(index, dtype="<u8").reshape(-1, 2)
-    present = 0
-    for offset, nbytes in entries:
-        if offset == ABSENT and nbytes == ABSENT:
-            continue
-        present += 1
-        assert offset + nbytes <= len(data) - index_nbytes, f"{path}: chunk at {offset}+{nbytes} is past the data"
-        if chunk_nbytes is not None:
-            assert nbytes == chunk_nbytes, f"{path}: a chunk of {nbytes} bytes (expected {chunk_nbytes})"
+    """A shard file is complete and holds chunks; returns how many."""
+    present = check_shard_index(path, chunks_per_shard, chunk_nbytes)
     assert present, f"{path}: a shard file without chunks"
     return present
 
@@ -120,25 +90,12 @@ def run_zarrfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([*ZARRFS, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def process_gone(pid: int) -> bool:
-    """Gone, or a zombie nobody reaps (the daemon's parent exited long ago)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (FileNotFoundError, IndexError):
-        return True
-
-
 def kill_daemon(mnt: Path, pid: int) -> None:
     """kill -9 the daemon, then clean the dead FUSE mount it leaves."""
     os.kill(pid, signal.SIGKILL)
-    assert wait_until(lambda: process_gone(pid), timeout=10), f"daemon {pid} survived SIGKILL"
+    assert wait_until(lambda: not alive(pid), timeout=10), f"daemon {pid} survived SIGKILL"
     subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
     assert wait_until(lambda: not is_mounted(mnt), timeout=10)
-
-
-def status_of(mnt: Path) -> dict:
-    return json.loads((mnt / ".zarrfs" / "status").read_text())
 
 
 def start_foreground(store: Path, mnt: Path, log: Path, *options: str) -> subprocess.Popen:
@@ -411,16 +368,6 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-def write_chunk(path: Path, data: bytes, fsync: bool = True) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        assert os.write(fd, data) == len(data)
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def read_ignoring_close(path: Path) -> bytes:
     """The bytes of ``path``, read with read(2); an error of close(2) is not the reader's business here."""
     fd = os.open(path, os.O_RDONLY)
@@ -433,106 +380,95 @@ def read_ignoring_close(path: Path) -> bytes:
             pass
 
 
-def test_failed_flush_keeps_the_data_reports_and_retries(tiny_tmpfs, mount):
-    store = tiny_tmpfs / "store"
-    store.mkdir()
-    mnt = mount(store, "--shards", str(SHARDS), "--flush-after", "1")
-    try:
-        create_array(mnt.path)
+@pytest.fixture
+def full_disk_mount(tiny_tmpfs, mount):
+    """``full_disk_mount(flush_after) -> (store, mnt, chunk, filler)``: a mount of a store on the tiny
+    tmpfs, its array created, then every free byte used up by ``filler``: flushes fail with ENOSPC.
+    ``chunk`` (c/1/2) is not written yet.
+
+    At teardown the filler goes first, so that ``mount`` then undoes the mount (its exit flush
+    with room again), before ``tiny_tmpfs`` goes: fixtures are torn down in reverse order.
+    """
+    def make(flush_after: str):
+        store = tiny_tmpfs / "store"
+        mnt = mount_with_new_array(mount, store, flush_after)
         (mnt.path / "arr" / "c" / "1").mkdir(parents=True)
-        filler = fill(tiny_tmpfs)
-        chunk = mnt.path / "arr" / "c" / "1" / "2"
-        data = content(4242).tobytes()
+        return store, mnt, mnt.path / "arr" / "c" / "1" / "2", fill(tiny_tmpfs)
 
-        fd = os.open(chunk, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        assert os.write(fd, data) == len(data)
-        with pytest.raises(OSError) as failed:
-            os.fsync(fd)
-        assert failed.value.errno in (errno.ENOSPC, errno.EIO), failed.value
-        with pytest.raises(OSError) as closing:
-            os.close(fd)  # close reports it too (SPEC §6)
-        assert closing.value.errno in (errno.ENOSPC, errno.EIO), closing.value
-
-        # kept: readable through the mount, reported in the status and the log
-        assert read_ignoring_close(chunk) == data
-        status = mnt.status()
-        assert status["flushes_failed"] > 0, status
-        assert status["last_error"], status
-        assert status["dirty_shards"] == 1 and status["dirty_bytes"] >= len(data), status
-        assert "failed" in mnt.log_text()
-        assert not (store / "arr" / "c" / "0" / "0").exists()
-        assert not temporaries(store), "a failed repack left its temporary file"
-
-        # still full: a second fsync fails again and still loses nothing
-        fd = os.open(chunk, os.O_RDONLY)
-        try:
-            with pytest.raises(OSError):
-                os.fsync(fd)
-        finally:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        assert read_ignoring_close(chunk) == data
-
-        # room again: the background retry packs it (no fsync needed)
-        filler.unlink()
-        assert wait_until(lambda: mnt.status()["dirty_shards"] == 0, timeout=30), mnt.status()
-        assert mnt.status()["flushes_done"] > 0
-        shard = store / "arr" / "c" / "0" / "0"
-        assert shard.exists()
-        check_shard_complete(shard, SHARDS * SHARDS)
-        backing = read_backing(store / "arr")
-        assert np.array_equal(backing[chunk_region(1, 2)].ravel(), content(4242))
-        assert chunk.read_bytes() == data
-        # and fsync now succeeds
-        fd = os.open(chunk, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        mnt.unmount()
-        assert not temporaries(store)
-    finally:
-        if (tiny_tmpfs / "filler").exists():
-            (tiny_tmpfs / "filler").unlink()
-        if is_mounted(mnt.path):
-            try:
-                mnt.unmount()
-            except Exception:  # noqa: BLE001 - the tmpfs must be unmountable
-                force_unmount(mnt.path)
+    yield make
+    (tiny_tmpfs / "filler").unlink(missing_ok=True)
 
 
-def test_failed_flush_does_not_fail_readers(tiny_tmpfs, mount):
-    store = tiny_tmpfs / "store"
-    store.mkdir()
-    mnt = mount(store, "--shards", str(SHARDS), "--flush-after", "600")
+def test_failed_flush_keeps_the_data_reports_and_retries(full_disk_mount):
+    store, mnt, chunk, filler = full_disk_mount("1")
+    data = content(4242).tobytes()
+
+    fd = os.open(chunk, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    assert os.write(fd, data) == len(data)
+    with pytest.raises(OSError) as failed:
+        os.fsync(fd)
+    assert failed.value.errno in (errno.ENOSPC, errno.EIO), failed.value
+    with pytest.raises(OSError) as closing:
+        os.close(fd)  # close reports it too (SPEC §6)
+    assert closing.value.errno in (errno.ENOSPC, errno.EIO), closing.value
+
+    # kept: readable through the mount, reported in the status and the log
+    assert read_ignoring_close(chunk) == data
+    status = mnt.status()
+    assert status["flushes_failed"] > 0, status
+    assert status["last_error"], status
+    assert status["dirty_shards"] == 1 and status["dirty_bytes"] >= len(data), status
+    assert "failed" in mnt.log_text()
+    assert not (store / "arr" / "c" / "0" / "0").exists()
+    assert not temporaries(store), "a failed repack left its temporary file"
+
+    # still full: a second fsync fails again and still loses nothing
+    fd = os.open(chunk, os.O_RDONLY)
     try:
-        create_array(mnt.path)
-        (mnt.path / "arr" / "c" / "1").mkdir(parents=True)
-        filler = fill(tiny_tmpfs)
-        chunk = mnt.path / "arr" / "c" / "1" / "2"
-        data = content(4243).tobytes()
-        fd = os.open(chunk, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.write(fd, data)
         with pytest.raises(OSError):
             os.fsync(fd)
-        with pytest.raises(OSError):
-            os.close(fd)
-        assert mnt.status()["flushes_failed"] > 0
-        # a reader: open read-only, read, close -- none of it should fail
-        assert chunk.read_bytes() == data
-        through_mount = zarr.open_array(str(mnt.path / "arr"), mode="r")[chunk_region(1, 2)]
-        assert np.array_equal(through_mount.ravel(), content(4243))
-        filler.unlink()
     finally:
-        if (tiny_tmpfs / "filler").exists():
-            (tiny_tmpfs / "filler").unlink()
-        if is_mounted(mnt.path):
-            try:
-                mnt.unmount()
-            except Exception:  # noqa: BLE001 - the tmpfs must be unmountable
-                force_unmount(mnt.path)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    assert read_ignoring_close(chunk) == data
+
+    # room again: the background retry packs it (no fsync needed)
+    filler.unlink()
+    assert wait_until(lambda: mnt.status()["dirty_shards"] == 0, timeout=30), mnt.status()
+    assert mnt.status()["flushes_done"] > 0
+    shard = store / "arr" / "c" / "0" / "0"
+    assert shard.exists()
+    check_shard_complete(shard, SHARDS * SHARDS)
+    backing = read_backing(store / "arr")
+    assert np.array_equal(backing[chunk_region(1, 2)].ravel(), content(4242))
+    assert chunk.read_bytes() == data
+    # and fsync now succeeds
+    fd = os.open(chunk, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    mnt.unmount()
+    assert not temporaries(store)
+
+
+def test_failed_flush_does_not_fail_readers(full_disk_mount):
+    _, mnt, chunk, filler = full_disk_mount("600")
+    data = content(4243).tobytes()
+    fd = os.open(chunk, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(fd, data)
+    with pytest.raises(OSError):
+        os.fsync(fd)
+    with pytest.raises(OSError):
+        os.close(fd)
+    assert mnt.status()["flushes_failed"] > 0
+    # a reader: open read-only, read, close -- none of it should fail
+    assert chunk.read_bytes() == data
+    through_mount = zarr.open_array(str(mnt.path / "arr"), mode="r")[chunk_region(1, 2)]
+    assert np.array_equal(through_mount.ravel(), content(4243))
+    filler.unlink()
 
 
 # -- pending writes reach the store: SIGTERM, umount, --flush-after ---------------------
@@ -542,7 +478,7 @@ def write_some_chunks(mnt: Path, coords, seq0: int = 100) -> dict:
     written = {}
     for n, (i, j) in enumerate(coords):
         (mnt / "arr" / "c" / str(i)).mkdir(parents=True, exist_ok=True)
-        write_chunk(mnt / "arr" / "c" / str(i) / str(j), content(seq0 + n).tobytes(), fsync=False)
+        write_file(mnt / "arr" / "c" / str(i) / str(j), content(seq0 + n).tobytes(), fsync=False)
         written[(i, j)] = seq0 + n
     return written
 
@@ -570,7 +506,7 @@ def test_sigterm_flushes_everything(tmp_path, foreground):
     held = os.open(mnt / "arr" / "c" / "2" / "14", os.O_WRONLY | os.O_CREAT, 0o644)
     os.write(held, content(999).tobytes())
     written[(2, 14)] = 999
-    status = status_of(mnt)
+    status = read_status(mnt)
     assert status["dirty_shards"] > 0 and status["dirty_bytes"] >= len(written) * CHUNK_NBYTES, status
     assert not shard_files(store / "arr"), "written before SIGTERM despite --flush-after 600"
 
@@ -590,9 +526,7 @@ def test_sigterm_flushes_everything(tmp_path, foreground):
 
 def test_umount_flushes_everything(tmp_path, mount):
     store = tmp_path / "store"
-    store.mkdir()
-    mnt = mount(store, "--shards", str(SHARDS), "--flush-after", "600")
-    create_array(mnt.path)
+    mnt = mount_with_new_array(mount, store, "600")
     written = write_some_chunks(mnt.path, SOME_CHUNKS)
     # zarr-python 3 writes, too (temp file + rename), without any fsync
     z = zarr.open_array(str(mnt.path / "arr"), mode="r+")
@@ -603,7 +537,7 @@ def test_umount_flushes_everything(tmp_path, mount):
     pid = mnt.status()["pid"]
 
     mnt.unmount()  # returns once the daemon is gone
-    assert process_gone(pid)
+    assert not alive(pid)
     check_written(store / "arr", written)
     assert "Traceback" not in mnt.log_text()
     assert not temporaries(store)
@@ -611,12 +545,10 @@ def test_umount_flushes_everything(tmp_path, mount):
 
 def test_flush_after_writes_without_fsync(tmp_path, mount):
     store = tmp_path / "store"
-    store.mkdir()
-    mnt = mount(store, "--shards", str(SHARDS), "--flush-after", "0.5")
-    create_array(mnt.path)
+    mnt = mount_with_new_array(mount, store, "0.5")
     (mnt.path / "arr" / "c" / "6").mkdir(parents=True)
     # closed, never fsync'd
-    write_chunk(mnt.path / "arr" / "c" / "6" / "1", content(61).tobytes(), fsync=False)
+    write_file(mnt.path / "arr" / "c" / "6" / "1", content(61).tobytes(), fsync=False)
     # still open, never fsync'd
     held = os.open(mnt.path / "arr" / "c" / "6" / "9", os.O_WRONLY | os.O_CREAT, 0o644)
     try:
@@ -637,7 +569,7 @@ def test_flush_after_writes_without_fsync(tmp_path, mount):
         os.close(held)
     check_written(store / "arr", {(6, 1): 61, (6, 9): 69})
     # a later change is packed again
-    write_chunk(mnt.path / "arr" / "c" / "6" / "1", content(62).tobytes(), fsync=False)
+    write_file(mnt.path / "arr" / "c" / "6" / "1", content(62).tobytes(), fsync=False)
     assert wait_until(lambda: seq_of(zarr.open_array(str(store / "arr"), mode="r")[chunk_region(6, 1)]) == 62,
                       timeout=5)
     assert wait_until(lambda: mnt.status()["dirty_shards"] == 0, timeout=5), mnt.status()

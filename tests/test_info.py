@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import zarr
 
 import corpus
 from conftest import list_files
+from helpers import v2_prototype_array
 from zarrfs import info
 from zarrfs.info import Progress, format_text, run_info, summarize
 
@@ -47,15 +47,6 @@ def by_path(report: dict) -> dict[str, dict]:
 def corpus_report(corpus_store):
     store, cases = corpus_store
     return by_path(info_json(store)), {c.name: c for c in cases}
-
-
-@pytest.fixture
-def store_copy(corpus_store, tmp_path):
-    """A private copy of the corpus, free to change."""
-    source, cases = corpus_store
-    copy = tmp_path / "store.zarr"
-    shutil.copytree(source, copy)
-    return copy, {c.name: c for c in cases}
 
 
 def present_inner_chunks(store: Path, case: corpus.Case, tmp_path: Path) -> int:
@@ -208,12 +199,7 @@ def test_a_v2_sharding_prototype_array_is_unwrapped(tmp_path):
     """`.zarray` with "shard_format": "indexed" (SPEC §4); its shards are made with the
     corpus's shard writer (index at the end, little endian, no checksum)."""
     root = tmp_path / "store.zarr"
-    array = root / "proto"
-    array.mkdir(parents=True)
-    (root / ".zgroup").write_text('{"zarr_format": 2}')
-    zarray = {"zarr_format": 2, "shape": [8, 12], "chunks": [2, 3], "shards": [2, 2], "shard_format": "indexed",
-              "dtype": "<i2", "compressor": None, "fill_value": 0, "order": "C", "filters": None}
-    (array / ".zarray").write_text(json.dumps(zarray))
+    array = v2_prototype_array(root)
     present = {(0, 0): {0: b"a" * 12, 3: b"b" * 12}, (1, 1): {1: b"c" * 12}, (1, 0): {0: b"d", 1: b"e", 2: b"f"}}
     for (i, j), chunks in present.items():
         corpus.write_shard(array / f"{i}.{j}", chunks, 4, crc=False)

@@ -32,7 +32,8 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import wait_until
+from conftest import Cleanup, is_mounted, list_files, wait_until
+from helpers import alive, cmdline, mount_entries, mount_options, read_status, unescape_mount_field
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -52,44 +53,8 @@ def run(*args: str, env=None, timeout: float = TIMEOUT, cwd=None) -> subprocess.
     return subprocess.run(list(args), capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
 
 
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def mount_entries(path: Path) -> list[list[str]]:
-    """The /proc/mounts lines (split into fields) whose mountpoint is ``path``."""
-    with open("/proc/mounts") as mounts:
-        return [f for f in (line.split() for line in mounts) if _unescape(f[1]) == str(path)]
-
-
-def is_mounted(path: Path) -> bool:
-    return bool(mount_entries(path))
-
-
 def is_zarrfs_mounted(path: Path) -> bool:
     return [e[2] for e in mount_entries(path)] == ["fuse.zarrfs"]
-
-
-def mount_options(path: Path) -> set[str]:
-    (entry,) = mount_entries(path)
-    return set(entry[3].split(","))
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie counts as gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def read_status(mnt: Path) -> dict:
-    return json.loads((mnt / ".zarrfs" / "status").read_text())
-
-
-def backing_files(root: Path) -> set[str]:
-    return {os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files}
 
 
 def assert_sharded_backing_array(array_dir: Path, expected: np.ndarray, chunks, shards_per_axis: int) -> None:
@@ -103,62 +68,7 @@ def assert_sharded_backing_array(array_dir: Path, expected: np.ndarray, chunks, 
     np.testing.assert_array_equal(array[...], expected)
     grid = [s // (c * shards_per_axis) for s, c in zip(expected.shape, chunks)]
     shard_keys = {f"c/{i}/{j}" for i in range(grid[0]) for j in range(grid[1])}
-    assert backing_files(array_dir) == {"zarr.json", *shard_keys}, "only shards and metadata"
-
-
-class Cleanup:
-    """Mountpoints and processes a test made; all undone at teardown, whatever happened."""
-
-    def __init__(self):
-        self.paths: list[Path] = []
-        self.procs: list[subprocess.Popen] = []
-        self.pids: list[int] = []
-
-    def mountpoint(self, path: Path) -> Path:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.paths.append(path)
-        return path
-
-    def process(self, proc: subprocess.Popen) -> subprocess.Popen:
-        self.procs.append(proc)
-        return proc
-
-    def daemon(self, pid: int) -> int:
-        self.pids.append(pid)
-        return pid
-
-    def undo(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-        for path in self.paths:
-            if is_mounted(path):
-                try:
-                    run(ZARRFS, "umount", str(path), timeout=20)
-                except subprocess.TimeoutExpired:
-                    pass
-            for _ in range(5):
-                if not is_mounted(path):
-                    break
-                if run("fusermount3", "-u", "-z", str(path), timeout=15).returncode:
-                    run("umount", "-l", str(path), timeout=15)
-        for pid in self.pids:
-            if alive(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-
-@pytest.fixture
-def cleanup():
-    undo = Cleanup()
-    try:
-        yield undo
-    finally:
-        undo.undo()
+    assert list_files(array_dir) == {"zarr.json", *shard_keys}, "only shards and metadata"
 
 
 @pytest.fixture
@@ -333,10 +243,25 @@ def wait_for_ready(notify: NotifySocket, proc: subprocess.Popen, mnt: Path, log:
     raise AssertionError(f"no READY=1 within 30 s; received {notify.lines()}\n{log.read_text()}")
 
 
+def ready_daemon_with_unflushed_array(tmp_path: Path, notify: NotifySocket, cleanup: Cleanup, *options: str):
+    """``(store, mnt, log, proc, data)``: a foreground daemon on a new empty store, READY=1 received,
+    and a 40x40 int32 array of 5x5 chunks written through it by zarr-python 3 that only the exit
+    flush will write to the store (--flush-after 600)."""
+    store = tmp_path / "store"
+    store.mkdir()
+    mnt = cleanup.mountpoint(tmp_path / "mnt", create=True)
+    log = tmp_path / "daemon.stderr"
+    proc = start_foreground(store, mnt, notify, log, cleanup, "--flush-after", "600", *options)
+    wait_for_ready(notify, proc, mnt, log)
+    data = np.arange(1, 1601, dtype="i4").reshape(40, 40)
+    zarr.create_array(str(mnt / "arr"), shape=(40, 40), chunks=(5, 5), dtype="i4")[:] = data
+    return store, mnt, log, proc, data
+
+
 def test_notify_ready_only_once_mounted_then_sigterm_flushes_into_shards(tmp_path, notify_socket, cleanup):
     store = tmp_path / "store"
     store.mkdir()
-    mnt = cleanup.mountpoint(tmp_path / "mnt")
+    mnt = cleanup.mountpoint(tmp_path / "mnt", create=True)
     log = tmp_path / "daemon.stderr"
     proc = start_foreground(store, mnt, notify_socket, log, cleanup,
                             "--flush-after", "600", "--shards", "4", "--log-level", "INFO")
@@ -357,7 +282,7 @@ def test_notify_ready_only_once_mounted_then_sigterm_flushes_into_shards(tmp_pat
     np.testing.assert_array_equal(zarr.open_array(str(mnt / "arr"), mode="r")[...], data)
     status = read_status(mnt)
     assert status["dirty_shards"] == 4 and status["dirty_bytes"] > 0, status
-    assert backing_files(store / "arr") == {"zarr.json"}, "flushed before SIGTERM despite --flush-after 600"
+    assert list_files(store / "arr") == {"zarr.json"}, "flushed before SIGTERM despite --flush-after 600"
 
     proc.send_signal(signal.SIGTERM)  # what `systemctl stop` does (KillSignal=SIGTERM)
     sender, _ = notify_socket.wait_for("STOPPING=1", timeout=60, proc=proc)
@@ -375,13 +300,13 @@ def test_notify_ready_only_once_mounted_then_sigterm_flushes_into_shards(tmp_pat
 
     # The backing store holds shards only, and zarr-python 3 reads them directly.
     assert_sharded_backing_array(store / "arr", data, chunks=(5, 5), shards_per_axis=4)
-    assert not [f for f in backing_files(store) if ".zarrfs-tmp-" in f]
+    assert not [f for f in list_files(store) if ".zarrfs-tmp-" in f]
 
 
 def test_notify_socket_in_the_abstract_namespace(tmp_path, sharded_store, cleanup):
     """systemd may hand out ``@name`` (abstract) notify sockets, e.g. in containers."""
     store, _ = sharded_store
-    mnt = cleanup.mountpoint(tmp_path / "mnt")
+    mnt = cleanup.mountpoint(tmp_path / "mnt", create=True)
     name = f"zarrfs-test-{os.getpid()}-{time.monotonic_ns()}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
@@ -410,14 +335,8 @@ def _hold_array_lock(path: Path) -> int:
 
 @pytest.mark.parametrize("first_stop", ["SIGTERM", "umount"])
 def test_a_second_stop_request_while_flushing_loses_nothing(first_stop, tmp_path, notify_socket, cleanup):
-    store = tmp_path / "store"
-    store.mkdir()
-    mnt = cleanup.mountpoint(tmp_path / "mnt")
-    log = tmp_path / "daemon.stderr"
-    proc = start_foreground(store, mnt, notify_socket, log, cleanup, "--flush-after", "600", "--shards", "4")
-    wait_for_ready(notify_socket, proc, mnt, log)
-    data = np.arange(1, 1601, dtype="i4").reshape(40, 40)
-    zarr.create_array(str(mnt / "arr"), shape=(40, 40), chunks=(5, 5), dtype="i4")[:] = data
+    store, mnt, log, proc, data = ready_daemon_with_unflushed_array(tmp_path, notify_socket, cleanup,
+                                                                    "--shards", "4")
     # Another node is repacking: the final flush has to wait for the advisory lock,
     # which makes "while flushing" last as long as this test likes.
     held = _hold_array_lock(store / "arr" / "zarr.json")
@@ -446,14 +365,7 @@ def _answers(*command: str, within: float = 3.0) -> bool:
 
 
 def test_the_mountpoint_does_not_hang_while_the_daemon_flushes_at_exit(tmp_path, notify_socket, cleanup):
-    store = tmp_path / "store"
-    store.mkdir()
-    mnt = cleanup.mountpoint(tmp_path / "mnt")
-    log = tmp_path / "daemon.stderr"
-    proc = start_foreground(store, mnt, notify_socket, log, cleanup, "--flush-after", "600")
-    wait_for_ready(notify_socket, proc, mnt, log)
-    data = np.arange(1, 1601, dtype="i4").reshape(40, 40)
-    zarr.create_array(str(mnt / "arr"), shape=(40, 40), chunks=(5, 5), dtype="i4")[:] = data
+    store, mnt, log, proc, data = ready_daemon_with_unflushed_array(tmp_path, notify_socket, cleanup)
     held = _hold_array_lock(store / "arr" / "zarr.json")  # a long flush
     try:
         proc.send_signal(signal.SIGTERM)
@@ -469,21 +381,15 @@ def test_the_mountpoint_does_not_hang_while_the_daemon_flushes_at_exit(tmp_path,
 
 def test_flush_waits_for_another_nodes_lock(tmp_path, notify_socket, cleanup):
     """Repacks take the advisory lock on the array's zarr.json; the exit flush waits for it."""
-    store = tmp_path / "store"
-    store.mkdir()
-    mnt = cleanup.mountpoint(tmp_path / "mnt")
-    log = tmp_path / "daemon.stderr"
-    proc = start_foreground(store, mnt, notify_socket, log, cleanup, "--flush-after", "600", "--shards", "4")
-    wait_for_ready(notify_socket, proc, mnt, log)
-    data = np.arange(1, 1601, dtype="i4").reshape(40, 40)
-    zarr.create_array(str(mnt / "arr"), shape=(40, 40), chunks=(5, 5), dtype="i4")[:] = data
+    store, mnt, log, proc, data = ready_daemon_with_unflushed_array(tmp_path, notify_socket, cleanup,
+                                                                    "--shards", "4")
     held = _hold_array_lock(store / "arr" / "zarr.json")
     try:
         proc.send_signal(signal.SIGTERM)
         notify_socket.wait_for("STATUS=flushing", timeout=30, proc=proc)
         time.sleep(1.0)
         assert proc.poll() is None, "the daemon exited while another process held the lock"
-        assert backing_files(store / "arr") == {"zarr.json"}, "a shard was written under someone else's lock"
+        assert list_files(store / "arr") == {"zarr.json"}, "a shard was written under someone else's lock"
     finally:
         os.close(held)
     assert proc.wait(timeout=60) == 0, log.read_text()
@@ -511,7 +417,7 @@ def _daemon_pid(mnt: Path, cleanup: Cleanup) -> int:
 @needs_installed_entry_point
 def test_mount_t_fuse_zarrfs_read_only_and_umount(sharded_store, tmp_path, cleanup):
     store, data = sharded_store
-    mnt = cleanup.mountpoint(tmp_path / "mnt")
+    mnt = cleanup.mountpoint(tmp_path / "mnt", create=True)
     # mount(8) runs mount.fuse3 without PATH; mount.fuse3 runs `zarrfs STORE DIR -o OPTS`.
     result = run("env", "-u", "PATH", "/usr/bin/mount", "-t", "fuse.zarrfs", str(store), str(mnt), "-o", "ro")
     assert result.returncode == 0, result.stderr
@@ -533,7 +439,7 @@ def test_mount_t_fuse_zarrfs_then_umount8_still_flushes(tmp_path, cleanup):
     the kernel detaches at once, the daemon flushes afterwards, then exits."""
     store = tmp_path / "store"
     store.mkdir()
-    mnt = cleanup.mountpoint(tmp_path / "mnt")
+    mnt = cleanup.mountpoint(tmp_path / "mnt", create=True)
     result = run("mount", "-t", "fuse.zarrfs", str(store), str(mnt))
     assert result.returncode == 0, result.stderr
     pid = _daemon_pid(mnt, cleanup)
@@ -544,6 +450,13 @@ def test_mount_t_fuse_zarrfs_then_umount8_still_flushes(tmp_path, cleanup):
     assert run("umount", str(mnt)).returncode == 0
     assert wait_until(lambda: not alive(pid), timeout=30)
     assert_sharded_backing_array(store / "arr", data, chunks=(5, 5), shards_per_axis=8)
+
+
+def mount_by_fstab(fstab: Path, text: str, mnt: Path) -> None:
+    """``mount -T FSTAB MNT`` with PATH unset, as at boot: mount(8) finds the line for ``mnt``."""
+    fstab.write_text(text)
+    result = run("env", "-u", "PATH", "/usr/bin/mount", "-T", str(fstab), str(mnt))
+    assert result.returncode == 0, result.stderr
 
 
 FSTAB_OPTIONS = [
@@ -557,15 +470,12 @@ FSTAB_OPTIONS = [
 @pytest.mark.parametrize("options", FSTAB_OPTIONS, ids=["plain", "netdev"])
 def test_fstab_line_mounts_read_only_and_zarrfs_umount(options, sharded_store, tmp_path, cleanup):
     store, data = sharded_store
-    mnt = cleanup.mountpoint(tmp_path / "mnt")
-    fstab = tmp_path / "fstab"
-    fstab.write_text(f"# zarrfs test\n{store} {mnt} fuse.zarrfs {options} 0 0\n")
-    result = run("env", "-u", "PATH", "/usr/bin/mount", "-T", str(fstab), str(mnt))
-    assert result.returncode == 0, result.stderr
+    mnt = cleanup.mountpoint(tmp_path / "mnt", create=True)
+    mount_by_fstab(tmp_path / "fstab", f"# zarrfs test\n{store} {mnt} fuse.zarrfs {options} 0 0\n", mnt)
     assert is_zarrfs_mounted(mnt)
     assert {"ro", "allow_other"} <= mount_options(mnt)
     (entry,) = mount_entries(mnt)
-    assert _unescape(entry[0]) == str(store)  # `df` and `mount` name the store
+    assert unescape_mount_field(entry[0]) == str(store)  # `df` and `mount` name the store
     pid = _daemon_pid(mnt, cleanup)
 
     assert sorted(os.listdir(mnt)) == ["c", "zarr.json"]
@@ -584,17 +494,14 @@ def test_fstab_line_mounts_read_only_and_zarrfs_umount(options, sharded_store, t
     assert result.returncode == 0, result.stderr
     assert not is_mounted(mnt)
     assert not alive(pid)
-    assert backing_files(store) == {"zarr.json", "c/0/0", "c/0/1", "c/1/0", "c/1/1"}
+    assert list_files(store) == {"zarr.json", "c/0/0", "c/0/1", "c/1/0", "c/1/1"}
 
 
 @needs_installed_entry_point
 def test_fstab_line_can_choose_the_v2_view(sharded_store, tmp_path, cleanup):
     store, _ = sharded_store
-    mnt = cleanup.mountpoint(tmp_path / "mnt")
-    fstab = tmp_path / "fstab"
-    fstab.write_text(f"{store} {mnt} fuse.zarrfs ro,nofail,view=v2 0 0\n")
-    result = run("env", "-u", "PATH", "/usr/bin/mount", "-T", str(fstab), str(mnt))
-    assert result.returncode == 0, result.stderr
+    mnt = cleanup.mountpoint(tmp_path / "mnt", create=True)
+    mount_by_fstab(tmp_path / "fstab", f"{store} {mnt} fuse.zarrfs ro,nofail,view=v2 0 0\n", mnt)
     cleanup.daemon(read_status(mnt)["pid"])
     assert read_status(mnt)["view"] == "v2"
     assert ".zarray" in os.listdir(mnt)
@@ -616,18 +523,10 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [os.fsdecode(a) for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
-
-
 def test_a_killed_daemon_alone_is_restartable(sharded_store, tmp_path, cleanup):
     """kill -9 of the daemon (OOM killer): auto_unmount's helper detaches the mount, a restart works."""
     store, _ = sharded_store
-    mnt = cleanup.mountpoint(tmp_path / "mnt")
+    mnt = cleanup.mountpoint(tmp_path / "mnt", create=True)
     assert run(ZARRFS, "mount", "--read-only", str(store), str(mnt)).returncode == 0
     pid = _daemon_pid(mnt, cleanup)
     os.kill(pid, signal.SIGKILL)
@@ -640,10 +539,10 @@ def test_a_killed_daemon_alone_is_restartable(sharded_store, tmp_path, cleanup):
 
 def test_a_restart_after_the_whole_cgroup_was_killed_mounts_again(sharded_store, tmp_path, cleanup):
     store, _ = sharded_store
-    mnt = cleanup.mountpoint(tmp_path / "mnt")
+    mnt = cleanup.mountpoint(tmp_path / "mnt", create=True)
     assert run(ZARRFS, "mount", "--read-only", str(store), str(mnt)).returncode == 0
     pid = _daemon_pid(mnt, cleanup)
-    helpers = [c for c in _children(pid) if os.path.basename((_cmdline(c) or [""])[0]) == "fusermount3"]
+    helpers = [c for c in _children(pid) if os.path.basename((cmdline(c) or [""])[0]) == "fusermount3"]
     assert helpers, "no auto_unmount helper"
     for victim in [*helpers, pid]:  # as systemd's SIGKILL of the cgroup does
         os.kill(victim, signal.SIGKILL)
@@ -667,7 +566,7 @@ def test_a_repack_keeps_the_owner_and_mode_of_the_shard(tmp_path, cleanup):
     for path in [store, *store.rglob("*")]:
         os.chown(path, 1000, 1000)
         os.chmod(path, 0o2775 if path.is_dir() else 0o664)
-    mnt = cleanup.mountpoint(tmp_path / "mnt")
+    mnt = cleanup.mountpoint(tmp_path / "mnt", create=True)
     result = run(ZARRFS, "mount", str(store), str(mnt))
     assert result.returncode == 0, result.stderr
     zarr.open_array(str(mnt / "arr"), mode="r+")[0:5, 0:5] = 7
@@ -686,7 +585,7 @@ def test_files_made_through_an_allow_other_mount_belong_to_the_caller(short_tmp,
     store = short_tmp / "store"
     store.mkdir(mode=0o777)
     os.chmod(store, 0o777)
-    mnt = cleanup.mountpoint(short_tmp / "mnt")
+    mnt = cleanup.mountpoint(short_tmp / "mnt", create=True)
     result = run(ZARRFS, "mount", str(store), str(mnt), "-o", "allow_other")
     assert result.returncode == 0, result.stderr
     cleanup.daemon(read_status(mnt)["pid"])
@@ -730,7 +629,7 @@ def test_top_level_help_mentions_every_command():
 def test_info_logs_stay_quiet_over_thousands_of_chunks(tmp_path, cleanup):
     store = tmp_path / "store"
     store.mkdir()
-    mnt = cleanup.mountpoint(tmp_path / "mnt")
+    mnt = cleanup.mountpoint(tmp_path / "mnt", create=True)
     log = tmp_path / "zarrfs.log"
     result = run(ZARRFS, "mount", str(store), str(mnt), "--log-level", "INFO", "--log-file", str(log),
                  "--flush-after", "0.2", "--shards", "4")

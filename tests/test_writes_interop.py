@@ -685,6 +685,11 @@ def rsync(source: Path, target: Path, *options: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def cp_r(source: Path, target: Path) -> None:
+    """``cp -r`` (GNU cp: open(O_CREAT), write, close; no renames), as users copy a store."""
+    subprocess.run(["cp", "-r", str(source), str(target)], check=True)
+
+
 def copy_file(source: Path, target: Path) -> None:
     """Copy a file as rsync does: a temporary name beside it, then rename onto the name."""
     temp = target.parent / f".{target.name}.tmp0123"
@@ -760,7 +765,7 @@ def test_cp_r_packs_a_plain_v3_store_into_shards(plain_v3, cp_source, tmp_path, 
     store = empty_store(tmp_path)
     mnt = mount(store)
     source = cp_source(plain_v3, V3_METADATA, metadata_first=True)
-    subprocess.run(["cp", "-r", str(source), str(mnt.path / "copy.zarr")], check=True)
+    cp_r(source, mnt.path / "copy.zarr")
     mnt.unmount()
     check_packed(store / "copy.zarr", plain_v3, PLAIN_V3)
     for group in ("", "sub"):
@@ -775,7 +780,7 @@ def test_cp_r_of_a_plain_v3_store_reads_back_through_the_mount_at_once(plain_v3,
     name must mean the array metadata once it is applied (fixed in c7476db; was ENOENT for 10 s)."""
     mnt = mount(empty_store(tmp_path))
     source = cp_source(plain_v3, V3_METADATA, metadata_first=True)
-    subprocess.run(["cp", "-r", str(source), str(mnt.path / "copy.zarr")], check=True)
+    cp_r(source, mnt.path / "copy.zarr")
     for path in PLAIN_V3:
         assert same_values(read_zarr3(mnt.path / "copy.zarr" / path), read_zarr3(plain_v3 / path)), path
 
@@ -819,7 +824,7 @@ def test_cp_r_of_a_store_whose_chunks_cp_meets_before_the_metadata(plain_v3, cp_
     store = empty_store(tmp_path)
     mnt = mount(store)
     source = cp_source(plain_v3, V3_METADATA, metadata_first=False)
-    subprocess.run(["cp", "-r", str(source), str(mnt.path / "copy.zarr")], check=True)
+    cp_r(source, mnt.path / "copy.zarr")
     mnt.unmount()
     check_packed(store / "copy.zarr", plain_v3, PLAIN_V3)
 
@@ -892,7 +897,7 @@ def test_cp_r_packs_a_plain_v2_store_through_the_v2_view(plain_v2, cp_source, tm
     store = empty_store(tmp_path)
     mnt = mount(store, "--view", "v2")
     source = cp_source(plain, V2_METADATA_NAMES, metadata_first=True)
-    subprocess.run(["cp", "-r", str(source), str(mnt.path / "copy.zarr")], check=True)
+    cp_r(source, mnt.path / "copy.zarr")
     mnt.unmount()
     check_packed_v2(store / "copy.zarr", plain, expected)
     again = mount(store, "--view", "v2", "--read-only")
@@ -931,7 +936,7 @@ def test_cp_r_of_a_v2_store_whose_chunks_cp_meets_before_the_zarray(plain_v2, cp
     store = empty_store(tmp_path)
     mnt = mount(store, "--view", "v2")
     source = cp_source(plain, V2_METADATA_NAMES, metadata_first=False)
-    subprocess.run(["cp", "-r", str(source), str(mnt.path / "copy.zarr")], check=True)
+    cp_r(source, mnt.path / "copy.zarr")
     mnt.unmount()
     check_packed_v2(store / "copy.zarr", plain, expected)
 
