@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..format.metadata import ArrayLayout
-from ..format.shard_index import CorruptEntry, CorruptShard, IndexFormat, ShardIndex
+from ..format.shard_index import CorruptShard, IndexFormat, ShardIndex
 from ..store.local import LocalStore
 from .lru import LRU
 

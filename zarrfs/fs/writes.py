@@ -230,8 +230,10 @@ class Writer:
             os.mkdir(self.tree.store.path(target.path), mode)
             self.tree.store.chown_to(target.path, *owner)
             return self.node_of(target)
-        if target.kind != "scratch" or not isinstance(self.tree.lookup(parent, name) or None, type(None)):
-            raise OSError(errno.EEXIST if self.tree.lookup(parent, name) else errno.EINVAL, target.path)
+        if self.tree.lookup(parent, name) is not None:
+            raise OSError(errno.EEXIST, target.path)
+        if target.kind != "scratch":  # a chunk key or a metadata name cannot be a directory
+            raise OSError(errno.EINVAL, target.path)
         self.overlay.directories.add(target.path)
         node = self.tree.lookup(parent, name)
         if not isinstance(node, KeyDir):
