@@ -121,10 +121,11 @@ class Writer:
             fd = os.open(self.tree.store.path(target.path), flags | os.O_CREAT | os.O_CLOEXEC, mode)
             self.tree.store.chown_to(target.path, *owner)
             return self.node_of(target), PlainWriter(fd)
-        if self.tree.lookup(parent, name) is not None:
+        existing = self.tree.lookup(parent, name)
+        if existing is not None:
             if flags & os.O_EXCL:
                 raise OSError(errno.EEXIST, target.path)
-            return self.open(self.tree.lookup(parent, name), flags)
+            return existing, self.open(existing, flags)
         memfile = MemFile(mode=stat.S_IFREG | stat.S_IMODE(mode), uid=owner[0], gid=owner[1])
         self._bind(target, memfile)
         return self.node_of(target), MemContent(memfile)
