@@ -86,8 +86,10 @@ class ArrayLayout:
             below = [b * n for b, n in zip(below, level.chunks_per_shard)]
         return tuple(below)
 
-    def view_bytes(self) -> bytes:
-        return (json.dumps(self.view_document, indent=2) + "\n").encode()
+
+def json_bytes(doc) -> bytes:
+    """How zarrfs writes and shows v3 metadata documents."""
+    return (json.dumps(doc, indent=2) + "\n").encode()
 
 
 def parse_array_document(doc: object) -> ArrayLayout | None:

@@ -19,7 +19,7 @@ import os
 
 import trio
 
-from ..format.metadata import MetadataError, parse_array_document, shard_document
+from ..format.metadata import MetadataError, json_bytes, parse_array_document, shard_document
 from ..format.v2 import NoV2Equivalent, v2_to_v3
 from .overlay import MemFile, chunk_name
 from .shards import join
@@ -145,7 +145,7 @@ class MetadataWriter:
             raise refuse(where, ".zattrs is not a JSON object")
         doc = self._backing_doc(dir_key)
         if doc is None:  # no .zarray/.zgroup yet: keep it until they arrive
-            self.store.replace_durably(join(dir_key, ".zattrs"), _dumps(attributes))
+            self.store.replace_durably(join(dir_key, ".zattrs"), json_bytes(attributes))
             return
         doc = copy.deepcopy(doc)
         attributes = dict(attributes)
@@ -204,8 +204,7 @@ class MetadataWriter:
         return doc if isinstance(doc, dict) else None
 
     def _write_doc(self, dir_key: str, doc: dict) -> None:
-        self.store.replace_durably(join(dir_key, "zarr.json"), (json.dumps(doc, indent=2) + "\n").encode(),
-                                   like=dir_key)
+        self.store.replace_durably(join(dir_key, "zarr.json"), json_bytes(doc), like=dir_key)
 
     def _v2_attributes(self, dir_key: str) -> dict:
         """Attributes as v2 sees them: the backing ones, else a pending .zattrs."""
@@ -280,7 +279,3 @@ def _same_chunking(old, new, old_doc: dict, new_doc: dict) -> bool:
     return (old.chunk_shape == new.chunk_shape and old.key_encoding == new.key_encoding
             and old.view_document.get("codecs") == new_doc.get("codecs")
             and old_doc.get("data_type") == new_doc.get("data_type"))
-
-
-def _dumps(doc) -> bytes:
-    return (json.dumps(doc, indent=2) + "\n").encode()

@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from ..format.keys import ChunkKeyEncoding
-from ..format.metadata import ArrayLayout, MetadataError, parse_array_document, parse_v2_sharded
+from ..format.metadata import ArrayLayout, MetadataError, json_bytes, parse_array_document, parse_v2_sharded
 from ..format.v2 import NoV2Equivalent, dumps, group_v3_to_v2, v3_to_v2
 from ..store.local import LocalStore
 from .lru import LRU
@@ -100,7 +100,7 @@ class Views:
         if self.view == "v2":
             return _v2_array_view(dir_key or ".", layout)
         if layout.is_sharded:
-            return DirView({V3_METADATA: _json_bytes(layout.view_document)}, frozenset({V3_METADATA}),
+            return DirView({V3_METADATA: json_bytes(layout.view_document)}, frozenset({V3_METADATA}),
                            layout, layout.key_encoding)
         return None
 
@@ -129,7 +129,3 @@ def _v2_array_view(where: str, layout: ArrayLayout) -> DirView:
     if zattrs:
         files[".zattrs"] = dumps(zattrs)
     return DirView(files, frozenset({V3_METADATA}), layout, keys, strip_crc)
-
-
-def _json_bytes(doc: dict) -> bytes:
-    return (json.dumps(doc, indent=2) + "\n").encode()
