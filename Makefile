@@ -2,9 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev rsync
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev rsync patch
 
-.PHONY: demo test bench install system-deps entry-point clean
+.PHONY: demo test bench bench-deps install system-deps entry-point clean
 
 demo: install
 	$(PY) scripts/demo.py
@@ -12,8 +12,21 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-bench: install
-	$(PY) bench/read_bench.py
+# The benchmark suite (docs/performance.md): generates its data once into
+# bench/.cache/, then compares zarrfs with the peers below. BENCH_ARGS passes
+# options, e.g. `make bench BENCH_ARGS=--quick`.
+bench: install bench-deps
+	$(PY) bench/suite.py $(BENCH_ARGS)
+
+# The peers' mount tools and image builders (ratarmount gets its own venv from
+# the suite). Only what is missing is installed, as for system-deps.
+BENCH_APT_PACKAGES := squashfuse squashfs-tools fuse-zip zip tar findutils
+bench-deps:
+	@missing=$$(for p in $(BENCH_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 install: system-deps $(VENV)/.installed entry-point
 
@@ -30,9 +43,20 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+# pyfuse3 is built from its source release with zarrfs's patch (see the patch's
+# header): no FLUSH at close of files opened to read, no OPEN on read-only mounts.
+PYFUSE3 := pyfuse3-3.5.0
+PYFUSE3_SOURCE := .cache/$(PYFUSE3)
+
+$(VENV)/.installed: pyproject.toml patches/$(PYFUSE3)-zarrfs.patch
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	rm -rf $(PYFUSE3_SOURCE) && mkdir -p .cache
+	$(PY) -m pip download -q --no-binary :all: --no-deps -d .cache $(subst -,==,$(PYFUSE3))
+	tar -xzf .cache/$(PYFUSE3).tar.gz -C .cache
+	patch -s -d $(PYFUSE3_SOURCE) -p1 < patches/$(PYFUSE3)-zarrfs.patch
+	rm -f $(PYFUSE3_SOURCE)/src/pyfuse3/__init__.c  # made again from the patched sources
+	$(PY) -m pip install -q $(PYFUSE3_SOURCE)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 

@@ -200,7 +200,9 @@ class _JournalFormatter(logging.Formatter):
 
 def serve(options: MountOptions, on_ready) -> int:
     """Mount, serve until unmounted or signalled, unmount. Returns an exit code."""
-    store = LocalStore(options.store)
+    # Stats of metadata and shards serve a second (never longer than the kernel caches
+    # attributes); descriptors of the shards read last stay open.
+    store = LocalStore(options.store, reuse_stats_for=min(1.0, options.timeout), keep_open=64)
     started = time.time()
     tree = ViewTree(store, options.view)
     writer = None
@@ -336,6 +338,7 @@ def _status_text(options: MountOptions, operations: Operations, started: float) 
         "index_cache_hit_rate": round(cache.hits / lookups, 4) if lookups else None,
         "known_inodes": len(operations.inodes),
         "open_handles": operations.open_handles(),
+        "requests": dict(sorted(operations.requests.items())),
     }
     return json.dumps(status, indent=2) + "\n"
 

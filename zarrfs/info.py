@@ -29,9 +29,9 @@ from typing import TextIO
 
 from .format.metadata import ArrayLayout
 from .format.shard_index import CorruptShard
-from .fs.shards import Shards, ShardChanged, join
+from .fs.shards import Shards, join
 from .fs.views import Views
-from .store.local import LocalStore
+from .store.local import FileChanged, LocalStore
 from .walk import Progress, StoreError, StoreWalker, batched, open_store, quiet_zarrfs_log, run_batches
 
 __all__ = ["ArraySummary", "Progress", "StoreError", "StoreSummary", "format_array", "format_text",
@@ -212,7 +212,7 @@ def _inspect_shard(shards: Shards, task: _Shard) -> tuple[int, str | None]:
                 problem = f"{index.invalid_count()} index entries point outside the shard's payload"
         except CorruptShard as error:
             problem = str(error)
-        except ShardChanged:
+        except FileChanged:
             pass  # rewritten under us; present_chunks reads the new version
         # A corrupt shard's chunks are all listed (they read as EIO), as in the view.
         return len(shards.present_chunks(task.array_key, task.layout, task.coords)), problem

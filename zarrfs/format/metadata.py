@@ -14,6 +14,7 @@ import copy
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 from .keys import ChunkKeyEncoding, KeyEncodingError
 from .shard_index import IndexFormat
@@ -49,16 +50,16 @@ class ArrayLayout:
     def ndim(self) -> int:
         return len(self.shape)
 
-    @property
+    @cached_property  # asked on every lookup and read
     def chunk_grid(self) -> tuple[int, ...]:
         """Number of (innermost) chunks along each axis."""
         return tuple(math.ceil(s / c) for s, c in zip(self.shape, self.chunk_shape))
 
-    @property
+    @cached_property  # asked on every lookup and read
     def shard_grid(self) -> tuple[int, ...]:
         return tuple(math.ceil(s / c) for s, c in zip(self.shape, self.shard_shape))
 
-    @property
+    @cached_property  # asked on every lookup and read
     def chunks_per_shard(self) -> tuple[int, ...]:
         """Innermost chunks per shard along each axis, all levels together."""
         return tuple(s // c for s, c in zip(self.shard_shape, self.chunk_shape))
@@ -81,10 +82,17 @@ class ArrayLayout:
 
     def chunks_below(self, depth: int) -> tuple[int, ...]:
         """How many innermost chunks one chunk of level ``depth`` holds, per axis."""
-        below = [1] * self.ndim
-        for level in self.levels[depth + 1 :]:
-            below = [b * n for b, n in zip(below, level.chunks_per_shard)]
-        return tuple(below)
+        return self._chunks_below[depth]
+
+    @cached_property
+    def _chunks_below(self) -> tuple[tuple[int, ...], ...]:
+        result = []
+        for depth in range(len(self.levels)):
+            below = [1] * self.ndim
+            for level in self.levels[depth + 1 :]:
+                below = [b * n for b, n in zip(below, level.chunks_per_shard)]
+            result.append(tuple(below))
+        return tuple(result)
 
 
 def json_bytes(doc) -> bytes:

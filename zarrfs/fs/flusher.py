@@ -138,9 +138,10 @@ class Flusher:
                         if layout.shard_of(c) == shard}
             replacements = {c: (self._stored_bytes(f, view.strip_crc) if f else None) for c, (f, _) in snapshot.items()}
             try:
-                await trio.to_thread.run_sync(
-                    self._repack, array_key, min(view.hidden), layout, shard, replacements,
-                    limiter=self._threads)
+                with self.tree.store.changing():
+                    await trio.to_thread.run_sync(
+                        self._repack, array_key, min(view.hidden), layout, shard, replacements,
+                        limiter=self._threads)
             except OSError as error:
                 raise self._failed(shard_id, error) from None
             self.flushes_done += 1

@@ -17,6 +17,7 @@ Caveats, honestly:
 
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import itertools
@@ -34,10 +35,11 @@ log = logging.getLogger("zarrfs")
 
 
 def _kernel_errors(handler):
-    """Map every failure of a handler to an errno for the kernel."""
+    """Map every failure of a handler to an errno for the kernel (and count the requests)."""
 
     @functools.wraps(handler)
     async def wrapped(self, *args):
+        self.requests[handler.__name__] += 1
         try:
             return await handler(self, *args)
         except pyfuse3.FUSEError:
@@ -49,6 +51,17 @@ def _kernel_errors(handler):
         except Exception:
             log.exception("internal error in %s%r", handler.__name__, args)
             raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapped
+
+
+def _changes_store(handler):
+    """Stats remembered before a change through the mount must not answer after it."""
+
+    @functools.wraps(handler)
+    async def wrapped(self, *args):
+        with self.tree.store.changing():
+            return await handler(self, *args)
 
     return wrapped
 
@@ -65,6 +78,12 @@ class Operations(pyfuse3.Operations):
             writer.metadata.changed = self._resolve_again
         self._handles: dict[int, object] = {}
         self._next_handle = itertools.count(1)
+        self.requests: collections.Counter[str] = collections.Counter()  # by handler, for the status file
+        features = getattr(pyfuse3, "FEATURES", frozenset())  # zarrfs's pyfuse3 build: patches/
+        # Files opened only to read need no FLUSH at close (a round trip per file).
+        self.noflush = "noflush" in features
+        # A read-only mount needs no OPEN or RELEASE either: reads name the inode.
+        self.without_open = writer is None and "read_without_open" in features
 
     # -- names and attributes ----------------------------------------------
 
@@ -82,6 +101,7 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         return self._entry(node, self.tree.attributes(node))
 
+    @_kernel_errors
     async def forget(self, inode_list):
         for inode, count in inode_list:
             self.inodes.forget(inode, count)
@@ -119,6 +139,7 @@ class Operations(pyfuse3.Operations):
                 return
             self.inodes.remember(node)
 
+    @_kernel_errors
     async def releasedir(self, fh):
         self._handles.pop(fh, None)
 
@@ -126,15 +147,23 @@ class Operations(pyfuse3.Operations):
 
     @_kernel_errors
     async def open(self, inode, flags, ctx):
+        if self.without_open:
+            # The kernel stops sending OPEN and RELEASE, keeps cached pages (it drops
+            # them when a file's size or mtime changes) and sends reads by inode.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         node = self._node(inode)
         writable = bool(flags & (os.O_WRONLY | os.O_RDWR))
-        content = self._writer().open(node, flags) if writable else self.tree.open(node)
-        return self._file_info(inode, node, content, writable)
+        if not writable:
+            return self._file_info(inode, node, self.tree.open(node), writable)
+        with self.tree.store.changing():
+            return self._file_info(inode, node, self._writer().open(node, flags), writable)
 
     def _file_info(self, inode: int, node: Node, content, writable: bool = True) -> pyfuse3.FileInfo:
         info = pyfuse3.FileInfo(fh=self._new_handle(FileHandle(node, content, writable)))
         # The kernel may keep cached pages only if the bytes are those it cached.
         info.keep_cache = self.inodes.swap_version(inode, content.version) == content.version
+        if self.noflush:
+            info.noflush = not writable
         # Sizes of these change behind the kernel's back (status; metadata the view rewrites).
         info.direct_io = isinstance(node, (StatusFile, MetadataFile)) or (
             isinstance(node, Scratch) and os.path.basename(node.path) in self._metadata_names())
@@ -145,6 +174,8 @@ class Operations(pyfuse3.Operations):
 
     @_kernel_errors
     async def read(self, fh, offset, size):
+        if self.without_open:
+            return self.tree.read(self._node(fh), offset, size)  # fh is the inode
         return self._handles[fh].content.read(offset, size)
 
     @_kernel_errors
@@ -152,6 +183,7 @@ class Operations(pyfuse3.Operations):
         await self.flusher.wait_for_room()
         return self.writer.write(self._handles[fh].content, offset, data)
 
+    @_changes_store
     @_kernel_errors
     async def flush(self, fh):
         """close(): apply metadata files, and report a failed repack of this file's shard."""
@@ -162,6 +194,7 @@ class Operations(pyfuse3.Operations):
             await self.writer.closed(handle.node, handle.content)
             self._raise_flush_failure(handle.content)  # readers are not told of writers' troubles
 
+    @_kernel_errors
     async def release(self, fh):
         handle = self._handles.pop(fh, None)
         if handle is not None:
@@ -169,6 +202,7 @@ class Operations(pyfuse3.Operations):
             if isinstance(handle.content, MemContent):
                 self.tree.forget_clean(handle.content.memfile)
 
+    @_changes_store
     @_kernel_errors
     async def fsync(self, fh, datasync):
         content = self._handles[fh].content
@@ -177,6 +211,7 @@ class Operations(pyfuse3.Operations):
         elif hasattr(content, "fd"):
             os.fsync(content.fd)
 
+    @_changes_store
     @_kernel_errors
     async def fsyncdir(self, fh, datasync):
         """tensorstore renames onto a chunk key, then fsyncs the directory."""
@@ -196,6 +231,7 @@ class Operations(pyfuse3.Operations):
 
     # -- changing names -------------------------------------------------------
 
+    @_changes_store
     @_kernel_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
         node, content = self._writer().create(self._node(parent_inode), os.fsdecode(name), mode, flags,
@@ -204,30 +240,36 @@ class Operations(pyfuse3.Operations):
         self.inodes.remember(node)
         return self._file_info(entry.st_ino, node, content), entry
 
+    @_changes_store
     @_kernel_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
         node = self._writer().mkdir(self._node(parent_inode), os.fsdecode(name), mode, (ctx.uid, ctx.gid))
         return self._remembered_entry(node)
 
+    @_changes_store
     @_kernel_errors
     async def symlink(self, parent_inode, name, target, ctx):
         node = self._writer().symlink(self._node(parent_inode), os.fsdecode(name), os.fsdecode(target),
                                       (ctx.uid, ctx.gid))
         return self._remembered_entry(node)
 
+    @_changes_store
     @_kernel_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
         node = self._writer().link(self._node(inode), self._node(new_parent_inode), os.fsdecode(new_name))
         return self._remembered_entry(node)
 
+    @_changes_store
     @_kernel_errors
     async def unlink(self, parent_inode, name, ctx):
         await self._writer().unlink(self._node(parent_inode), os.fsdecode(name))
 
+    @_changes_store
     @_kernel_errors
     async def rmdir(self, parent_inode, name, ctx):
         await self._writer().rmdir(self._node(parent_inode), os.fsdecode(name))
 
+    @_changes_store
     @_kernel_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
@@ -238,6 +280,7 @@ class Operations(pyfuse3.Operations):
         if source is not None and moved is not None:
             self.inodes.rename(source, moved)
 
+    @_changes_store
     @_kernel_errors
     async def setattr(self, inode, attr, fields, fh, ctx):
         node = self._node(inode)
@@ -295,8 +338,8 @@ class Operations(pyfuse3.Operations):
         entry.st_atime_ns = attributes.atime_ns
         entry.st_mtime_ns = attributes.mtime_ns
         entry.st_ctime_ns = attributes.ctime_ns
-        entry.entry_timeout = self.timeout
-        entry.attr_timeout = self.timeout
+        # The status changes all the time: the kernel asks for it afresh.
+        entry.entry_timeout = entry.attr_timeout = 0 if isinstance(node, StatusFile) else self.timeout
         return entry
 
     def _negative_entry(self) -> pyfuse3.EntryAttributes:

@@ -18,14 +18,11 @@ import numpy as np
 
 from ..format.metadata import ArrayLayout
 from ..format.shard_index import CorruptShard, IndexFormat, ShardIndex
-from ..store.local import LocalStore
+from ..store.local import FileChanged, LocalStore, file_version as version
 from .lru import LRU
 
 log = logging.getLogger("zarrfs")
 
-def version(st: os.stat_result) -> tuple[int, int, int]:
-    """What identifies one version of a backing file."""
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def join(*parts: str) -> str:
@@ -51,10 +48,6 @@ class ShardListing:
     shard_stat: os.stat_result | None
 
 
-class ShardChanged(Exception):
-    """The shard was replaced between our stat and our read; look again."""
-
-
 class Shards:
     """Locates inner chunks in shards, reading and caching shard indexes."""
 
@@ -72,8 +65,8 @@ class Shards:
     def stat_shard(self, shard_key: str) -> os.stat_result | None:
         """The shard file's attributes, or None when there is no shard (all chunks absent)."""
         try:
-            st = self.store.stat(shard_key)
-        except (FileNotFoundError, NotADirectoryError):
+            st = self.store.recent_stat(shard_key)
+        except FileNotFoundError:
             return None
         return st if stat.S_ISREG(st.st_mode) else None
 
@@ -86,7 +79,8 @@ class Shards:
                 return None
             try:
                 return self._locate_in(shard_key, st, array, coords)
-            except ShardChanged:
+            except FileChanged:
+                self.store.forget_recent(shard_key)
                 continue
         raise OSError(errno.EAGAIN, f"shard {shard_key} keeps changing")
 
@@ -110,15 +104,22 @@ class Shards:
         so that reading it fails loudly (EIO) instead of looking absent.
         """
         shard_key = self.shard_key(array_key, array, shard_coords)
-        st = self.stat_shard(shard_key)
-        if st is None:
-            return ShardListing(np.empty((0, array.ndim), dtype=np.int64), np.empty(0, dtype=np.int64), None)
+        for _ in range(3):
+            st = self.stat_shard(shard_key)
+            if st is None:
+                return ShardListing(np.empty((0, array.ndim), dtype=np.int64), np.empty(0, dtype=np.int64), None)
+            try:
+                local, nbytes = self._present_below(shard_key, st, array, 0, (0, st.st_size))
+                break
+            except FileChanged:
+                self.store.forget_recent(shard_key)
+            except CorruptShard:
+                local = _all_local(array.chunks_per_shard)
+                nbytes = np.zeros(len(local), dtype=np.int64)
+                break
+        else:
+            raise OSError(errno.EAGAIN, f"shard {shard_key} keeps changing")
         origin = np.array(shard_coords, dtype=np.int64) * array.chunks_per_shard
-        try:
-            local, nbytes = self._present_below(shard_key, st, array, 0, (0, st.st_size))
-        except (CorruptShard, ShardChanged):
-            local = _all_local(array.chunks_per_shard)
-            nbytes = np.zeros(len(local), dtype=np.int64)
         coords = local + origin
         inside = np.all(coords < np.array(array.chunk_grid, dtype=np.int64), axis=1)
         return ShardListing(coords[inside], nbytes[inside], st)
@@ -159,7 +160,7 @@ class Shards:
         where = f"shard {shard_key}" + (f" (nested shard at byte {base})" if base or nbytes != st.st_size else "")
         try:
             offset = fmt.index_offset(nbytes)
-            raw = self._pread_unchanged(shard_key, st, fmt.nbytes, base + offset)
+            raw = self.store.pread_version(shard_key, version(st), fmt.nbytes, base + offset)
             index = fmt.decode(raw, nbytes, base)
         except CorruptShard as error:
             log.error("%s is corrupt: %s; its chunks read as EIO", where, error)
@@ -168,16 +169,6 @@ class Shards:
             log.error("%s: %d index entries point outside the payload; those chunks read as EIO",
                       where, index.invalid_count())
         return index
-
-    def _pread_unchanged(self, key: str, st: os.stat_result, size: int, offset: int) -> bytes:
-        fd = self.store.open(key)
-        try:
-            if version(os.fstat(fd)) != version(st):
-                raise ShardChanged(key)
-            return os.pread(fd, size, offset)
-        finally:
-            os.close(fd)
-
 
 def _cache_weight(entry) -> int:
     return entry.nbytes if isinstance(entry, ShardIndex) else 256

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -30,14 +31,15 @@ import crc32c
 
 from ..format.keys import parse_index
 from ..format.shard_index import CHECKSUM_NBYTES, CorruptShard
-from ..store.local import LocalStore
+from ..store.local import FileChanged, LocalStore
 from .overlay import MemFile, Overlay, chunk_name, scratch_name
-from .shards import Shards, join, version
+from .shards import ChunkLocation, Shards, join, version
 from .views import DirView, Views
 
 RESERVED_PREFIX = ".zarrfs"  # our control directory and scratch files: never listed
 CONTROL_DIR = ".zarrfs"
 STATUS_FILE = "status"
+STATUS_PAGE = 4096
 
 
 @dataclass(frozen=True)
@@ -280,9 +282,15 @@ class ViewTree:
         if any(i >= n for i, n in zip(coords, array.chunk_grid)):
             return None
         if (path in self.overlay.directories or self._written_under(array_key, coords)
-                or os.path.isdir(self.store.path(self._shard_dir(array_key, view, coords)))):
+                or self._is_backing_dir(self._shard_dir(array_key, view, coords))):
             return KeyDir(path, array_key, parts)
         return None
+
+    def _is_backing_dir(self, key: str) -> bool:
+        try:
+            return stat.S_ISDIR(self.store.recent_stat(key).st_mode)
+        except FileNotFoundError:
+            return False
 
     def _written_under(self, array_key: str, prefix: tuple[int, ...]) -> list[tuple[int, ...]]:
         """Coordinates of chunks in the write buffer under a coordinate prefix."""
@@ -365,9 +373,9 @@ class ViewTree:
             return Attributes.of(self.store.lstat(node.path))
         if isinstance(node, MetadataFile):
             data, source = self._metadata_or_gone(node)
-            return Attributes.of(self.store.stat(join(node.dir, source))).as_file(len(data))
+            return Attributes.of(self.store.recent_stat(join(node.dir, source))).as_file(len(data))
         if isinstance(node, KeyDir):
-            return Attributes.of(self.store.stat(node.array)).as_directory()
+            return Attributes.of(self.store.recent_stat(node.array)).as_directory()
         if isinstance(node, (Chunk, Scratch)) and self._memfile(node) is not None:
             return Attributes.of_memfile(self._memfile(node))
         if isinstance(node, Scratch):
@@ -379,8 +387,9 @@ class ViewTree:
         if isinstance(node, ControlDir):
             return Attributes.of(self.store.stat("")).as_directory()
         if isinstance(node, StatusFile):
+            # Its mtime is now, so that a kernel that caches its pages drops them.
             root = Attributes.of(self.store.stat(""))
-            return root.as_file(len(self.status_text().encode()), mode=0o444)
+            return replace(root.as_file(len(self._status_bytes()), mode=0o444), mtime_ns=time.time_ns())
         raise TypeError(node)
 
     def open(self, node: Node) -> FileRange | Bytes | MemContent:
@@ -396,34 +405,66 @@ class ViewTree:
             data, _ = self._metadata_or_gone(node)
             return Bytes(data, (hash(data),))
         if isinstance(node, StatusFile):
-            return Bytes(self.status_text().encode(), ())
+            return Bytes(self._status_bytes(), ())
         if isinstance(node, Plain):
             fd = self.store.open(node.path)
             st = os.fstat(fd)
             return FileRange(fd, 0, 2**63 - 1, version(st))
         raise OSError(errno.EISDIR, node.path)
 
-    def _open_chunk(self, node: Chunk) -> FileRange | Bytes:
-        for _ in range(3):
-            view, location = self._locate_or_gone(node)
-            fd = self.store.open(location.shard_key)
-            if version(os.fstat(fd)) != version(location.shard_stat):
-                os.close(fd)  # replaced between our index read and the open: look again
-                continue
-            content = FileRange(fd, location.offset, location.length, location.version)
-            return self._verified_without_crc(node, content) if view.strip_crc else content
-        raise OSError(errno.EAGAIN, f"shard {location.shard_key} keeps changing")
-
-    def _verified_without_crc(self, node: Chunk, content: FileRange) -> Bytes:
-        """The v2 view serves chunks without their trailing crc32c, once it matches."""
+    def read(self, node: Node, offset: int, size: int) -> bytes:
+        """Bytes of ``node`` without an open file (a kernel that sends no OPEN)."""
+        if isinstance(node, Chunk) and self._memfile(node) is None:
+            view = self._array_view(node.array)
+            if view is not None and not view.strip_crc:
+                return self._chunk_bytes(node, offset, size)[0]
+        content = self.open(node)
         try:
-            data = content.read(0, content.length)
+            return content.read(offset, size)
         finally:
             content.close()
+
+    def _chunk_bytes(self, node: Chunk, offset: int, size: int) -> tuple[bytes, ChunkLocation]:
+        """``size`` bytes at ``offset`` of the chunk's stored bytes as its shard holds them
+        now, and where they are."""
+        for _ in range(3):
+            _, location = self._locate_or_gone(node)
+            size = max(0, min(size, location.length - offset))
+            try:
+                data = self.store.pread_version(location.shard_key, version(location.shard_stat), size,
+                                                location.offset + offset) if size else b""
+                return data, location
+            except FileChanged:  # replaced since we last looked: look again
+                self.store.forget_recent(location.shard_key)
+        raise OSError(errno.EAGAIN, f"shard {location.shard_key} keeps changing")
+
+    def _open_chunk(self, node: Chunk) -> FileRange | Bytes:
+        view = self._array_view(node.array)
+        if view is not None and view.strip_crc:
+            return self._verified_without_crc(node)
+        for _ in range(3):
+            view, location = self._locate_or_gone(node)
+            fd = self.store.open(location.shard_key)  # the reader's own: it keeps this version
+            if version(os.fstat(fd)) == version(location.shard_stat):
+                return FileRange(fd, location.offset, location.length, location.version)
+            os.close(fd)  # replaced since we last looked: look again
+            self.store.forget_recent(location.shard_key)
+        raise OSError(errno.EAGAIN, f"shard {location.shard_key} keeps changing")
+
+    def _verified_without_crc(self, node: Chunk) -> Bytes:
+        """The v2 view serves chunks without their trailing crc32c, once it matches."""
+        data, location = self._chunk_bytes(node, 0, 2**63 - 1)
         body, stored = data[:-CHECKSUM_NBYTES], data[-CHECKSUM_NBYTES:]
         if len(data) < CHECKSUM_NBYTES or crc32c.crc32c(body).to_bytes(CHECKSUM_NBYTES, "little") != stored:
             raise CorruptShard(f"{node.path}: chunk crc32c mismatch")
-        return Bytes(body, content.version)
+        return Bytes(body, location.version)
+
+    def _status_bytes(self) -> bytes:
+        """The status, padded with spaces to whole pages: its counters change between the
+        kernel's look at the size and its read, and a size that stays put keeps the
+        JSON whole (a kernel reading without OPEN cannot be told to ignore the size)."""
+        text = self.status_text().encode()
+        return text.ljust(-(-len(text) // STATUS_PAGE) * STATUS_PAGE)
 
     def readlink(self, node: Node) -> str:
         if not isinstance(node, Plain):

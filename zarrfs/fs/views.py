@@ -79,7 +79,7 @@ class Views:
         """``(name, version)`` of the metadata file that decides the view."""
         for name in (V3_METADATA, V2_ARRAY):
             try:
-                st = self.store.stat(f"{dir_key}/{name}" if dir_key else name)
+                st = self.store.recent_stat(f"{dir_key}/{name}" if dir_key else name)
             except (FileNotFoundError, NotADirectoryError):
                 continue
             return (name, version_of(st))

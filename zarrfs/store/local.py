@@ -12,6 +12,7 @@ temporary file that the next mount removes (``remove_temporaries``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import socket
@@ -19,11 +20,32 @@ import stat
 import struct
 import time
 import zlib
+from collections import OrderedDict
+
+
+RECENT_STATS_MAX = 1 << 16  # entries; past it the whole memo is dropped (it refills in a second)
+
+
+def file_version(st: os.stat_result) -> tuple[int, int, int]:
+    """What identifies one version of a backing file."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class FileChanged(Exception):
+    """The file is no longer the version the caller knows (it was replaced): look again."""
 
 
 class LocalStore:
-    def __init__(self, root: str):
+    def __init__(self, root: str, reuse_stats_for: float = 0.0, keep_open: int = 0):
+        """``reuse_stats_for`` (see recent_stat) and ``keep_open`` (see pread_version)
+        are for the daemon, whose reads all come from one thread."""
         self.root = os.path.realpath(root)  # the root itself may be a symlink
+        self.reuse_stats_for = reuse_stats_for  # seconds
+        self.keep_open = keep_open  # descriptors
+        self._recent: dict[str, tuple[int, float, os.stat_result | None]] = {}
+        self._generation = 0  # of changes through the mount
+        self._changing = 0  # changes under way
+        self._open: OrderedDict[str, tuple[int, tuple]] = OrderedDict()  # key -> (fd, its version)
 
     def path(self, key: str) -> str:
         return os.path.join(self.root, key) if key else self.root
@@ -33,6 +55,49 @@ class LocalStore:
 
     def lstat(self, key: str) -> os.stat_result:
         return os.lstat(self.path(key))
+
+    # -- stat results reused between changes -----------------------------------
+    # A reader walking an array asks for the same metadata file and shard dozens
+    # of times a second: one stat per key serves for ``reuse_stats_for`` seconds,
+    # unless anything changed through the mount since (``changing()``). Changes
+    # from outside the mount show within that time, well inside the kernel's own
+    # attribute timeout; bytes are never served from a stale stat, since opens
+    # compare the descriptor's fstat with the version the index was read from.
+
+    def recent_stat(self, key: str) -> os.stat_result:
+        """``stat(key)``, possibly as seen a moment ago. Raises FileNotFoundError."""
+        now = time.monotonic()
+        remembered = self._recent.get(key)
+        if (remembered is not None and not self._changing and remembered[0] == self._generation
+                and now - remembered[1] < self.reuse_stats_for):
+            st = remembered[2]
+        else:
+            try:
+                st = os.stat(self.path(key))
+            except (FileNotFoundError, NotADirectoryError):
+                st = None
+            if self.reuse_stats_for > 0:
+                if len(self._recent) >= RECENT_STATS_MAX:
+                    self._recent.clear()
+                self._recent[key] = (self._generation, now, st)
+        if st is None:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", key)
+        return st
+
+    def forget_recent(self, key: str) -> None:
+        """The next recent_stat of ``key`` looks again (it was seen to have changed)."""
+        self._recent.pop(key, None)
+
+    @contextlib.contextmanager
+    def changing(self):
+        """Around a change through the mount (a repack, a rename): while it lasts no stat
+        is reused, and none seen before it ends is reused after."""
+        self._changing += 1
+        try:
+            yield
+        finally:
+            self._changing -= 1
+            self._generation += 1
 
     def listdir(self, key: str) -> list[str]:
         return sorted(os.listdir(self.path(key)))
@@ -44,6 +109,41 @@ class LocalStore:
     def open(self, key: str) -> int:
         """A read-only descriptor; the caller closes it."""
         return os.open(self.path(key), os.O_RDONLY | os.O_CLOEXEC)
+
+    def pread_version(self, key: str, version: tuple, size: int, offset: int) -> bytes:
+        """Bytes of ``key`` in the given ``file_version``. Raises FileChanged if it has
+        been replaced. Descriptors of the last ``keep_open`` files read stay open: a
+        reader walks the chunks of one shard after another, and open+fstat+close
+        would triple the system calls of each read."""
+        if self.keep_open:
+            return os.pread(self._descriptor(key, version), size, offset)
+        fd = self.open(key)
+        try:
+            if file_version(os.fstat(fd)) != version:
+                raise FileChanged(key)
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+
+    def _descriptor(self, key: str, version: tuple) -> int:
+        cached = self._open.get(key)
+        if cached is not None and cached[1] == version:
+            self._open.move_to_end(key)
+            return cached[0]
+        fd = self.open(key)
+        current = file_version(os.fstat(fd))
+        self._forget_descriptor(key)
+        self._open[key] = (fd, current)
+        while len(self._open) > self.keep_open:
+            self._forget_descriptor(next(iter(self._open)))
+        if current != version:
+            raise FileChanged(key)
+        return fd
+
+    def _forget_descriptor(self, key: str) -> None:
+        cached = self._open.pop(key, None)
+        if cached is not None:
+            os.close(cached[0])
 
     def readlink(self, key: str) -> str:
         return os.readlink(self.path(key))
