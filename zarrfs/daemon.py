@@ -39,7 +39,7 @@ GENERIC_MOUNT_OPTIONS = {
     "user", "users", "nouser", "nofail", "_netdev", "async", "sync", "atime", "noatime",
     "relatime", "norelatime", "strictatime", "diratime", "nodiratime", "lazytime",
 }
-DEFAULT_TIMEOUT = 10.0  # seconds the kernel may cache names and attributes
+DEFAULT_TIMEOUT = 60.0  # seconds the kernel may cache names, attributes and pages (NFS's acregmax)
 DEFAULT_SHARDS = 8  # inner chunks per shard along every axis, for arrays created through the mount
 DEFAULT_FLUSH_AFTER = 5.0  # seconds of quiet before a changed shard is repacked
 DEFAULT_MAX_DIRTY_MIB = 256

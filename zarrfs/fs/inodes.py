@@ -1,36 +1,57 @@
 """Inode numbers and lookup counts.
 
-An inode number is a hash of the view path, so a path keeps its number for as
+Inode numbers are computed, not handed out, so a name keeps its number for as
 long as it exists (across ``forget``, and across remounts too), which keeps
-``find``, ``rsync`` and ``tar`` hard-link detection honest without a table that
-grows with every chunk ever seen. The table holds only nodes the kernel knows.
+``find``, ``rsync`` and ``tar`` hard-link detection honest:
+
+- a chunk's number encodes its array and coordinates (CHUNK_INODE bit set):
+  the node is computed again from the number, so the daemon holds nothing for
+  the millions of chunks a ``find`` makes the kernel remember;
+- every other name's number is a hash of its view path, and the table holds its
+  node while the kernel knows it (those are few: directories, metadata files,
+  files being written).
+
+A rename keeps the kernel's number for the new name, so renamed names are
+remembered as exceptions, whatever their kind.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 
 import pyfuse3
 
-from .tree import Node
+from .tree import Chunk, Node
 
 FIRST_FREE_INODE = pyfuse3.ROOT_INODE + 1
+CHUNK_INODE = 1 << 62  # set in chunk numbers; path hashes stay below it (and all fit in int64)
+ARRAY_SHIFT = 40  # a chunk number: CHUNK_INODE | array number << 40 | chunk index in the grid
+MAX_ARRAYS = 1 << (62 - ARRAY_SHIFT)
 
 
 def path_inode(path: str) -> int:
     digest = hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).digest()
-    return max(int.from_bytes(digest, "little") >> 1, FIRST_FREE_INODE)  # >> 1: fits in int64 too
+    return max(int.from_bytes(digest, "little") >> 2, FIRST_FREE_INODE)
 
 
 class InodeTable:
-    def __init__(self, root: Node):
-        self._nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: root}
+    def __init__(self, tree):
+        """``tree`` answers ``root()``, ``chunk_grid(array_key)`` and ``chunk_at(array_key, coords)``."""
+        self._tree = tree
+        self._nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: tree.root()}
         self._lookups: dict[int, int] = {}
         self._versions: dict[int, tuple] = {}  # content version at the last open
-        self._by_path: dict[str, int] = {}  # the inode the kernel knows each path by
+        self._by_path: dict[str, int] = {}  # paths whose number is not their computed one
+        # Array numbers in chunk numbers: a hash of the array's path and grid (a resize
+        # makes a new one, so that numbers the kernel holds keep meaning what they meant).
+        self._arrays: dict[int, tuple[str, tuple[int, ...]]] = {}
 
     def node(self, inode: int) -> Node | None:
-        return self._nodes.get(inode)
+        node = self._nodes.get(inode)
+        if node is None and inode & CHUNK_INODE:
+            return self._chunk_of(inode)
+        return node
 
     def inode_of(self, node: Node) -> int:
         """The inode number ``node`` has (or would get); probes past hash collisions."""
@@ -39,6 +60,10 @@ class InodeTable:
         known = self._by_path.get(node.path)
         if known is not None:
             return known
+        if isinstance(node, Chunk):
+            number = self._chunk_number(node)
+            if number is not None and (number not in self._nodes or self._nodes[number].path == node.path):
+                return number  # (a number a rename gave another name is taken: hash the path instead)
         inode = path_inode(node.path)
         while inode in self._nodes and self._nodes[inode].path != node.path:
             inode += 1
@@ -47,29 +72,32 @@ class InodeTable:
     def remember(self, node: Node) -> int:
         """Count one kernel reference to ``node``; returns its inode."""
         inode = self.inode_of(node)
-        if inode != pyfuse3.ROOT_INODE:
-            self._nodes[inode] = node  # the newest meaning of the path
-            self._lookups[inode] = self._lookups.get(inode, 0) + 1
+        if inode == pyfuse3.ROOT_INODE or (inode & CHUNK_INODE and inode not in self._nodes):
+            return inode  # computed again when asked for
+        self._nodes[inode] = node  # the newest meaning of the path
+        self._lookups[inode] = self._lookups.get(inode, 0) + 1
+        if inode != path_inode(node.path):
             self._by_path[node.path] = inode
         return inode
 
     def forget(self, inode: int, count: int) -> None:
+        self._versions.pop(inode, None)  # only a hint for keeping cached pages
         left = self._lookups.get(inode, 0) - count
         if left > 0:
             self._lookups[inode] = left
-        else:
-            self._lookups.pop(inode, None)
-            self._versions.pop(inode, None)
-            if inode != pyfuse3.ROOT_INODE:
-                node = self._nodes.pop(inode, None)
-                if node is not None and self._by_path.get(node.path) == inode:
-                    del self._by_path[node.path]
+            return
+        self._lookups.pop(inode, None)
+        if inode != pyfuse3.ROOT_INODE:
+            node = self._nodes.pop(inode, None)
+            if node is not None and self._by_path.get(node.path) == inode:
+                del self._by_path[node.path]
 
     def rename(self, source: Node, moved: Node) -> None:
         """The kernel keeps the source's inode for the new name: let it mean ``moved``."""
-        inode = self._by_path.pop(source.path, None)
-        if inode is not None and inode in self._nodes:
+        inode = self._by_path.pop(source.path, None) or self.inode_of(source)
+        if inode in self._nodes or inode & CHUNK_INODE:
             self._nodes[inode] = moved
+            self._lookups.setdefault(inode, 1)
             self._versions.pop(inode, None)
             self._by_path[moved.path] = inode
 
@@ -88,4 +116,31 @@ class InodeTable:
         return previous
 
     def __len__(self) -> int:
+        """Inodes held in memory (chunks the kernel knows are not among them)."""
         return len(self._nodes)
+
+    # -- chunk numbers ------------------------------------------------------------
+
+    def _chunk_number(self, node: Chunk) -> int | None:
+        grid = self._tree.chunk_grid(node.array)
+        if grid is None or len(node.coords) != len(grid) or math.prod(grid) > 1 << ARRAY_SHIFT:
+            return None
+        array = path_inode(f"{node.array}\0{grid}") % MAX_ARRAYS
+        if self._arrays.setdefault(array, (node.array, grid)) != (node.array, grid):
+            return None  # two arrays with one number: the second one's chunks hash their paths
+        index = 0
+        for i, n in zip(node.coords, grid):
+            index = index * n + i
+        return CHUNK_INODE | array << ARRAY_SHIFT | index
+
+    def _chunk_of(self, inode: int) -> Node | None:
+        known = self._arrays.get((inode & ~CHUNK_INODE) >> ARRAY_SHIFT)
+        if known is None:
+            return None
+        array_key, grid = known
+        index = inode & ((1 << ARRAY_SHIFT) - 1)
+        coords = []
+        for n in reversed(grid):
+            index, i = divmod(index, n)
+            coords.append(i)
+        return self._tree.chunk_at(array_key, tuple(reversed(coords)))

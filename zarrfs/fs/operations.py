@@ -73,7 +73,7 @@ class Operations(pyfuse3.Operations):
         self.timeout = timeout  # entry and attribute cache time, seconds
         self.writer = writer  # None: a read-only mount
         self.flusher = writer.flusher if writer else None
-        self.inodes = InodeTable(tree.root())
+        self.inodes = InodeTable(tree)
         if writer is not None:
             writer.metadata.changed = self._resolve_again
         self._handles: dict[int, object] = {}

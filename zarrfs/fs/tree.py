@@ -42,50 +42,50 @@ STATUS_FILE = "status"
 STATUS_PAGE = 4096
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Node:
     path: str  # view path relative to the mount root, "" for the root
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Plain(Node):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MetadataFile(Node):
     dir: str
     name: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeyDir(Node):
     array: str
     parts: tuple[str, ...]  # key components below the array directory
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Chunk(Node):
     array: str
     coords: tuple[int, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Scratch(Node):
     array: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ControlDir(Node):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StatusFile(Node):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Attributes:
     mode: int
     nlink: int
@@ -483,6 +483,18 @@ class ViewTree:
         if isinstance(node, Scratch):
             return self.overlay.get(scratch_name(node.path))
         return None
+
+    def chunk_grid(self, array_key: str) -> tuple[int, ...] | None:
+        """Chunks per axis of the array at ``array_key``, if it is one the view presents."""
+        view = self._array_view(array_key)
+        return view.array.chunk_grid if view is not None else None
+
+    def chunk_at(self, array_key: str, coords: tuple[int, ...]) -> Chunk | None:
+        """The node of the chunk at ``coords``, named as the view names it now."""
+        view = self._array_view(array_key)
+        if view is None:
+            return None
+        return Chunk(join(array_key, *view.keys.components(coords)), array_key, coords)
 
     def _array_view(self, array_key: str) -> DirView | None:
         view = self.views.of(array_key)
