@@ -126,3 +126,28 @@ def test_descriptors_kept_open_do_not_hold_replaced_shards_for_ever(store, mount
     pid = mnt.status()["pid"]
     held = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
     assert not [target for target in held if target.endswith("(deleted)")], held
+
+
+def test_chunk_inode_numbers_are_stable_distinct_and_follow_renames(store, mount):
+    root, data = store
+    mnt = mount(root)
+    def numbers_of(mnt) -> dict[str, int]:
+        return {str(p.relative_to(mnt.path)): p.stat().st_ino for p in chunk_files(mnt.path)}
+
+    numbers = numbers_of(mnt)
+    assert len(numbers) == 16 and len(set(numbers.values())) == 16
+    mnt.unmount()
+    mnt = mount(root)
+    assert numbers_of(mnt) == numbers  # computed, not handed out: the same after a remount
+
+    source, target = mnt.path / "arr/c/0/1", mnt.path / "arr/c/1/1"
+    moved = source.read_bytes()
+    os.rename(source, target)
+    assert target.stat().st_ino == numbers["arr/c/0/1"]  # the kernel keeps the inode of a renamed file
+    source.write_bytes(bytes(256))  # a new file at the old name: a number of its own
+    assert source.stat().st_ino not in (target.stat().st_ino, numbers["arr/c/1/1"])
+    assert target.read_bytes() == moved and source.read_bytes() == bytes(256)
+    mnt.unmount()
+    mnt = mount(root)
+    assert (mnt.path / "arr/c/1/1").read_bytes() == moved
+    assert (mnt.path / "arr/c/0/1").read_bytes() == bytes(256)
