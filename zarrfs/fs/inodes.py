@@ -22,12 +22,14 @@ import math
 
 import pyfuse3
 
+from .lru import LRU
 from .tree import Chunk, Node
 
 FIRST_FREE_INODE = pyfuse3.ROOT_INODE + 1
 CHUNK_INODE = 1 << 62  # set in chunk numbers; path hashes stay below it (and all fit in int64)
 ARRAY_SHIFT = 40  # a chunk number: CHUNK_INODE | array number << 40 | chunk index in the grid
 MAX_ARRAYS = 1 << (62 - ARRAY_SHIFT)
+VERSIONS_KEPT = 1 << 16
 
 
 def path_inode(path: str) -> int:
@@ -41,7 +43,10 @@ class InodeTable:
         self._tree = tree
         self._nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: tree.root()}
         self._lookups: dict[int, int] = {}
-        self._versions: dict[int, tuple] = {}  # content version at the last open
+        # Content version at the last open, so the kernel keeps pages only of unchanged
+        # files; bounded (a miss only costs a read from the daemon), as the kernel can
+        # hold millions of chunk inodes without ever forgetting them.
+        self._versions: LRU[tuple] = LRU(VERSIONS_KEPT)
         self._by_path: dict[str, int] = {}  # paths whose number is not their computed one
         # Array numbers in chunk numbers: a hash of the array's path and grid (a resize
         # makes a new one, so that numbers the kernel holds keep meaning what they meant).
@@ -81,7 +86,7 @@ class InodeTable:
         return inode
 
     def forget(self, inode: int, count: int) -> None:
-        self._versions.pop(inode, None)  # only a hint for keeping cached pages
+        self._versions.pop(inode)  # only a hint for keeping cached pages
         left = self._lookups.get(inode, 0) - count
         if left > 0:
             self._lookups[inode] = left
@@ -98,7 +103,7 @@ class InodeTable:
         if inode in self._nodes or inode & CHUNK_INODE:
             self._nodes[inode] = moved
             self._lookups.setdefault(inode, 1)
-            self._versions.pop(inode, None)
+            self._versions.pop(inode)
             self._by_path[moved.path] = inode
 
     def resolve_again(self, prefix: str, resolve) -> None:
@@ -112,7 +117,7 @@ class InodeTable:
     def swap_version(self, inode: int, version: tuple) -> tuple | None:
         """Record the version of the content just opened; return the previous one."""
         previous = self._versions.get(inode)
-        self._versions[inode] = version
+        self._versions.put(inode, version)
         return previous
 
     def __len__(self) -> int:
