@@ -49,6 +49,8 @@ def read_section(name: str, data: dict, description: dict, repeats: int, zarr: d
     rows += [[f"{step} files/s", *(fmt(ratio(files, med[s][step]), ",.0f") for s in names)] for step in FILE_STEPS]
     rows.append(["peak RSS MiB", *(fmt(max(systems[s]["peak_rss_mib"], default=None, key=lambda v: v or 0), ".1f")
                                    for s in names)])
+    rows.append(["disk MiB read", *(fmt(max(systems[s].get("disk_mib") or [None], key=lambda v: v or 0), ".0f")
+                                    for s in names)])
     out.append(table(["", *names], rows))
     for z in ZARRFS_ROWS:
         if z not in med:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, REPO, load_average, log, peak_rss_mib, remove_tree, rss_mib, cpu_seconds, \
+from common import RESULTS, REPO, KeepWarm, disk_read_mib, load_average, log, peak_rss_mib, remove_tree, rss_mib, cpu_seconds, \
     timed, warm_files, zarrfs_status
 from datasets import D1, D2, READ_DATASETS, SCALE, SMALL, SEED, Dataset, describe, ensure_dataset, \
     ensure_scale_store, random_source
@@ -69,7 +69,7 @@ class ReadBench:
         self.list_file = workdir / f"paths-{dataset.name}.nul"
         self.list_file.write_bytes(b"".join(p.encode() + b"\0" for p in self.rel_paths))
         self.results = {s.name: {"mount": [], "list": [], "stat": [], "cat cold": [], "cat warm": [],
-                                 "py read": [], "peak_rss_mib": []} for s in systems}
+                                 "py read": [], "peak_rss_mib": [], "disk_mib": []} for s in systems}
 
     def mountpoint(self, system) -> Path:
         path = self.workdir / f"mnt-{system.name}"
@@ -109,19 +109,33 @@ class ReadBench:
 
     # the timed sessions
 
+    def step(self, system, step: str, function, *args):
+        """Time one step, with the backing files read into the page cache just before it and
+        kept there during it (KeepWarm says why). Also records the MiB read from disk during
+        the step (by any process), which should be about 0."""
+        record = self.results[system.name]
+        warm_files(system.backing(self.dataset))
+        disk_before = disk_read_mib()
+        with KeepWarm(system.backing(self.dataset)):
+            seconds, result = timed(function, *args)
+        record[step].append(seconds)
+        record["disk_mib"].append(disk_read_mib() - disk_before)
+        return result
+
     def session_walk(self, system) -> None:
         """A fresh mount: list, stat every file, then two cat passes (the first on a cold daemon)."""
         record = self.results[system.name]
         warm_files(system.backing(self.dataset))
         with self.mount(system) as m:
             record["mount"].append(m.seconds)
-            seconds, listed = timed(find_files, m.root)
+            listed = self.step(system, "list", find_files, m.root)
             check(len(listed) == len(self.rel_paths), f"{system.name}: find listed {len(listed)} files")
-            record["list"].append(seconds)
             paths = [f"{m.root}/{p}" for p in self.rel_paths]
+            disk_before = disk_read_mib()  # no re-warming here: stat follows the listing at once
             record["stat"].append(timed(stat_all, paths)[0])
-            record["cat cold"].append(timed(cat_all, m.root, self.list_file)[0])
-            record["cat warm"].append(timed(cat_all, m.root, self.list_file)[0])
+            record["disk_mib"].append(disk_read_mib() - disk_before)
+            self.step(system, "cat cold", cat_all, m.root, self.list_file)
+            self.step(system, "cat warm", cat_all, m.root, self.list_file)
             record["peak_rss_mib"].append(m.peak_rss_mib())
 
     def session_py_read(self, system) -> None:
@@ -133,9 +147,8 @@ class ReadBench:
             record["mount"].append(m.seconds)
             paths = [f"{m.root}/{p}" for p in self.rel_paths]
             expected = self.chunk_bytes + os.stat(f"{m.root}/arr/zarr.json").st_size
-            seconds, total = timed(py_read_all, paths)
+            total = self.step(system, "py read", py_read_all, paths)
             check(total == expected, f"{system.name}: py read got {total} bytes, expected {expected}")
-            record["py read"].append(seconds)
             record["peak_rss_mib"].append(m.peak_rss_mib())
 
     def run(self, repeats: int) -> dict:
@@ -193,15 +206,20 @@ def bench_zarr_reads(dataset: Dataset, repeats: int, workdir: Path) -> dict:
     v2 = Zarrfs("zarrfs-v2", "zarrfs", ["--view", "v2"])
     mountpoint, log_file = workdir / "mnt-zarrfs-v2", workdir / "zarrfs-v2.log"
     mountpoint.mkdir(exist_ok=True)
-    results = {"zarr3 native": [], "zarr2 v2 view": [], "peak_rss_mib": [], "mount": []}
+    results = {"zarr3 native": [], "zarr2 v2 view": [], "peak_rss_mib": [], "mount": [], "disk_mib": []}
     for repeat in range(repeats):
         warm_files([dataset.sharded])
-        native = zarr_io.read_array(dataset.sharded / "arr", zarr2=False)
+        disk_before = disk_read_mib()
+        with KeepWarm([dataset.sharded]):
+            native = zarr_io.read_array(dataset.sharded / "arr", zarr2=False)
         results["zarr3 native"].append(native["seconds"])
         with v2.mount(dataset, mountpoint, log_file) as m:
             results["mount"].append(m.seconds)
-            legacy = zarr_io.read_array(m.root / "arr", zarr2=True)
+            warm_files([dataset.sharded])
+            with KeepWarm([dataset.sharded]):
+                legacy = zarr_io.read_array(m.root / "arr", zarr2=True)
             results["peak_rss_mib"].append(m.peak_rss_mib())
+        results["disk_mib"].append(disk_read_mib() - disk_before)
         results["zarr2 v2 view"].append(legacy["seconds"])
         check(legacy["blake2b"] == native["blake2b"] and legacy["shape"] == list(dataset.shape),
               f"{dataset.name}: zarr-python 2 through the v2 view read other values than zarr-python 3")
@@ -259,7 +277,8 @@ def count_files(directory: Path) -> int:
 def write_plain(dataset: Dataset, npy: Path, plain: Path) -> dict:
     fresh_directory(plain)
     warm_files([npy])
-    w = zarr_io.write_array(plain / "data.zarr", npy, dataset.chunk, WRITE_SLAB_ROWS)
+    with KeepWarm([npy]):
+        w = zarr_io.write_array(plain / "data.zarr", npy, dataset.chunk, WRITE_SLAB_ROWS)
     subprocess.run(["sync", "-f", str(plain)], check=True)  # the plain side's durability
     done = time.monotonic()
     files = count_files(plain)
@@ -279,7 +298,8 @@ def write_zarrfs(dataset: Dataset, npy: Path, store: Path, workdir: Path, expect
     sampler.start()
     problem = None
     try:
-        w = zarr_io.write_array(mountpoint / "data.zarr", npy, dataset.chunk, WRITE_SLAB_ROWS)
+        with KeepWarm([npy]):
+            w = zarr_io.write_array(mountpoint / "data.zarr", npy, dataset.chunk, WRITE_SLAB_ROWS)
         hwm_before_umount = peak_rss_mib(m.pid)
         umount_started = time.monotonic()
         problem = unmount_zarrfs(mountpoint)  # returns once every shard is durable and the daemon gone
@@ -352,7 +372,7 @@ def bench_scale(repeats: int, workdir: Path) -> dict:
                                           "rss_after_find_mib": [], "peak_rss_mib": []}
         for repeat in range(repeats):
             warm_files([store])
-            with system.mount(dataset, mountpoint, log_file, store=store) as m:
+            with system.mount(dataset, mountpoint, log_file, store=store) as m, KeepWarm([store]):
                 record["mount"].append(m.seconds)
                 seconds, listed = timed(find_files, m.root)
                 check(len(listed) == dataset.n_chunks + 1, f"{dataset.name}: find listed {len(listed)} files")
