@@ -51,6 +51,7 @@ class InodeTable:
         # Array numbers in chunk numbers: a hash of the array's path and grid (a resize
         # makes a new one, so that numbers the kernel holds keep meaning what they meant).
         self._arrays: dict[int, tuple[str, tuple[int, ...]]] = {}
+        self._array_numbers: dict[tuple[str, tuple[int, ...]], int | None] = {}
 
     def node(self, inode: int) -> Node | None:
         node = self._nodes.get(inode)
@@ -128,15 +129,25 @@ class InodeTable:
 
     def _chunk_number(self, node: Chunk) -> int | None:
         grid = self._tree.chunk_grid(node.array)
-        if grid is None or len(node.coords) != len(grid) or math.prod(grid) > 1 << ARRAY_SHIFT:
+        if grid is None or len(node.coords) != len(grid):
             return None
-        array = path_inode(f"{node.array}\0{grid}") % MAX_ARRAYS
-        if self._arrays.setdefault(array, (node.array, grid)) != (node.array, grid):
-            return None  # two arrays with one number: the second one's chunks hash their paths
+        array = self._array_numbers.get((node.array, grid), -1)
+        if array == -1:
+            array = self._array_numbers[(node.array, grid)] = self._new_array_number(node.array, grid)
+        if array is None:
+            return None
         index = 0
         for i, n in zip(node.coords, grid):
             index = index * n + i
         return CHUNK_INODE | array << ARRAY_SHIFT | index
+
+    def _new_array_number(self, array_key: str, grid: tuple[int, ...]) -> int | None:
+        if math.prod(grid) > 1 << ARRAY_SHIFT:
+            return None
+        array = path_inode(f"{array_key}\0{grid}") % MAX_ARRAYS
+        if self._arrays.setdefault(array, (array_key, grid)) != (array_key, grid):
+            return None  # two arrays with one number: the second one's chunks hash their paths
+        return array
 
     def _chunk_of(self, inode: int) -> Node | None:
         known = self._arrays.get((inode & ~CHUNK_INODE) >> ARRAY_SHIFT)

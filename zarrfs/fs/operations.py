@@ -92,9 +92,7 @@ class Operations(pyfuse3.Operations):
         node = self.tree.lookup(self._node(parent_inode), os.fsdecode(name))
         if node is None:
             return self._negative_entry()
-        entry = self._entry(node, self.tree.attributes(node))
-        self.inodes.remember(node)
-        return entry
+        return self._remembered_entry(node)
 
     @_kernel_errors
     async def getattr(self, inode, ctx=None):
@@ -308,9 +306,8 @@ class Operations(pyfuse3.Operations):
         return self.writer
 
     def _remembered_entry(self, node: Node) -> pyfuse3.EntryAttributes:
-        entry = self._entry(node, self.tree.attributes(node))
-        self.inodes.remember(node)
-        return entry
+        attributes = self.tree.attributes(node)  # first: it raises if the node has gone
+        return self._entry(node, attributes, self.inodes.remember(node))
 
     # -- helpers ------------------------------------------------------------
 
@@ -325,9 +322,9 @@ class Operations(pyfuse3.Operations):
         self._handles[handle] = content
         return handle
 
-    def _entry(self, node: Node, attributes: Attributes) -> pyfuse3.EntryAttributes:
+    def _entry(self, node: Node, attributes: Attributes, inode: int | None = None) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
-        entry.st_ino = self.inodes.inode_of(node)
+        entry.st_ino = self.inodes.inode_of(node) if inode is None else inode
         entry.st_mode = attributes.mode
         entry.st_nlink = attributes.nlink
         entry.st_uid = attributes.uid

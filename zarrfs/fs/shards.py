@@ -23,6 +23,8 @@ from .lru import LRU
 
 log = logging.getLogger("zarrfs")
 
+LOCATIONS_KEPT = 4096
+
 
 
 def join(*parts: str) -> str:
@@ -54,6 +56,8 @@ class Shards:
     def __init__(self, store: LocalStore, cache_bytes: int = 64 << 20):
         self.store = store
         self._indexes: LRU[ShardIndex | CorruptShard] = LRU(cache_bytes, weight=_cache_weight)
+        # The chunks located last, for the requests that follow a lookup of the same chunk.
+        self._located: LRU[tuple[ArrayLayout, ChunkLocation]] = LRU(LOCATIONS_KEPT)
 
     @property
     def cache(self) -> LRU:
@@ -72,13 +76,21 @@ class Shards:
 
     def locate(self, array_key: str, array: ArrayLayout, coords: tuple[int, ...]) -> ChunkLocation | None:
         """Where the chunk's bytes are, or None if it is absent. Raises CorruptShard."""
+        known = self._located.get((array_key, coords))
+        if known is not None and known[0] is array:  # a lookup, then its getattr, open or read
+            st = self.stat_shard(known[1].shard_key)
+            if st is not None and version(st) == version(known[1].shard_stat):
+                return known[1]
         shard_key = self.shard_key(array_key, array, array.shard_of(coords))
         for _ in range(3):
             st = self.stat_shard(shard_key)
             if st is None:
                 return None
             try:
-                return self._locate_in(shard_key, st, array, coords)
+                location = self._locate_in(shard_key, st, array, coords)
+                if location is not None:
+                    self._located.put((array_key, coords), (array, location))
+                return location
             except FileChanged:
                 self.store.forget_recent(shard_key)
                 continue
