@@ -75,9 +75,9 @@ class InodeTable:
             inode += 1
         return inode
 
-    def remember(self, node: Node) -> int:
-        """Count one kernel reference to ``node``; returns its inode."""
-        inode = self.inode_of(node)
+    def remember(self, node: Node, inode: int | None = None) -> int:
+        """Count one kernel reference to ``node`` (whose ``inode_of`` may be given); returns its inode."""
+        inode = self.inode_of(node) if inode is None else inode
         if inode == pyfuse3.ROOT_INODE or (inode & CHUNK_INODE and inode not in self._nodes):
             return inode  # computed again when asked for
         self._nodes[inode] = node  # the newest meaning of the path

@@ -133,9 +133,10 @@ class Operations(pyfuse3.Operations):
                 attributes = attributes or self.tree.attributes(node)
             except FileNotFoundError:
                 continue  # gone since opendir
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(node, attributes), position + 1):
+            inode = self.inodes.inode_of(node)
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(node, attributes, inode), position + 1):
                 return
-            self.inodes.remember(node)
+            self.inodes.remember(node, inode)
 
     @_kernel_errors
     async def releasedir(self, fh):
