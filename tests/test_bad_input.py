@@ -49,13 +49,14 @@ DAMAGE = {
 }
 
 
+@pytest.mark.parametrize("options", [(), ("--read-only",)], ids=["writable", "read-only"])
 @pytest.mark.parametrize("damage", DAMAGE)
 @pytest.mark.parametrize("name", [CASE, START_CASE])
-def test_every_chunk_of_a_broken_shard_fails_with_eio(store_copy, mount, damage, name):
+def test_every_chunk_of_a_broken_shard_fails_with_eio(store_copy, mount, options, damage, name):
     root, cases = store_copy
     case = cases[name]
     DAMAGE[damage](case.shard_path(root, (0, 0)), case)
-    mnt = mount(root)
+    mnt = mount(root, *options)
     bad = chunk_keys_of_shard(mnt.path, case, (0, 0))
     for path in bad:
         with pytest.raises(OSError) as failure:  # lookup alone must not say ENOENT
@@ -79,9 +80,10 @@ def test_a_listing_still_shows_the_chunks_of_a_broken_shard(store_copy, mount, n
     assert_eio(mnt.path / case.path / "c" / "0" / listed[0])
 
 
+@pytest.mark.parametrize("options", [(), ("--read-only",)], ids=["writable", "read-only"])
 @pytest.mark.parametrize("corruption", ["past_end", "into_index"])
 @pytest.mark.parametrize("name", [CASE, START_CASE])
-def test_a_bad_entry_fails_its_chunk_and_only_its_chunk(store_copy, mount, corruption, name):
+def test_a_bad_entry_fails_its_chunk_and_only_its_chunk(store_copy, mount, options, corruption, name):
     root, cases = store_copy
     case = cases[name]
     shard = case.shard_path(root, (0, 0))
@@ -92,7 +94,7 @@ def test_a_bad_entry_fails_its_chunk_and_only_its_chunk(store_copy, mount, corru
         corpus.corrupt_entry_past_end(*args, chunk=chunk)
     else:
         corpus.corrupt_entry_into_index(*args, chunk=chunk)
-    mnt = mount(root)
+    mnt = mount(root, *options)
     i, j = divmod(chunk, case.chunks_per_shard[1])
     bad = mnt.path / case.path / "c" / str(i) / str(j)
     assert_eio(bad)
@@ -127,13 +129,14 @@ def test_an_unsupported_index_codec_is_refused_with_a_log_line(store_copy, mount
     assert "index_codecs" in mnt.log_text()
 
 
-def test_garbage_everywhere_never_kills_the_daemon(store_copy, mount):
+@pytest.mark.parametrize("options", [(), ("--read-only",)], ids=["writable", "read-only"])
+def test_garbage_everywhere_never_kills_the_daemon(store_copy, mount, options):
     root, cases = store_copy
     for case in cases.values():
         for shard in corpus.shard_files(root, case)[:1]:
             shard.write_bytes(os.urandom(37))
     (root / "group2" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "array", "shape": "x"}')
-    mnt = mount(root)
+    mnt = mount(root, *options)
     for path in [mnt.path / f for f in list_files(mnt.path)]:
         try:
             path.read_bytes()

@@ -24,10 +24,11 @@ from conftest import list_files
 CASES = corpus.case_names()
 
 
-@pytest.fixture(scope="module")
-def view(corpus_store, module_mount):
+@pytest.fixture(scope="module", params=[(), ("--read-only",)], ids=["writable", "read-only"])
+def view(corpus_store, module_mount, request):
+    """Both kinds of mount: a read-only one serves reads by inode, with no OPEN (fs/operations.py)."""
     store, cases = corpus_store
-    return module_mount(store), {c.name: c for c in cases}
+    return module_mount(store, *request.param), {c.name: c for c in cases}
 
 
 def expected_chunk_files(store: Path, case: corpus.Case) -> dict[str, bytes]:

@@ -26,10 +26,11 @@ from legacy import zarr2_read, zarr2_run
 CASES = corpus.case_names()
 
 
-@pytest.fixture(scope="module")
-def v2(corpus_store, module_mount):
+@pytest.fixture(scope="module", params=[(), ("--read-only",)], ids=["writable", "read-only"])
+def v2(corpus_store, module_mount, request):
+    """Both kinds of mount: a read-only one serves reads by inode, with no OPEN (fs/operations.py)."""
     store, cases = corpus_store
-    return module_mount(store, "--view", "v2"), {c.name: c for c in cases}
+    return module_mount(store, "--view", "v2", *request.param), {c.name: c for c in cases}
 
 
 @pytest.fixture(scope="module")
