@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from ..format.keys import ChunkKeyEncoding
 from ..format.metadata import ArrayLayout, MetadataError, json_bytes, parse_array_document, parse_v2_sharded
 from ..format.v2 import NoV2Equivalent, dumps, group_v3_to_v2, v3_to_v2
-from ..store.local import LocalStore
+from ..store.local import LocalStore, file_version
 from .lru import LRU
 
 log = logging.getLogger("zarrfs")
@@ -40,10 +40,6 @@ class DirView:
     keys: ChunkKeyEncoding | None = None  # how the view names chunks
     strip_crc: bool = False  # verify and strip a trailing crc32c per chunk
     problem: str | None = field(default=None, compare=False)  # why the view is incomplete
-
-
-def version_of(st) -> tuple | None:
-    return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class Views:
@@ -82,7 +78,7 @@ class Views:
                 st = self.store.recent_stat(f"{dir_key}/{name}" if dir_key else name)
             except (FileNotFoundError, NotADirectoryError):
                 continue
-            return (name, version_of(st))
+            return (name, file_version(st))
         return None
 
     def _build(self, dir_key: str, name: str) -> DirView | None:
