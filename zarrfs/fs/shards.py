@@ -23,8 +23,7 @@ from .lru import LRU
 
 log = logging.getLogger("zarrfs")
 
-LOCATIONS_KEPT = 4096
-
+LOCATIONS_KEPT = 4096  # chunk locations remembered between the requests about one chunk
 
 
 def join(*parts: str) -> str:
@@ -56,7 +55,6 @@ class Shards:
     def __init__(self, store: LocalStore, cache_bytes: int = 64 << 20):
         self.store = store
         self._indexes: LRU[ShardIndex | CorruptShard] = LRU(cache_bytes, weight=_cache_weight)
-        # The chunks located last, for the requests that follow a lookup of the same chunk.
         self._located: LRU[tuple[ArrayLayout, ChunkLocation]] = LRU(LOCATIONS_KEPT)
 
     @property
