@@ -9,6 +9,7 @@ break it only inside a private mount namespace (``unshare -m``).
 from __future__ import annotations
 
 import json
+import errno
 import os
 import shutil
 import signal
@@ -254,23 +255,40 @@ def test_umount_leaves_other_filesystems_alone(tmp_path, cleanup):
     assert [e[2] for e in mount_entries(other)] == ["tmpfs"]
 
 
-def test_a_killed_daemon_leaves_no_dead_mount(store, mnt):
-    cli_mount(store, mnt)  # auto_unmount is the default
+def test_a_killed_daemon_leaves_a_dead_mount_that_refuses_everything(store, mnt):
+    """SPEC §6: after kill -9 nothing may land in the directory beneath the mountpoint."""
+    cli_mount(store, mnt)
     pid = status_of(mnt)["pid"]
     os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: not alive(pid), timeout=5)
-    assert wait_until(lambda: not is_mounted(mnt), timeout=10)
+    assert is_mounted(mnt)  # a dead mount: "Transport endpoint is not connected"
+    for attempt in (lambda: os.makedirs(mnt / "new" / "dir", exist_ok=True),
+                    lambda: (mnt / "file").write_bytes(b"data"),
+                    lambda: os.listdir(mnt)):
+        with pytest.raises(OSError) as error:
+            attempt()
+        assert error.value.errno == errno.ENOTCONN
+
+
+def test_a_restart_clears_the_dead_mount_of_a_killed_daemon(store, mnt):
+    cli_mount(store, mnt)
+    pid = status_of(mnt)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not alive(pid), timeout=5)
+    cli_mount(store, mnt)
+    assert status_of(mnt)["pid"] != pid
 
 
 def test_umount_cleans_up_after_a_killed_daemon(store, mnt):
-    cli_mount(store, mnt, "-o", "noauto_unmount")
+    cli_mount(store, mnt)
     pid = status_of(mnt)["pid"]
     os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: not alive(pid), timeout=5)
-    assert is_mounted(mnt)  # a stale mount: "Transport endpoint is not connected"
+    assert is_mounted(mnt)
     result = zarrfs_cmd("umount", str(mnt))
     assert result.returncode == 0, result.stderr
     assert not is_mounted(mnt)
+    assert os.listdir(mnt) == []
 
 
 def test_external_fusermount_stops_a_background_daemon(store, mnt):

@@ -66,11 +66,13 @@ class MountOptions:
     log_file: str | None = None
 
     def fuse_option_set(self) -> set[str]:
-        # auto_unmount: a killed daemon leaves no dead "Transport endpoint is not connected" mount.
-        options = {f"fsname={self.store}", "subtype=zarrfs", "default_permissions", "auto_unmount"}
+        # No auto_unmount (as sshfs and rclone): a daemon that dies leaves a dead mount on
+        # which every request fails with ENOTCONN, so writers that go on cannot land in
+        # the directory beneath the mountpoint, which the next mount would hide (SPEC §6).
+        # A restart clears the dead mount first (_clear_dead_mount).
+        options = {f"fsname={self.store}", "subtype=zarrfs", "default_permissions"}
         options |= {o for o in self.fuse_options if o not in GENERIC_MOUNT_OPTIONS and o != "ro"}
-        if "noauto_unmount" in options:
-            options -= {"auto_unmount", "noauto_unmount"}
+        options.discard("noauto_unmount")  # the default now; accepted from older fstab lines
         if self.read_only:
             options.add("ro")
         return options
@@ -104,8 +106,8 @@ def check_mount_arguments(options: MountOptions) -> None:
 
 
 def _clear_dead_mount(mountpoint: str) -> None:
-    """A zarrfs mount whose daemon died ("Transport endpoint is not connected",
-    e.g. its fusermount3 helper was killed too) would block every restart."""
+    """A zarrfs mount whose daemon died ("Transport endpoint is not connected")
+    would block every restart: the restart detaches it, then mounts at once."""
     try:
         os.statvfs(mountpoint)  # always asks the daemon; stat may be answered from the kernel's cache
     except OSError as error:
@@ -241,24 +243,32 @@ class _Unmount:
 
 
 async def _run_mounted(mountpoint: str, operations: Operations, on_ready, unmount: _Unmount) -> bool:
-    """Serve until unmounted or signalled; then flush. False if data could not be flushed."""
+    """Serve until unmounted or signalled; then flush. False if data could not be flushed.
+
+    Whatever ends the serving, a signal, an unmount or an internal error, the final
+    flush runs (SPEC §6)."""
     flusher = operations.flusher
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_serve_until_unmounted, nursery.cancel_scope)
-        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
-        if flusher is not None:
-            nursery.start_soon(flusher.run)
-            nursery.start_soon(_remove_temporaries, operations.tree.store)
-        await trio.to_thread.run_sync(os.stat, mountpoint)  # served by the loop above
-        on_ready()
+    clean = True
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_serve_until_unmounted, nursery.cancel_scope)
+            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            if flusher is not None:
+                nursery.start_soon(flusher.run)
+                nursery.start_soon(_remove_temporaries, operations.tree.store)
+            await trio.to_thread.run_sync(os.stat, mountpoint)  # served by the loop above
+            on_ready()
+    except Exception:  # noqa: BLE001 - logged; what is buffered must still be flushed
+        log.critical("internal error; unmounting and flushing what is buffered", exc_info=True)
+        clean = False
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)  # a second signal must not cut the flush short
     unmount()
     if flusher is None:
-        return True
+        return clean
     await operations.writer.metadata.finalize_all()
     operations.writer.persist_scratch()
-    return await _final_flush(flusher)
+    return await _final_flush(flusher) and clean
 
 
 async def _remove_temporaries(store: LocalStore) -> None:
@@ -273,10 +283,13 @@ async def _final_flush(flusher: Flusher) -> bool:
 
     A daemon that cannot write (disk full, permissions) does not exit and lose
     the data: it keeps retrying, and says so, until the cause is fixed (or it
-    is killed, which is the admin's call: TimeoutStopSec in the units).
+    is killed, which is the admin's call: TimeoutStopSec in the units). Only
+    chunks of an array whose metadata was removed outside the mount cannot be
+    stored anywhere: they are dropped, loudly.
     """
     next_warning = trio.current_time()
     while flusher.dirty:
+        flusher.drop_orphans()
         sd_notify(f"STATUS=flushing {len(flusher.dirty)} shards")
         try:
             await flusher.flush_all()

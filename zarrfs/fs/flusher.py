@@ -27,7 +27,7 @@ import trio
 from ..format.metadata import ArrayLayout
 from ..format.shard_codec import read_chunks, write_shard
 from ..format.shard_index import CHECKSUM_NBYTES, CorruptShard
-from .overlay import MemFile, chunk_name
+from .overlay import MemFile, chunk_name, is_below, moved_path
 from .shards import join
 
 log = logging.getLogger("zarrfs")
@@ -48,6 +48,7 @@ class Flusher:
         self.flushes_failed = 0
         self.last_error: str | None = None
         self._locks: dict[ShardId, trio.Lock] = {}
+        self._in_flight: dict[ShardId, int] = {}  # flushes between their snapshot and commit
         self._threads = trio.CapacityLimiter(2)
         self._dirty_bytes_cache = (-1.0, 0)
         self._written_since_count = 0
@@ -83,6 +84,8 @@ class Flusher:
 
     async def flush_memfile(self, memfile: MemFile) -> None:
         """Make every chunk name of ``memfile`` durable (fsync)."""
+        memfile.settle()
+        self.changed(memfile)
         for name in list(memfile.names):
             if name[0] == "chunk":
                 await self.flush_array(name[1], only=name[2])
@@ -106,12 +109,42 @@ class Flusher:
         if first_error is not None:
             raise first_error
 
+    async def quiesce(self, directory: str) -> None:
+        """Return once no flush of an array at or below ``directory`` is under way. The
+        caller must not await before acting on it (a directory rename): no flush can
+        start in between, as trio switches tasks only at awaits."""
+        while any(is_below(array_key, directory) for array_key, _ in self._in_flight):
+            await trio.sleep(0.01)
+
+    def move_tree(self, old: str, new: str) -> None:
+        """A directory was renamed: its arrays' dirty shards follow it."""
+        for table in (self.dirty, self.failures, self._locks):
+            for array_key, shard in [k for k in table if is_below(k[0], old)]:
+                table[(moved_path(array_key, old, new), shard)] = table.pop((array_key, shard))
+
+    def drop_orphans(self) -> None:
+        """Forget dirty shards of arrays that are gone (their metadata was removed
+        outside the mount): nothing can store them, and the exit must not wait forever."""
+        for array_key in {a for a, _ in self.dirty if self.tree._array_view(a) is None}:
+            lost = [c for c, f in self.overlay.chunks_of(array_key).items() if f is not None]
+            log.critical("%s is no longer an array (its metadata was removed outside the mount): "
+                         "%d buffered chunks cannot be stored and are dropped", array_key, len(lost))
+            for coords in list(self.overlay.chunks_of(array_key)):
+                self.overlay.forget(chunk_name(array_key, coords))
+            for shard_id in [s for s in self.dirty if s[0] == array_key]:
+                self.dirty.pop(shard_id)
+                self.failures.pop(shard_id, None)
+
     async def wait_for_room(self) -> None:
-        """Writers wait while dirty data is over ``--max-dirty``: flush the oldest shards."""
+        """Writers wait while dirty data is over ``--max-dirty``: flush the oldest shards.
+        (A flush drops shards with nothing settled to store from ``dirty``: they come
+        back when their files are closed, so this ends.)"""
         while self.dirty and self.dirty_bytes() > self.max_dirty:
             oldest = min(self.dirty, key=self.dirty.get)
-            await self.flush_shard(*oldest)
-            self._dirty_bytes_cache = (-1.0, 0)
+            try:
+                await self.flush_shard(*oldest)
+            finally:
+                self._dirty_bytes_cache = (-1.0, 0)
 
     async def run(self) -> None:
         """Background task: flush shards quiet for ``--flush-after`` s; retry failures."""
@@ -130,26 +163,57 @@ class Flusher:
     async def flush_shard(self, array_key: str, shard: tuple[int, ...]) -> None:
         shard_id = (array_key, shard)
         async with self._locks.setdefault(shard_id, trio.Lock()):
-            view = self.tree._array_view(array_key)
-            if view is None:
-                raise self._failed(shard_id, OSError(errno.EIO, f"{array_key} is no longer an array"))
-            layout = view.array
-            snapshot = {c: (f, f.generation if f else None) for c, f in self.overlay.chunks_of(array_key).items()
-                        if layout.shard_of(c) == shard}
-            replacements = {c: (self._stored_bytes(f, view.strip_crc) if f else None) for c, (f, _) in snapshot.items()}
+            self._in_flight[shard_id] = self._in_flight.get(shard_id, 0) + 1
             try:
-                with self.tree.store.changing():
-                    await trio.to_thread.run_sync(
-                        self._repack, array_key, min(view.hidden), layout, shard, replacements,
-                        limiter=self._threads)
-            except OSError as error:
-                raise self._failed(shard_id, error) from None
-            self.flushes_done += 1
-            self._commit(array_key, layout, shard, snapshot)
+                await self._flush_locked(shard_id)
+            finally:
+                self._in_flight[shard_id] -= 1
+                if not self._in_flight[shard_id]:
+                    del self._in_flight[shard_id]
+
+    async def _flush_locked(self, shard_id: ShardId) -> None:
+        array_key, shard = shard_id
+        view = self.tree._array_view(array_key)
+        if view is None:
+            raise self._failed(shard_id, OSError(errno.EIO, f"{array_key} is no longer an array"))
+        layout = view.array
+        snapshot = self._snapshot(array_key, layout, shard)
+        if not snapshot:  # only files still open and never closed: they come back when closed
+            self.dirty.pop(shard_id, None)
+            return
+        replacements = {c: (data if data is None else self._stored_bytes(data, view.strip_crc))
+                        for c, (_, data, _) in snapshot.items()}
+        try:
+            with self.tree.store.changing():
+                await trio.to_thread.run_sync(
+                    self._repack, array_key, min(view.hidden), layout, shard, replacements,
+                    limiter=self._threads)
+        except OSError as error:
+            raise self._failed(shard_id, error) from None
+        except Exception as error:  # a bug, or input nobody foresaw: keep the data, retry
+            log.exception("flush of %s shard %s failed", array_key, shard)
+            raise self._failed(shard_id, OSError(errno.EIO, f"internal error: {error!r}")) from None
+        self.flushes_done += 1
+        self._commit(array_key, layout, shard, snapshot)
+
+    def _snapshot(self, array_key: str, layout: ArrayLayout, shard: tuple[int, ...]) -> dict:
+        """What to store of the shard's buffered chunks: coords -> (memfile, content, generation);
+        a deleted chunk's memfile and content are None. Chunks whose settled content is in
+        the shard already, or that have none yet (created, not closed), are left out."""
+        snapshot = {}
+        for coords, memfile in self.overlay.chunks_of(array_key).items():
+            if layout.shard_of(coords) != shard:
+                continue
+            if memfile is None:
+                snapshot[coords] = (None, None, None)
+                continue
+            flushable = memfile.flushable()
+            if flushable is not None and flushable[1] != memfile.flushed_generation:
+                snapshot[coords] = (memfile, *flushable)
+        return snapshot
 
     @staticmethod
-    def _stored_bytes(memfile: MemFile, add_crc: bool) -> bytes:
-        data = bytes(memfile.data)
+    def _stored_bytes(data: bytes, add_crc: bool) -> bytes:
         return data + crc32c.crc32c(data).to_bytes(CHECKSUM_NBYTES, "little") if add_crc else data
 
     def _failed(self, shard_id: ShardId, error: OSError) -> OSError:
@@ -161,7 +225,7 @@ class Flusher:
 
     def _commit(self, array_key: str, layout: ArrayLayout, shard: tuple[int, ...], snapshot: dict) -> None:
         """What the flush wrote is clean; buffered chunks nobody holds are forgotten."""
-        for coords, (memfile, generation) in snapshot.items():
+        for coords, (memfile, _, generation) in snapshot.items():
             name = chunk_name(array_key, coords)
             current = self.overlay.get(name)
             if memfile is None:
@@ -171,9 +235,7 @@ class Flusher:
             memfile.flushed_generation = max(memfile.flushed_generation, generation)
             if current is memfile and memfile.generation == generation and memfile.handles == 0:
                 self.overlay.forget(name)
-        still_dirty = any(layout.shard_of(c) == shard and (f is None or f.generation != f.flushed_generation)
-                          for c, f in self.overlay.chunks_of(array_key).items())
-        if not still_dirty:
+        if not self._snapshot(array_key, layout, shard):
             self.dirty.pop((array_key, shard), None)
             self.failures.pop((array_key, shard), None)
 

@@ -23,6 +23,7 @@ import math
 import pyfuse3
 
 from .lru import LRU
+from .overlay import is_below, moved_path
 from .tree import Chunk, Node
 
 FIRST_FREE_INODE = pyfuse3.ROOT_INODE + 1
@@ -106,6 +107,31 @@ class InodeTable:
             self._lookups.setdefault(inode, 1)
             self._versions.pop(inode)
             self._by_path[moved.path] = inode
+
+    def link(self, inode: int, node: Node) -> int:
+        """``node`` is a new name of ``inode`` (a hard link): the inode means the newest
+        name, as zarr-python 3 links a temporary onto its key, then unlinks the temporary."""
+        self._nodes[inode] = node
+        self._lookups[inode] = self._lookups.get(inode, 0) + 1
+        self._by_path[node.path] = inode
+        return inode
+
+    def move_tree(self, old: str, new: str, resolve) -> None:
+        """Directory ``old`` was renamed to ``new``: the inodes the kernel holds below it
+        mean the moved names (``resolve(path) -> Node | None``), and chunk numbers of
+        arrays below it stay what they were."""
+        for inode, node in list(self._nodes.items()):
+            if is_below(node.path, old) and node.path != old:
+                fresh = resolve(moved_path(node.path, old, new))
+                if fresh is not None:
+                    self._nodes[inode] = fresh
+        for path in [p for p in self._by_path if is_below(p, old) and p != old]:
+            self._by_path[moved_path(path, old, new)] = self._by_path.pop(path)
+        for number, (array_key, grid) in list(self._arrays.items()):
+            if is_below(array_key, old):
+                moved = moved_path(array_key, old, new)
+                self._arrays[number] = (moved, grid)
+                self._array_numbers[(moved, grid)] = self._array_numbers.pop((array_key, grid), number)
 
     def resolve_again(self, prefix: str, resolve) -> None:
         """Nodes below ``prefix`` are looked up again by path (``resolve(path) -> Node | None``)."""

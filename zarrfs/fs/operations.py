@@ -23,12 +23,14 @@ import functools
 import itertools
 import logging
 import os
+from dataclasses import replace
 
 import pyfuse3
+import trio
 
 from ..format.shard_index import CorruptShard
 from .inodes import InodeTable
-from .tree import Attributes, MemContent, MetadataFile, Node, Scratch, StatusFile, ViewTree
+from .tree import Attributes, FileRange, MemContent, MetadataFile, Node, Scratch, StatusFile, ViewTree
 from .writes import Writer
 
 log = logging.getLogger("zarrfs")
@@ -77,6 +79,7 @@ class Operations(pyfuse3.Operations):
         if writer is not None:
             writer.metadata.changed = self._resolve_again
         self._handles: dict[int, object] = {}
+        self._open_by_inode: dict[int, set[int]] = {}  # inode -> its open file handles
         self._next_handle = itertools.count(1)
         self.requests: collections.Counter[str] = collections.Counter()  # by handler, for the status file
         features = getattr(pyfuse3, "FEATURES", frozenset())  # zarrfs's pyfuse3 build: patches/
@@ -97,7 +100,20 @@ class Operations(pyfuse3.Operations):
     @_kernel_errors
     async def getattr(self, inode, ctx=None):
         node = self._node(inode)
-        return self._entry(node, self.tree.attributes(node))
+        try:
+            attributes = self.tree.attributes(node)
+        except FileNotFoundError:
+            attributes = self._attributes_of_open_file(inode)  # unlinked but still open, as on ext4
+        return self._entry(node, attributes)
+
+    def _attributes_of_open_file(self, inode: int) -> Attributes:
+        for fh in self._open_by_inode.get(inode, ()):
+            content = self._handles[fh].content
+            if isinstance(content, MemContent):
+                return Attributes.of_memfile(content.memfile)
+            if isinstance(content, FileRange):
+                return replace(Attributes.of(os.fstat(content.fd)).as_file(content.length), nlink=0)
+        raise OSError(errno.ENOENT, "no such file")
 
     @_kernel_errors
     async def forget(self, inode_list):
@@ -158,7 +174,8 @@ class Operations(pyfuse3.Operations):
             return self._file_info(inode, node, self._writer().open(node, flags), writable)
 
     def _file_info(self, inode: int, node: Node, content, writable: bool = True) -> pyfuse3.FileInfo:
-        info = pyfuse3.FileInfo(fh=self._new_handle(FileHandle(node, content, writable)))
+        info = pyfuse3.FileInfo(fh=self._new_handle(FileHandle(inode, node, content, writable)))
+        self._open_by_inode.setdefault(inode, set()).add(info.fh)
         # The kernel may keep cached pages only if the bytes are those it cached.
         info.keep_cache = self.inodes.swap_version(inode, content.version) == content.version
         if self.noflush:
@@ -196,6 +213,11 @@ class Operations(pyfuse3.Operations):
     @_kernel_errors
     async def release(self, fh):
         handle = self._handles.pop(fh, None)
+        if isinstance(handle, FileHandle):
+            handles = self._open_by_inode.get(handle.inode, set())
+            handles.discard(fh)
+            if not handles:
+                self._open_by_inode.pop(handle.inode, None)
         if handle is not None:
             handle.content.close()
             if isinstance(handle.content, MemContent):
@@ -208,7 +230,7 @@ class Operations(pyfuse3.Operations):
         if isinstance(content, MemContent):
             await self.flusher.flush_memfile(content.memfile)
         elif hasattr(content, "fd"):
-            os.fsync(content.fd)
+            await trio.to_thread.run_sync(os.fsync, content.fd)  # may take seconds on NFS or Lustre
 
     @_changes_store
     @_kernel_errors
@@ -255,8 +277,12 @@ class Operations(pyfuse3.Operations):
     @_changes_store
     @_kernel_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        node = self._writer().link(self._node(inode), self._node(new_parent_inode), os.fsdecode(new_name))
-        return self._remembered_entry(node)
+        node, shared = await self._writer().link(self._node(inode), self._node(new_parent_inode),
+                                                 os.fsdecode(new_name))
+        if not shared:
+            return self._remembered_entry(node)
+        attributes = self.tree.attributes(node)
+        return self._entry(node, attributes, self.inodes.link(inode, node))  # one inode, two names
 
     @_changes_store
     @_kernel_errors
@@ -274,17 +300,22 @@ class Operations(pyfuse3.Operations):
         old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
         old, new = os.fsdecode(name_old), os.fsdecode(name_new)
         source = self.tree.lookup(old_parent, old)
-        await self._writer().rename(old_parent, old, new_parent, new, flags)
+        directory = await self._writer().rename(old_parent, old, new_parent, new, flags)
         moved = self.tree.lookup(new_parent, new)
         if source is not None and moved is not None:
             self.inodes.rename(source, moved)
+            if directory:
+                self.inodes.move_tree(source.path, moved.path, self.tree.resolve)
 
     @_changes_store
     @_kernel_errors
     async def setattr(self, inode, attr, fields, fh, ctx):
         node = self._node(inode)
         writer = self._writer()
-        if fields.update_size:
+        handle = self._handles.get(fh) if fh is not None else None
+        if fields.update_size and handle is not None and isinstance(handle.content, MemContent):
+            writer.truncate_memfile(handle.content.memfile, attr.st_size)  # ftruncate, maybe unlinked
+        elif fields.update_size:
             writer.truncate(node, attr.st_size)
         writer.set_attributes(
             node,
@@ -294,7 +325,10 @@ class Operations(pyfuse3.Operations):
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
-        return self._entry(node, self.tree.attributes(node))
+        try:
+            return self._entry(node, self.tree.attributes(node))
+        except FileNotFoundError:
+            return self._entry(node, self._attributes_of_open_file(inode))
 
     def _resolve_again(self, dir_key: str) -> None:
         """A directory became (or stopped being) an array: the kernel's inodes below it
@@ -352,8 +386,8 @@ class Operations(pyfuse3.Operations):
 
 
 class FileHandle:
-    def __init__(self, node: Node, content, writable: bool):
-        self.node, self.content, self.writable = node, content, writable
+    def __init__(self, inode: int, node: Node, content, writable: bool):
+        self.inode, self.node, self.content, self.writable = inode, node, content, writable
 
 
 class DirHandle:

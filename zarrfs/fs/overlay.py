@@ -34,6 +34,34 @@ class MemFile:
     flushed_generation: int = -1  # the generation last packed into a shard
     names: set = field(default_factory=set)
     handles: int = 0  # open file handles
+    # While a file is open for writing, flushes that no fsync asked for take its last
+    # closed or fsync'ed content (SPEC §6), never a state between open(O_TRUNC) and write.
+    writers: int = 0  # open writable handles
+    settled: bytes | None = None  # content at the last close or fsync while writers > 0
+    settled_generation: int = -1
+
+    def open_for_writing(self, created: bool = False) -> None:
+        """A writable handle opens; a file just created has no settled content yet."""
+        if self.writers == 0:
+            self.settled, self.settled_generation = (None, -1) if created else (bytes(self.data), self.generation)
+        self.writers += 1
+
+    def settle(self) -> None:
+        """close() or fsync(): what is written now may reach the store."""
+        self.settled, self.settled_generation = bytes(self.data), self.generation
+
+    def close_for_writing(self) -> None:
+        self.writers -= 1
+        if self.writers == 0:
+            self.settled, self.settled_generation = None, -1
+
+    def flushable(self) -> tuple[bytes, int] | None:
+        """``(content, generation)`` a flush may store now, or None (not settled yet)."""
+        if self.writers == 0:
+            return bytes(self.data), self.generation
+        if self.settled is None:
+            return None
+        return self.settled, self.settled_generation
 
     def write(self, offset: int, data: bytes) -> int:
         end = offset + len(data)
@@ -53,6 +81,16 @@ class MemFile:
     def changed(self) -> None:
         self.generation += 1
         self.mtime_ns = self.ctime_ns = time.time_ns()
+
+
+def is_below(path: str, directory: str) -> bool:
+    """Whether view path ``path`` is ``directory`` or lies below it."""
+    return path == directory or path.startswith(directory + "/")
+
+
+def moved_path(path: str, old: str, new: str) -> str:
+    """``path`` (at or below ``old``) after ``old`` was renamed to ``new``."""
+    return new + path[len(old):]
 
 
 def chunk_name(array_key: str, coords: tuple[int, ...]) -> tuple:
@@ -104,6 +142,23 @@ class Overlay:
             previous = self.scratch.pop(name[1], None)
         if previous is not None:
             previous.names.discard(name)
+
+    def move_tree(self, old: str, new: str) -> None:
+        """A directory was renamed: what is buffered below it follows it."""
+        for array_key in [a for a in self.chunks if is_below(a, old)]:
+            files = self.chunks.pop(array_key)
+            moved = moved_path(array_key, old, new)
+            self.chunks[moved] = files
+            for coords, memfile in files.items():
+                if memfile is not None:
+                    memfile.names.discard(chunk_name(array_key, coords))
+                    memfile.names.add(chunk_name(moved, coords))
+        for path in [p for p in self.scratch if is_below(p, old)]:
+            memfile = self.scratch.pop(path)
+            memfile.names.discard(scratch_name(path))
+            self.scratch[moved_path(path, old, new)] = memfile
+            memfile.names.add(scratch_name(moved_path(path, old, new)))
+        self.directories = {moved_path(d, old, new) if is_below(d, old) else d for d in self.directories}
 
     def chunks_of(self, array_key: str) -> dict[tuple[int, ...], MemFile | None]:
         return self.chunks.get(array_key, {})

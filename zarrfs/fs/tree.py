@@ -110,8 +110,9 @@ class Attributes:
 
     @classmethod
     def of_memfile(cls, f: MemFile) -> Attributes:
+        """A buffered file's attributes; its links are its names (0 once unlinked, still open)."""
         size = len(f.data)
-        return cls(f.mode, 1, f.uid, f.gid, size, -(-size // 512), f.atime_ns, f.mtime_ns, f.ctime_ns)
+        return cls(f.mode, len(f.names), f.uid, f.gid, size, -(-size // 512), f.atime_ns, f.mtime_ns, f.ctime_ns)
 
     def as_directory(self) -> Attributes:
         return replace(self, mode=stat.S_IFDIR | stat.S_IMODE(self.mode), nlink=2, size=4096, blocks=8)
@@ -150,9 +151,11 @@ class Bytes:
 class MemContent:
     """An open file of the write buffer."""
 
-    def __init__(self, memfile: MemFile):
-        self.memfile = memfile
+    def __init__(self, memfile: MemFile, writable: bool = False, created: bool = False):
+        self.memfile, self.writable = memfile, writable
         memfile.handles += 1
+        if writable:
+            memfile.open_for_writing(created)
 
     @property
     def version(self) -> tuple:
@@ -163,6 +166,8 @@ class MemContent:
 
     def close(self) -> None:
         self.memfile.handles -= 1
+        if self.writable:
+            self.memfile.close_for_writing()
 
 
 class ViewTree:

@@ -24,6 +24,7 @@ from ..format.metadata import ArrayLayout, MetadataError, json_bytes, parse_arra
 from ..format.v2 import NoV2Equivalent, dumps, group_v3_to_v2, v3_to_v2
 from ..store.local import LocalStore, file_version
 from .lru import LRU
+from .overlay import is_below, moved_path
 
 log = logging.getLogger("zarrfs")
 
@@ -55,6 +56,11 @@ class Views:
         # metadata stays until the directory is removed (``rm -r`` deletes the
         # metadata, then the chunks, in any order), so chunk names keep working.
         self.removed: dict[str, set[str]] = {}
+
+    def move_tree(self, old: str, new: str) -> None:
+        """A directory was renamed: unlinked metadata below it stays unlinked."""
+        for dir_key in [d for d in self.removed if is_below(d, old)]:
+            self.removed[moved_path(dir_key, old, new)] = self.removed.pop(dir_key)
 
     def of(self, dir_key: str) -> DirView | None:
         """The view of ``dir_key``, or None when it is shown as it is."""

@@ -128,17 +128,18 @@ class Writer:
             return existing, self.open(existing, flags)
         memfile = MemFile(mode=stat.S_IFREG | stat.S_IMODE(mode), uid=owner[0], gid=owner[1])
         self._bind(target, memfile)
-        return self.node_of(target), MemContent(memfile)
+        return self.node_of(target), MemContent(memfile, writable=True, created=True)
 
     def open(self, node: Node, flags: int):
         """A writable handle on an existing file."""
         if isinstance(node, Plain):
             return PlainWriter(os.open(self.tree.store.path(node.path), flags & ~os.O_CREAT | os.O_CLOEXEC))
         memfile = self._memfile_for(node)
+        content = MemContent(memfile, writable=True)  # before O_TRUNC: what it held stays settled
         if flags & os.O_TRUNC and memfile.data:
             memfile.truncate(0)
             self.flusher.changed(memfile)
-        return MemContent(memfile)
+        return content
 
     def _memfile_for(self, node: Node) -> MemFile:
         """The MemFile behind ``node``, copying a chunk out of its shard on first write."""
@@ -171,7 +172,9 @@ class Writer:
         if isinstance(node, Plain):
             os.truncate(self.tree.store.path(node.path), size)
             return
-        memfile = self._memfile_for(node)
+        self.truncate_memfile(self._memfile_for(node), size)
+
+    def truncate_memfile(self, memfile: MemFile, size: int) -> None:
         memfile.truncate(size)
         self.flusher.changed(memfile)
 
@@ -259,7 +262,8 @@ class Writer:
             return
         raise OSError(errno.ENOTDIR, node.path)
 
-    async def rename(self, old_parent: Node, old: str, new_parent: Node, new: str, flags: int) -> None:
+    async def rename(self, old_parent: Node, old: str, new_parent: Node, new: str, flags: int) -> bool:
+        """Move a name; returns whether a directory moved."""
         if flags & RENAME_EXCHANGE:
             raise OSError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
         source = self.tree.lookup(old_parent, old)
@@ -270,12 +274,20 @@ class Writer:
         if existing is not None and flags & RENAME_NOREPLACE:
             raise OSError(errno.EEXIST, target.path)
         if isinstance(source, Plain) and target.kind == "plain":
+            if stat.S_ISDIR(self.tree.store.lstat(source.path).st_mode):
+                await self.flusher.quiesce(source.path)  # no await from here on: see quiesce
+                self.overlay.move_tree(source.path, target.path)
+                self.flusher.move_tree(source.path, target.path)
+                self.tree.views.move_tree(source.path, target.path)
+                os.rename(self.tree.store.path(source.path), self.tree.store.path(target.path))
+                return True
             os.rename(self.tree.store.path(source.path), self.tree.store.path(target.path))
-            return
+            return False
         if isinstance(source, KeyDir) or (isinstance(source, Plain) and os.path.isdir(self.tree.store.path(source.path))):
             raise OSError(errno.EXDEV, "directories move only outside arrays")
         memfile = self._detach(source)
         await self._place(target, memfile)
+        return False
 
     def _detach(self, node: Node) -> MemFile:
         """Take the file at ``node`` away from its name, as a MemFile."""
@@ -313,17 +325,31 @@ class Writer:
             memfile.generation += 1  # new content at this key: not in its shard yet
             self.flusher.chunk_changed(target.array, target.coords)
 
-    def link(self, node: Node, new_parent: Node, new: str) -> Node:
+    async def link(self, node: Node, new_parent: Node, new: str) -> tuple[Node, bool]:
+        """A second name for ``node``; returns its node and whether both names share one file
+        (else the new name holds a copy: a buffered file cannot be a backing file's link)."""
         target = self.target(new_parent, new)
         if self.tree.lookup(new_parent, new) is not None:
-            raise OSError(errno.EEXIST, target.path)
+            raise OSError(errno.EEXIST, target.path)  # zarr-python 3's set_if_not_exists relies on it
         if isinstance(node, Plain) and target.kind == "plain":
             os.link(self.tree.store.path(node.path), self.tree.store.path(target.path))
-            return self.node_of(target)
+            return self.node_of(target), True
         if target.kind in ("plain", "metadata"):
-            raise OSError(errno.EXDEV, f"{target.path}: link it by copying")
+            # zarr-python 3.1 writes a new node's zarr.json as a temporary file, then link()s it
+            await self._place(target, MemFile(bytearray(self._content_of(node))))
+            return self.tree.lookup(new_parent, new), False
+        if isinstance(node, Plain):
+            self._bind(target, MemFile(bytearray(self._content_of(node))))
+            return self.node_of(target), False
         self._bind(target, self._memfile_for(node))
-        return self.node_of(target)
+        return self.node_of(target), True
+
+    def _content_of(self, node: Node) -> bytes:
+        if isinstance(node, Plain):
+            if not stat.S_ISREG(self.tree.store.lstat(node.path).st_mode):
+                raise OSError(errno.EPERM, f"{node.path}: only regular files can be linked here")
+            return self.tree.store.read(node.path)
+        return bytes(self._memfile_for(node).data)
 
     def symlink(self, parent: Node, name: str, target_text: str, owner: tuple[int, int] = (0, 0)) -> Node:
         target = self.target(parent, name)
@@ -346,9 +372,14 @@ class Writer:
             self.tree.store.replace_durably(path, bytes(memfile.data), stat.S_IMODE(memfile.mode))
 
     async def closed(self, node: Node, content) -> None:
-        """The last handle of a metadata file closed: apply what was written."""
-        if isinstance(content, MemContent) and content.memfile.handles == 1:
-            memfile = content.memfile
+        """close() of a writable handle: its content may reach the store now; the last
+        handle of a metadata file closed: apply what was written."""
+        if not isinstance(content, MemContent):
+            return
+        memfile = content.memfile
+        memfile.settle()
+        self.flusher.changed(memfile)
+        if memfile.handles == 1:
             if isinstance(node, (Scratch, MetadataFile)) and os.path.basename(node.path) in self.metadata.names \
                     and self.overlay.get(scratch_name(node.path)) is memfile:
                 self.overlay.forget(scratch_name(node.path))
