@@ -108,6 +108,11 @@ class InodeTable:
             self._versions.pop(inode)
             self._by_path[moved.path] = inode
 
+    def replace(self, inode: int, node: Node) -> None:
+        """``inode`` now means ``node`` (its path changed kind under the kernel)."""
+        if inode in self._nodes:
+            self._nodes[inode] = node
+
     def link(self, inode: int, node: Node) -> int:
         """``node`` is a new name of ``inode`` (a hard link): the inode means the newest
         name, as zarr-python 3 links a temporary onto its key, then unlinks the temporary."""

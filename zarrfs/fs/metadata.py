@@ -104,6 +104,8 @@ class MetadataWriter:
             except MetadataError as error:
                 raise refuse(where, str(error)) from None
         self._write_doc(dir_key, sharded)
+        if old is None:
+            self.tree.overlay.forget_removed_directories(dir_key)
         if old is not None:
             self._trim(dir_key, old, parse_array_document(sharded))
         else:

@@ -103,8 +103,22 @@ class Operations(pyfuse3.Operations):
         try:
             attributes = self.tree.attributes(node)
         except FileNotFoundError:
-            attributes = self._attributes_of_open_file(inode)  # unlinked but still open, as on ext4
-        return self._entry(node, attributes)
+            try:
+                attributes = self._attributes_of_open_file(inode)  # unlinked but still open, as on ext4
+            except FileNotFoundError:
+                node = self._meaning_now(inode, node)
+                attributes = self.tree.attributes(node)
+        return self._entry(node, attributes, inode)
+
+    def _meaning_now(self, inode: int, node: Node) -> Node:
+        """What the path of a node that is gone means now: a name can change kind under
+        the kernel's inode (a scratch ``.zgroup`` applied as metadata becomes the
+        view's file, a pending ``.zattrs`` too). Raises FileNotFoundError if nothing."""
+        fresh = self.tree.resolve(node.path)
+        if fresh is None or fresh == node:
+            raise FileNotFoundError(errno.ENOENT, f"{node.path} is gone")
+        self.inodes.replace(inode, fresh)
+        return fresh
 
     def _attributes_of_open_file(self, inode: int) -> Attributes:
         for fh in self._open_by_inode.get(inode, ()):
@@ -168,6 +182,13 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOSYS)
         node = self._node(inode)
         writable = bool(flags & (os.O_WRONLY | os.O_RDWR))
+        try:
+            return self._opened(inode, node, flags, writable)
+        except FileNotFoundError:
+            node = self._meaning_now(inode, node)
+            return self._opened(inode, node, flags, writable)
+
+    def _opened(self, inode: int, node: Node, flags: int, writable: bool) -> pyfuse3.FileInfo:
         if not writable:
             return self._file_info(inode, node, self.tree.open(node), writable)
         with self.tree.store.changing():

@@ -106,6 +106,9 @@ class Overlay:
         self.chunks: dict[str, dict[tuple[int, ...], MemFile | None]] = {}  # array -> coords -> file
         self.scratch: dict[str, MemFile] = {}  # view path -> file
         self.directories: set[str] = set()  # key directories made by mkdir, by view path
+        # Key directories removed by rmdir whose backing shard directory still exists (its
+        # shards keep other chunks, or are not repacked yet): hidden until written under again.
+        self.removed_directories: set[str] = set()
 
     def get(self, name: tuple) -> MemFile | None:
         if name[0] == "chunk":
@@ -159,6 +162,18 @@ class Overlay:
             self.scratch[moved_path(path, old, new)] = memfile
             memfile.names.add(scratch_name(moved_path(path, old, new)))
         self.directories = {moved_path(d, old, new) if is_below(d, old) else d for d in self.directories}
+        self.removed_directories = {moved_path(d, old, new) if is_below(d, old) else d
+                                    for d in self.removed_directories}
+
+    def restore_directories(self, path: str) -> None:
+        """``path`` and the key directories above it exist again (written under, made)."""
+        while path in self.removed_directories or "/" in path:
+            self.removed_directories.discard(path)
+            path = path.rpartition("/")[0]
+
+    def forget_removed_directories(self, array_key: str) -> None:
+        """A new array at ``array_key``: its key directories are what its store says."""
+        self.removed_directories = {d for d in self.removed_directories if not is_below(d, array_key)}
 
     def chunks_of(self, array_key: str) -> dict[tuple[int, ...], MemFile | None]:
         return self.chunks.get(array_key, {})

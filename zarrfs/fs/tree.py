@@ -208,6 +208,8 @@ class ViewTree:
             return None
         if view.keys and view.keys.decode_prefix((name,), view.array.ndim) is not None:
             return self._key_lookup(parent.path, view, (name,))
+        if self._is_key(view, name):
+            return None  # a backing shard key the view names otherwise (v3 "c" in the v2 view)
         return self._backing_child(parent.path, name)
 
     def resolve(self, path: str) -> Node | None:
@@ -288,7 +290,8 @@ class ViewTree:
         if any(i >= n for i, n in zip(coords, array.chunk_grid)):
             return None
         if (path in self.overlay.directories or self._written_under(array_key, coords)
-                or self._is_backing_dir(self._shard_dir(array_key, view, coords))):
+                or (path not in self.overlay.removed_directories
+                    and self._is_backing_dir(self._shard_dir(array_key, view, coords)))):
             return KeyDir(path, array_key, parts)
         return None
 
@@ -312,11 +315,7 @@ class ViewTree:
             return self._listed_dirs(array_key, view, [("c",)])
         coords = view.keys.decode_prefix(parts, array.ndim) if parts else ()
         axis = len(coords)
-        try:
-            listed = self.store.listdir(self._shard_dir(array_key, view, coords))
-        except (FileNotFoundError, NotADirectoryError):
-            listed = []
-        shard_indices = sorted(s for s in map(parse_index, listed) if s is not None and s < array.shard_grid[axis])
+        shard_indices = self._listed_indices(self._shard_dir(array_key, view, coords), array.shard_grid[axis])
         if len(parts) + 1 == depth:
             shard_prefix = array.shard_of(coords)
             shards = [shard_prefix + (s,) for s in shard_indices]
@@ -361,10 +360,26 @@ class ViewTree:
         return entries
 
     def _flat_shards(self, array_key: str, view: DirView) -> list[tuple[int, ...]]:
-        """Shard coordinates of every shard file of a ``.``-separated (or 0-d) array."""
+        """Shard coordinates of every shard file of an array whose view keys are single names
+        (``.``-separated, 0-d, or 1-d in the v2 view), wherever the backing keys put them
+        (a v3 ``c/5`` is the v2 view's ``5``)."""
         array = view.array
-        decoded = (array.key_encoding.decode_prefix((n,), array.ndim) for n in self.store.listdir(array_key))
-        return [c for c in decoded if c is not None and all(i < n for i, n in zip(c, array.shard_grid))]
+        encoding = array.key_encoding
+        if encoding.depth(array.ndim) == 1:
+            decoded = (encoding.decode_prefix((n,), array.ndim) for n in self.store.listdir(array_key))
+            return [c for c in decoded if c is not None and all(i < n for i, n in zip(c, array.shard_grid))]
+        shards = [()]
+        for axis in range(array.ndim):  # one directory level per axis under "c"
+            shards = [prefix + (i,) for prefix in shards for i in self._listed_indices(
+                join(array_key, *encoding.prefix_components(prefix)), array.shard_grid[axis])]
+        return shards
+
+    def _listed_indices(self, key: str, bound: int) -> list[int]:
+        try:
+            listed = self.store.listdir(key)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(i for i in map(parse_index, listed) if i is not None and i < bound)
 
     def _shard_dir(self, array_key: str, view: DirView, coords: tuple[int, ...]) -> str:
         """The backing directory of the shards under a chunk-coordinate prefix."""

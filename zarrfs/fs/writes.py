@@ -88,6 +88,8 @@ class Writer:
             raise OSError(errno.EPERM, f"{path}: the view shows other metadata here")
         if self.tree._is_key(view, name):
             return self._key_target(parent.path, (name,), path, quiet)
+        if self.tree._backing_child(parent.path, name) is not None:
+            return Target("plain", path)  # a user's own file beside the chunks (README.txt)
         return Target("scratch", path, parent.path)
 
     def _key_target(self, array_key: str, parts: tuple[str, ...], path: str, quiet: bool = False) -> Target:
@@ -239,6 +241,7 @@ class Writer:
         if target.kind != "scratch":  # a chunk key or a metadata name cannot be a directory
             raise OSError(errno.EINVAL, target.path)
         self.overlay.directories.add(target.path)
+        self.overlay.restore_directories(target.path)
         node = self.tree.lookup(parent, name)
         if not isinstance(node, KeyDir):
             self.overlay.directories.discard(target.path)
@@ -253,12 +256,14 @@ class Writer:
             if self.tree.children(node):
                 raise OSError(errno.ENOTEMPTY, node.path)
             self.overlay.directories.discard(node.path)
+            self.overlay.removed_directories.add(node.path)
             return
         if isinstance(node, Plain):
             if self.tree.children(node):
                 raise OSError(errno.ENOTEMPTY, node.path)
             await self.metadata.finalize(node.path)
             os.rmdir(self.tree.store.path(node.path))
+            self.overlay.forget_removed_directories(node.path)
             return
         raise OSError(errno.ENOTDIR, node.path)
 
@@ -310,18 +315,14 @@ class Writer:
         if target.kind == "metadata":
             await self.metadata.apply(target.array, os.path.basename(target.path), bytes(memfile.data))
         elif target.kind == "plain":
-            fd = os.open(self.tree.store.path(target.path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                         stat.S_IMODE(memfile.mode))
-            try:
-                os.write(fd, bytes(memfile.data))
-            finally:
-                os.close(fd)
+            self.tree.store.replace_durably(target.path, bytes(memfile.data), stat.S_IMODE(memfile.mode))
         else:
             self._bind(target, memfile)
 
     def _bind(self, target: Target, memfile: MemFile) -> None:
         self.overlay.bind(target.name, memfile)
         if target.kind == "chunk":
+            self.overlay.restore_directories(os.path.dirname(target.path))
             memfile.generation += 1  # new content at this key: not in its shard yet
             self.flusher.chunk_changed(target.array, target.coords)
 
