@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from . import __version__
@@ -37,10 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     mount_cmd.add_argument("--shards", type=_positive_int, default=DEFAULT_SHARDS, metavar="N",
                            help="inner chunks per shard along every axis, for arrays created through "
                                 f"the mount (never more than the array has; default {DEFAULT_SHARDS})")
-    mount_cmd.add_argument("--flush-after", type=float, default=DEFAULT_FLUSH_AFTER, metavar="SECONDS",
+    mount_cmd.add_argument("--flush-after", type=_seconds, default=DEFAULT_FLUSH_AFTER, metavar="SECONDS",
                            help="repack a changed shard this long after its last change "
                                 f"(default {DEFAULT_FLUSH_AFTER:g})")
-    mount_cmd.add_argument("--max-dirty", type=float, default=DEFAULT_MAX_DIRTY_MIB, metavar="MiB",
+    mount_cmd.add_argument("--max-dirty", type=_mebibytes, default=DEFAULT_MAX_DIRTY_MIB, metavar="MiB",
                            help="written data held in memory before writers wait for repacks "
                                 f"(default {DEFAULT_MAX_DIRTY_MIB})")
     mount_cmd.add_argument("--view", choices=["v3", "v2"], default="v3",
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     mount_cmd.add_argument("-o", dest="fuse_options", action="append", default=[], metavar="OPT[,OPT...]",
                            help="FUSE mount options, e.g. allow_other; generic mount options "
                                 "(rw, dev, suid, exec, defaults, nofail, ...) are ignored")
-    mount_cmd.add_argument("--attr-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+    mount_cmd.add_argument("--attr-timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                            help="how long the kernel caches names and attributes; changes other "
                                 f"programs make to the store show after this (default {DEFAULT_TIMEOUT:g})")
     mount_cmd.add_argument("--log-level", default="INFO",
@@ -59,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     umount_cmd = commands.add_parser("umount", help="flush pending work and unmount MOUNTPOINT")
     umount_cmd.add_argument("mountpoint", metavar="MOUNTPOINT")
+    umount_cmd.add_argument("--timeout", type=_positive_seconds, default=120.0, metavar="SECONDS",
+                            help="wait this long for files open for writing, then fail with EBUSY "
+                                 "(default 120)")
+    umount_cmd.add_argument("--force", action="store_true",
+                            help="do not wait for writers: only closed or fsync'ed content is kept")
 
     status_cmd = commands.add_parser("status", help="print the daemon's status for MOUNTPOINT")
     status_cmd.add_argument("mountpoint", metavar="MOUNTPOINT")
@@ -96,14 +102,45 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    """A finite number of seconds, zero or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a finite, non-negative number of seconds")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def _mebibytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of MiB") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a finite, positive number of MiB")
+    return value
+
+
 def _own_option(name: str, value: str):
     """Convert like the matching command-line option does."""
     name = name.replace("-", "_")
     if name == "view" and value not in ("v3", "v2"):
         raise SystemExit(f"zarrfs: error: -o view={value}: choose v3 or v2")
-    converters = {"shards": _positive_int, "flush_after": float, "max_dirty": float, "attr_timeout": float,
+    converters = {"shards": _positive_int, "flush_after": _seconds, "max_dirty": _mebibytes, "attr_timeout": _seconds,
                   "log_level": str.upper}
-    return converters.get(name, str)(value)
+    try:
+        return converters.get(name, str)(value)
+    except (argparse.ArgumentTypeError, ValueError) as error:
+        raise SystemExit(f"zarrfs: error: -o {name}={value}: {error}") from None
 
 
 def normalize_argv(argv: list[str]) -> list[str]:
@@ -119,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "mount":
             return mount(_mount_options(args))
         if args.command == "umount":
-            return umount(args.mountpoint)
+            return umount(args.mountpoint, timeout=args.timeout, force=args.force)
         if args.command == "status":
             print(json.dumps(read_status(args.mountpoint), indent=2))
             return 0

@@ -209,6 +209,10 @@ def serve(options: MountOptions, on_ready) -> int:
     tree = ViewTree(store, options.view)
     writer = None
     if not options.read_only:
+        problem = store.locking_problem()
+        if problem:
+            log.warning("%s: repacks of a shard cannot exclude other nodes' mounts of this store; mount it "
+                        "writable on one node only (docs/hpc-admin.md, \"Two nodes, one store\")", problem)
         flusher = Flusher(tree, options.flush_after, int(options.max_dirty_mib * 2**20))
         writer = Writer(tree, flusher, options.shards)
     operations = Operations(tree, options.timeout, writer)
@@ -351,6 +355,7 @@ def _status_text(options: MountOptions, operations: Operations, started: float) 
         "index_cache_hit_rate": round(cache.hits / lookups, 4) if lookups else None,
         "known_inodes": len(operations.inodes),
         "open_handles": operations.open_handles(),
+        "open_for_writing": operations.open_for_writing(),
         "requests": dict(sorted(operations.requests.items())),
     }
     return json.dumps(status, indent=2) + "\n"
@@ -374,23 +379,48 @@ def _escape_mount_path(path: str) -> str:
     return path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
 
 
-def umount(mountpoint: str, timeout: float = 120.0) -> int:
-    """Stop the daemon (it flushes, then unmounts) and wait until the mount is gone."""
+def umount(mountpoint: str, timeout: float = 120.0, force: bool = False) -> int:
+    """Stop the daemon (it flushes, then unmounts) and wait until the mount is gone.
+
+    Like umount(8) of a busy filesystem, it does not cut off writers: it waits up to
+    ``timeout`` seconds for files open for writing to be closed, then fails with
+    EBUSY. ``force`` stops the daemon anyway; only closed or fsync'ed content is kept.
+    """
     mountpoint = os.path.abspath(mountpoint)
     if not is_zarrfs_mount(mountpoint):
         raise MountError(f"{mountpoint} is not a zarrfs mount")
+    deadline = time.monotonic() + timeout
     try:
-        pid = int(read_status(mountpoint)["pid"])
+        status = read_status(mountpoint)
+        pid = int(status["pid"])
+        if not force:
+            _wait_for_writers(mountpoint, status, deadline)
         os.kill(pid, signal.SIGTERM)
     except (MountError, ProcessLookupError, KeyError, ValueError, PermissionError) as error:
+        if isinstance(error, MountError) and "busy" in str(error):
+            raise
         print(f"zarrfs: cannot signal the daemon ({error}); unmounting directly", file=sys.stderr)
         return _fusermount_unmount(mountpoint)
-    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not is_zarrfs_mount(mountpoint) and not process_alive(pid):
             return 0
         time.sleep(0.05)
     raise MountError(f"the daemon (pid {pid}) did not unmount {mountpoint} within {timeout:.0f} s")
+
+
+def _wait_for_writers(mountpoint: str, status: dict, deadline: float) -> None:
+    told = False
+    while status.get("open_for_writing", 0):
+        if time.monotonic() >= deadline:
+            raise MountError(f"{mountpoint}: target is busy ({os.strerror(errno.EBUSY)}): "
+                             f"{status['open_for_writing']} files are open for writing "
+                             "(zarrfs umount --force stops it anyway, keeping only closed content)")
+        if not told:
+            print(f"zarrfs: waiting for {status['open_for_writing']} files open for writing to be closed",
+                  file=sys.stderr)
+            told = True
+        time.sleep(0.1)
+        status = read_status(mountpoint)
 
 
 def _fusermount_unmount(mountpoint: str) -> int:

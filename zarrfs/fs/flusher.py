@@ -244,7 +244,7 @@ class Flusher:
     def _repack(self, array_key, metadata_name, layout: ArrayLayout, shard, replacements: dict) -> None:
         store = self.tree.store
         shard_key = self.tree.shards.shard_key(array_key, layout, shard)
-        with store.locked(join(array_key, metadata_name), shard_key):
+        with store.locked(array_key, shard_key):
             if not layout.is_sharded:  # an unsharded array (v2 view): each chunk is its own file
                 if not layout.in_grid(shard) or (shard in replacements and replacements[shard] is None):
                     store.remove_durably(shard_key, up_to=array_key)

@@ -187,6 +187,7 @@ class MetadataWriter:
                 os.unlink(self.store.path(join(dir_key, name)))
             except FileNotFoundError:
                 pass
+        self.store.remove_lock_file(dir_key)
         del self.tree.views.removed[dir_key]
 
     async def finalize_all(self) -> None:

@@ -405,6 +405,9 @@ class Operations(pyfuse3.Operations):
     def open_handles(self) -> int:
         return len(self._handles)
 
+    def open_for_writing(self) -> int:
+        return sum(1 for h in self._handles.values() if isinstance(h, FileHandle) and h.writable)
+
 
 class FileHandle:
     def __init__(self, inode: int, node: Node, content, writable: bool):

@@ -201,26 +201,51 @@ class LocalStore:
         _fsync_directory(self.path(directory))
 
     @contextlib.contextmanager
-    def locked(self, key: str, target: str, wait: bool = True):
-        """An advisory lock, between processes and nodes, for rewriting ``target``,
-        taken on one byte (a hash of ``target``) of the file ``key``.
-        Without ``wait``, raises BlockingIOError when somebody holds it.
+    def locked(self, array_key: str, target: str, wait: bool = True):
+        """An advisory lock, between processes and nodes, for rewriting ``target`` (a key
+        in the array at ``array_key``), taken on one byte (a hash of ``target`` relative
+        to the array) of the array's lock file ``.zarrfs-lock``, which is created once
+        and never replaced (metadata is replaced by rename, so a lock on it would not
+        exclude anybody). Without ``wait``, raises BlockingIOError when somebody holds it.
 
-        Open-file-description record locks: unlike classic POSIX locks they
-        belong to this descriptor, not to the process, so the repacker's threads
-        exclude each other too and closing one descriptor does not drop another
-        thread's lock. They work on NFS (lockd) and on Lustre/GPFS mounted with
-        locking, and a byte per shard of the array's metadata file needs no
-        extra inode per shard.
+        Open-file-description record locks: unlike classic POSIX locks they belong
+        to this descriptor, not to the process, so the repacker's threads exclude
+        each other too and closing one descriptor does not drop another thread's
+        lock. They work on NFS (lockd) and on Lustre/GPFS mounted with locking
+        (docs/hpc-admin.md); ``locking_problem`` tells where they do not.
         """
-        slot = zlib.crc32(target.encode()) & 0x7FFFFFFF
-        fd = os.open(self.path(key), os.O_RDWR | os.O_CLOEXEC)
+        relative = target[len(array_key) + 1:] if array_key else target
+        slot = zlib.crc32(relative.encode()) & 0x7FFFFFFF
+        fd = os.open(self.path(join_key(array_key, LOCK_FILE)),
+                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
             command = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK
             fcntl.fcntl(fd, command, struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, slot, 1, 0))
             yield
         finally:
             os.close(fd)  # releases the lock
+
+    def remove_lock_file(self, array_key: str) -> None:
+        """The array is being deleted (``rm -r`` through the mount)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(join_key(array_key, LOCK_FILE)))
+
+    def locking_problem(self) -> str | None:
+        """Why repack locks may not exclude other nodes here, or None when they work:
+        a lock on this node fails, or the filesystem is mounted with node-local locks."""
+        probe = os.path.join(self.root, temporary_name("lock-probe"))
+        try:
+            fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return None  # a store we cannot write: nothing will be repacked
+        try:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0))
+        except OSError as error:
+            return f"record locks fail here ({error.strerror})"
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+        return node_local_locking(self.root)
 
     def remove_temporaries(self, metadata_names=("zarr.json", ".zarray")) -> int:
         """Delete temporary files a crashed daemon left behind; returns how many.
@@ -244,7 +269,8 @@ class LocalStore:
         try:
             if metadata is not None and target_name not in metadata_names:
                 # A shard's temporary exists only while its repack holds the shard's lock.
-                with self.locked(os.path.relpath(metadata, self.root), target, wait=False):
+                array_key = os.path.relpath(os.path.dirname(metadata), self.root)
+                with self.locked("" if array_key == "." else array_key, target, wait=False):
                     os.unlink(path)
                 return True
             if _owner_is_gone(owner) or time.time() - os.stat(path).st_mtime > ABANDONED_AFTER_SECONDS:
@@ -256,6 +282,32 @@ class LocalStore:
 
 
 TEMPORARY_PREFIX = ".zarrfs-tmp-"
+LOCK_FILE = ".zarrfs-lock"  # in each array directory written through a mount; never replaced
+# Filesystems whose mount options make record locks local to one node.
+NODE_LOCAL_LOCK_OPTIONS = {"nfs": {"nolock", "local_lock=all", "local_lock=posix"},
+                           "nfs4": {"local_lock=all", "local_lock=posix"},
+                           "lustre": {"localflock", "noflock"}}
+
+
+def join_key(*parts: str) -> str:
+    return "/".join(p for p in parts if p)
+
+
+def node_local_locking(path: str) -> str | None:
+    """A warning if the filesystem holding ``path`` keeps record locks to one node."""
+    best, entry = "", None
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) >= 4 and (path == fields[1] or path.startswith(fields[1].rstrip("/") + "/")) \
+                    and len(fields[1]) >= len(best):
+                best, entry = fields[1], fields
+    if entry is None:
+        return None
+    local = NODE_LOCAL_LOCK_OPTIONS.get(entry[2], set()) & set(entry[3].split(","))
+    if local:
+        return f"{entry[2]} at {entry[1]} is mounted with {','.join(sorted(local))}: locks are local to this node"
+    return None
 ABANDONED_AFTER_SECONDS = 600  # a temporary of another node is removed once this old
 
 
