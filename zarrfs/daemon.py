@@ -259,7 +259,7 @@ async def _run_mounted(mountpoint: str, operations: Operations, on_ready, unmoun
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             if flusher is not None:
                 nursery.start_soon(flusher.run)
-                nursery.start_soon(_remove_temporaries, operations.tree.store)
+                nursery.start_soon(_clean_after_crash, operations.tree.store, operations.writer)
             await trio.to_thread.run_sync(os.stat, mountpoint)  # served by the loop above
             on_ready()
     except Exception:  # noqa: BLE001 - logged; what is buffered must still be flushed
@@ -275,11 +275,15 @@ async def _run_mounted(mountpoint: str, operations: Operations, on_ready, unmoun
     return await _final_flush(flusher) and clean
 
 
-async def _remove_temporaries(store: LocalStore) -> None:
-    """Temporary files of a crashed daemon: never shown, removed in the background."""
-    removed = await trio.to_thread.run_sync(store.remove_temporaries)
+async def _clean_after_crash(store: LocalStore, writer: Writer) -> None:
+    """Temporary files of a crashed daemon: never shown, removed in the background.
+    Chunk files it was adopting (SPEC §5, metadata after chunks) are adopted again."""
+    removed, staged = await trio.to_thread.run_sync(store.clean_after_crash)
     if removed:
         log.info("removed %d temporary files left by an earlier crash", removed)
+    for array_key, files in staged.items():
+        log.info("%s: adopting %d chunk files again that an earlier crash left staged", array_key, len(files))
+        await writer.metadata.adopt_staged(array_key, files, unless_stored=True)
 
 
 async def _final_flush(flusher: Flusher) -> bool:

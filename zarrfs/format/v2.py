@@ -14,6 +14,7 @@ trailing crc32c                stripped (and verified) by the view
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import struct
@@ -50,7 +51,7 @@ def v3_to_v2(doc: dict, separator: str) -> tuple[dict, dict, bool]:
         "chunks": list(doc["chunk_grid"]["configuration"]["chunk_shape"]),
         "dtype": _numpy_dtype(data_type, endian),
         "compressor": byte_codecs[-1] if byte_codecs else None,
-        "fill_value": fill_to_v2(doc.get("fill_value"), data_type),
+        "fill_value": v2_fill_value(doc, data_type),
         "order": order,
         "filters": byte_codecs[:-1] or None,
         "dimension_separator": separator,
@@ -173,6 +174,50 @@ def _v2_attributes(doc: dict) -> dict:
 
 
 # -- fill values ------------------------------------------------------------
+
+
+def v2_fill_value(doc: dict, data_type: str):
+    """The v2 view's ``fill_value`` of a v3 array.
+
+    zarr-python 2's ``fill_value`` doubles as xarray's ``_FillValue`` (xarray masks
+    values equal to it), while xarray on zarr 3 masks only by the ``_FillValue``
+    attribute. For arrays xarray opens (those with dimension names) the view shows
+    the ``_FillValue`` attribute as the fill value, and without one NaN for floats
+    and null otherwise, so that xarray on zarr 2 reads what xarray on zarr 3 reads.
+    The cost, for those arrays only: zarr 2 fills missing chunks with that value
+    (NaN, or for null whatever memory held) instead of the v3 fill value
+    (docs/codecs.md, "Fill values and xarray"). Arrays without dimension names
+    keep their fill value.
+    """
+    attributes = doc.get("attributes") or {}
+    if not doc.get("dimension_names") and "_ARRAY_DIMENSIONS" not in attributes:
+        return fill_to_v2(doc.get("fill_value"), data_type)
+    if "_FillValue" in attributes:
+        decoded = _xarray_fill_value(attributes["_FillValue"], data_type)
+        if decoded is not None:
+            return fill_to_v2(decoded, data_type)
+    return "NaN" if V3_TO_NUMPY[data_type][0] == "f" else None
+
+
+def _xarray_fill_value(value, data_type: str):
+    """The ``_FillValue`` attribute xarray writes into zarr v3 attributes (floats as the
+    base64 of a little-endian double), as a v3 fill value; None if it is not one."""
+    kind = V3_TO_NUMPY[data_type][0]
+    try:
+        if kind == "f" and isinstance(value, str) and not value.startswith("0x") \
+                and value not in ("NaN", "Infinity", "-Infinity"):
+            return struct.unpack("<d", base64.standard_b64decode(value))[0]
+        if kind == "c" and isinstance(value, list) and len(value) == 2:
+            return [_xarray_fill_value(part, "float64") for part in value]
+        if kind in "iu" and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind == "b" and isinstance(value, bool):
+            return value
+        if kind == "f" and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            return value
+    except (ValueError, struct.error):
+        return None
+    return None
 
 
 def fill_to_v2(value, data_type: str):

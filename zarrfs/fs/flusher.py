@@ -49,6 +49,7 @@ class Flusher:
         self.last_error: str | None = None
         self._locks: dict[ShardId, trio.Lock] = {}
         self._in_flight: dict[ShardId, int] = {}  # flushes between their snapshot and commit
+        self._trimmed: set[ShardId] = set()  # to repack without chunks a shrink left outside the grid
         self._threads = trio.CapacityLimiter(2)
         self._dirty_bytes_cache = (-1.0, 0)
         self._written_since_count = 0
@@ -109,6 +110,11 @@ class Flusher:
         if first_error is not None:
             raise first_error
 
+    def repack_soon(self, shard_id: ShardId) -> None:
+        """Repack this shard even with nothing buffered for it (a shrink left chunks outside)."""
+        self._trimmed.add(shard_id)
+        self.dirty[shard_id] = trio.current_time() - self.flush_after
+
     async def quiesce(self, directory: str) -> None:
         """Return once no flush of an array at or below ``directory`` is under way. The
         caller must not await before acting on it (a directory rename): no flush can
@@ -118,6 +124,7 @@ class Flusher:
 
     def move_tree(self, old: str, new: str) -> None:
         """A directory was renamed: its arrays' dirty shards follow it."""
+        self._trimmed = {(moved_path(a, old, new) if is_below(a, old) else a, s) for a, s in self._trimmed}
         for table in (self.dirty, self.failures, self._locks):
             for array_key, shard in [k for k in table if is_below(k[0], old)]:
                 table[(moved_path(array_key, old, new), shard)] = table.pop((array_key, shard))
@@ -159,6 +166,8 @@ class Flusher:
                     await self.flush_shard(*shard_id)
                 except OSError:
                     pass  # logged, kept dirty, retried
+                except Exception:  # noqa: BLE001 - the background flusher must never die
+                    log.exception("flusher: internal error (kept dirty, retried)")
 
     async def flush_shard(self, array_key: str, shard: tuple[int, ...]) -> None:
         shard_id = (array_key, shard)
@@ -166,6 +175,11 @@ class Flusher:
             self._in_flight[shard_id] = self._in_flight.get(shard_id, 0) + 1
             try:
                 await self._flush_locked(shard_id)
+            except OSError:
+                raise
+            except Exception as error:  # a bug, or input nobody foresaw: keep the data, retry
+                log.exception("flush of %s shard %s failed", array_key, shard)
+                raise self._failed(shard_id, OSError(errno.EIO, f"internal error: {error!r}")) from None
             finally:
                 self._in_flight[shard_id] -= 1
                 if not self._in_flight[shard_id]:
@@ -178,22 +192,23 @@ class Flusher:
             raise self._failed(shard_id, OSError(errno.EIO, f"{array_key} is no longer an array"))
         layout = view.array
         snapshot = self._snapshot(array_key, layout, shard)
-        if not snapshot:  # only files still open and never closed: they come back when closed
+        if not snapshot and shard_id not in self._trimmed:
+            # only files still open and never closed: they come back when closed
             self.dirty.pop(shard_id, None)
             return
         replacements = {c: (data if data is None else self._stored_bytes(data, view.strip_crc))
                         for c, (_, data, _) in snapshot.items()}
+        staged = self.overlay.staged.get(array_key, {})
+        adopted = [staged[c] for c in snapshot if c in staged]  # superseded once the shard is stored
         try:
             with self.tree.store.changing():
                 await trio.to_thread.run_sync(
-                    self._repack, array_key, min(view.hidden), layout, shard, replacements,
+                    self._repack, array_key, min(view.hidden), layout, shard, replacements, adopted,
                     limiter=self._threads)
         except OSError as error:
             raise self._failed(shard_id, error) from None
-        except Exception as error:  # a bug, or input nobody foresaw: keep the data, retry
-            log.exception("flush of %s shard %s failed", array_key, shard)
-            raise self._failed(shard_id, OSError(errno.EIO, f"internal error: {error!r}")) from None
         self.flushes_done += 1
+        self._trimmed.discard(shard_id)
         self._commit(array_key, layout, shard, snapshot)
 
     def _snapshot(self, array_key: str, layout: ArrayLayout, shard: tuple[int, ...]) -> dict:
@@ -225,7 +240,9 @@ class Flusher:
 
     def _commit(self, array_key: str, layout: ArrayLayout, shard: tuple[int, ...], snapshot: dict) -> None:
         """What the flush wrote is clean; buffered chunks nobody holds are forgotten."""
+        staged = self.overlay.staged.get(array_key, {})
         for coords, (memfile, _, generation) in snapshot.items():
+            staged.pop(coords, None)
             name = chunk_name(array_key, coords)
             current = self.overlay.get(name)
             if memfile is None:
@@ -241,31 +258,38 @@ class Flusher:
 
     # -- the repack itself (a worker thread) ----------------------------------
 
-    def _repack(self, array_key, metadata_name, layout: ArrayLayout, shard, replacements: dict) -> None:
+    def _repack(self, array_key, metadata_name, layout: ArrayLayout, shard, replacements: dict,
+                adopted: list[str]) -> None:
         store = self.tree.store
         shard_key = self.tree.shards.shard_key(array_key, layout, shard)
         with store.locked(array_key, shard_key):
-            if not layout.is_sharded:  # an unsharded array (v2 view): each chunk is its own file
-                if not layout.in_grid(shard) or (shard in replacements and replacements[shard] is None):
-                    store.remove_durably(shard_key, up_to=array_key)
-                elif shard in replacements:
-                    store.replace_durably(shard_key, replacements[shard], like=join(array_key, metadata_name))
-                return
-            chunks = self._current_chunks(shard_key, layout)
-            origin = np.array(shard) * layout.chunks_per_shard
-            for coords, data in replacements.items():
-                local = tuple(int(i) for i in np.array(coords) - origin)
-                if data is None:
-                    chunks.pop(local, None)
-                else:
-                    chunks[local] = data
-            chunks = {local: data for local, data in chunks.items()
-                      if layout.in_grid(tuple(int(i) for i in origin + local))}
-            encoded = write_shard(layout, chunks)
-            if encoded is None:
+            self._store_shard(array_key, metadata_name, layout, shard, shard_key, replacements)
+            store.remove_staged(adopted)  # their chunks are in the durable shard now
+
+    def _store_shard(self, array_key, metadata_name, layout: ArrayLayout, shard, shard_key: str,
+                     replacements: dict) -> None:
+        store = self.tree.store
+        if not layout.is_sharded:  # an unsharded array (v2 view): each chunk is its own file
+            if not layout.in_grid(shard) or (shard in replacements and replacements[shard] is None):
                 store.remove_durably(shard_key, up_to=array_key)
+            elif shard in replacements:
+                store.replace_durably(shard_key, replacements[shard], like=join(array_key, metadata_name))
+            return
+        chunks = self._current_chunks(shard_key, layout)
+        origin = np.array(shard) * layout.chunks_per_shard
+        for coords, data in replacements.items():
+            local = tuple(int(i) for i in np.array(coords) - origin)
+            if data is None:
+                chunks.pop(local, None)
             else:
-                store.replace_durably(shard_key, encoded, like=join(array_key, metadata_name))
+                chunks[local] = data
+        chunks = {local: data for local, data in chunks.items()
+                  if layout.in_grid(tuple(int(i) for i in origin + local))}
+        encoded = write_shard(layout, chunks)
+        if encoded is None:
+            store.remove_durably(shard_key, up_to=array_key)
+        else:
+            store.replace_durably(shard_key, encoded, like=join(array_key, metadata_name))
 
     def _current_chunks(self, shard_key: str, layout: ArrayLayout) -> dict:
         try:

@@ -49,6 +49,7 @@ class InodeTable:
         # hold millions of chunk inodes without ever forgetting them.
         self._versions: LRU[tuple] = LRU(VERSIONS_KEPT)
         self._by_path: dict[str, int] = {}  # paths whose number is not their computed one
+        self._links: dict[int, set[str]] = {}  # names of hard-linked inodes the kernel knows
         # Array numbers in chunk numbers: a hash of the array's path and grid (a resize
         # makes a new one, so that numbers the kernel holds keep meaning what they meant).
         self._arrays: dict[int, tuple[str, tuple[int, ...]]] = {}
@@ -94,6 +95,7 @@ class InodeTable:
             self._lookups[inode] = left
             return
         self._lookups.pop(inode, None)
+        self._links.pop(inode, None)
         if inode != pyfuse3.ROOT_INODE:
             node = self._nodes.pop(inode, None)
             if node is not None and self._by_path.get(node.path) == inode:
@@ -113,13 +115,28 @@ class InodeTable:
         if inode in self._nodes:
             self._nodes[inode] = node
 
-    def link(self, inode: int, node: Node) -> int:
-        """``node`` is a new name of ``inode`` (a hard link): the inode means the newest
-        name, as zarr-python 3 links a temporary onto its key, then unlinks the temporary."""
+    def link(self, inode: int, source: Node, node: Node) -> int:
+        """``node`` is a new name of ``inode`` (a hard link of ``source``): the inode means
+        the newest name, as zarr-python 3 links a temporary onto its key, then unlinks
+        the temporary; the names are remembered until the kernel forgets the inode."""
         self._nodes[inode] = node
         self._lookups[inode] = self._lookups.get(inode, 0) + 1
         self._by_path[node.path] = inode
+        self._links.setdefault(inode, {source.path}).add(node.path)
         return inode
+
+    def unlinked(self, node: Node, resolve) -> None:
+        """``node``'s name is gone: a hard-linked inode means one of its other names."""
+        inode = self._by_path.get(node.path) or self.inode_of(node)
+        names = self._links.get(inode)
+        if names is None:
+            return
+        names.discard(node.path)
+        for path in names:
+            other = resolve(path)
+            if other is not None:
+                self._nodes[inode] = other
+                return
 
     def move_tree(self, old: str, new: str, resolve) -> None:
         """Directory ``old`` was renamed to ``new``: the inodes the kernel holds below it

@@ -21,7 +21,7 @@ import trio
 
 from ..format.metadata import MetadataError, json_bytes, parse_array_document, shard_document
 from ..format.v2 import NoV2Equivalent, v2_to_v3
-from .overlay import MemFile, chunk_name
+from .overlay import MemFile, chunk_name, relative_parts, scratch_name
 from .shards import join
 
 log = logging.getLogger("zarrfs")
@@ -61,11 +61,11 @@ class MetadataWriter:
             await self._store_array(dir_key, where, doc)
             self._drop_pending_attributes(dir_key)
         elif name == ".zgroup":
-            self._write_doc(dir_key, {"zarr_format": 3, "node_type": "group",
+            await self._write_doc(dir_key, {"zarr_format": 3, "node_type": "group",
                                       "attributes": self._v2_attributes(dir_key)})
             self._drop_pending_attributes(dir_key)
         elif name == ".zattrs":
-            self._apply_attributes(dir_key, where, content)
+            await self._apply_attributes(dir_key, where, content)
 
     def _unhide(self, dir_key: str, name: str) -> None:
         """New metadata in a directory whose metadata was unlinked: it is reborn."""
@@ -79,7 +79,7 @@ class MetadataWriter:
 
     async def _apply_v3(self, dir_key: str, where: str, doc) -> None:
         if isinstance(doc, dict) and doc.get("node_type") == "group":
-            self._write_doc(dir_key, doc)
+            await self._write_doc(dir_key, doc)
             return
         layout = _layout(where, doc)
         if layout.is_sharded:
@@ -96,58 +96,78 @@ class MetadataWriter:
         if old is not None and old.is_sharded and _same_chunking(old, new, existing, doc):
             sharded = copy.deepcopy(doc)
             sharded["chunk_grid"], sharded["codecs"] = existing["chunk_grid"], existing["codecs"]
-        elif old is not None and self._holds_chunks(dir_key):
+        elif old is not None and await trio.to_thread.run_sync(self._holds_chunks, dir_key):
             raise refuse(where, "changes the chunking of an array that holds chunks (delete it first)")
         else:
             try:
                 sharded = shard_document(doc, self.chunks_per_shard)
             except MetadataError as error:
                 raise refuse(where, str(error)) from None
-        self._write_doc(dir_key, sharded)
-        if old is None:
-            self.tree.overlay.forget_removed_directories(dir_key)
+        await self._write_doc(dir_key, sharded)
         if old is not None:
-            self._trim(dir_key, old, parse_array_document(sharded))
+            await self._trim(dir_key, old, parse_array_document(sharded))
         else:
-            self._adopt_chunk_files(dir_key)
+            self.tree.overlay.forget_removed_directories(dir_key)
+            await self._adopt_chunk_files(dir_key)
         self.changed(dir_key)
 
     def changed(self, dir_key: str) -> None:
         """Called when a directory starts or stops being an array (operations re-resolves inodes)."""
 
-    def _adopt_chunk_files(self, dir_key: str) -> None:
+    async def _adopt_chunk_files(self, dir_key: str) -> None:
         """``cp -r`` copies in directory order, so chunk files may arrive before their
-        metadata (as plain files). They become chunks of the new array now."""
+        metadata. They become chunks of the new array now: those still in the write
+        buffer (pending files) without any I/O; those on disk (fsync'ed, spilled, or
+        there before the mount) are first renamed aside to hidden staging names, so
+        that no shard written at a key can meet a chunk file of the same name, then
+        read in batches bounded by ``--max-dirty``; a staged file is deleted once its
+        chunk is in a durable shard (the repack does it)."""
         view = self.tree._array_view(dir_key)
         if view is None:
             return
-        layout, root = view.array, self.store.path(dir_key)
-        for directory, _, files in os.walk(root, topdown=False):
-            for name in files:
-                path = os.path.join(directory, name)
-                parts = tuple(os.path.relpath(path, root).split(os.sep))
-                coords = view.keys.decode_prefix(parts, layout.ndim)
-                if coords is None or len(parts) != view.keys.depth(layout.ndim) or not layout.in_grid(coords):
-                    continue
-                with open(path, "rb") as f:
-                    memfile = MemFile(bytearray(f.read()))
-                self.tree.overlay.bind(chunk_name(dir_key, coords), memfile)
+        overlay = self.tree.overlay
+        for path, memfile in list(overlay.scratch.items()):
+            coords = _chunk_coords(view, relative_parts(path, dir_key))
+            if coords is not None:
+                overlay.forget(scratch_name(path))
+                memfile.pending = False
+                overlay.bind(chunk_name(dir_key, coords), memfile)
+                memfile.generation += 1
                 self.flusher.chunk_changed(dir_key, coords)
-                os.unlink(path)
-            if directory == root:
-                continue
-            parts = tuple(os.path.relpath(directory, root).split(os.sep))
-            if view.keys.decode_prefix(parts, layout.ndim) is not None:  # rsync makes them all first
-                self.tree.overlay.directories.add(join(dir_key, *parts))
-            if not os.listdir(directory):
-                os.rmdir(directory)
+        staged = await trio.to_thread.run_sync(
+            self.store.stage_chunk_files, dir_key, lambda parts: _chunk_coords(view, parts) is not None)
+        await self.adopt_staged(dir_key, staged)
 
-    def _apply_attributes(self, dir_key: str, where: str, attributes) -> None:
+    async def adopt_staged(self, dir_key: str, staged: list[tuple[str, tuple[str, ...]]],
+                           unless_stored: bool = False) -> None:
+        """Bind staged chunk files (``(staged key, original key parts)``) as chunks of the
+        array at ``dir_key``. ``unless_stored``: after a crash, a chunk its shard holds
+        already was merged (or overwritten since): its staged copy is only deleted."""
+        view = self.tree._array_view(dir_key)
+        overlay = self.tree.overlay
+        for staged_key, parts in staged:
+            coords = _chunk_coords(view, parts) if view is not None else None
+            if coords is not None and overlay.has(chunk_name(dir_key, coords)):
+                # newer in the buffer (a pending file fsync'ed to disk): the disk copy goes
+                # once the buffered one is in a durable shard
+                overlay.staged.setdefault(dir_key, {})[coords] = staged_key
+                self.flusher.chunk_changed(dir_key, coords)
+                continue
+            if coords is None or (unless_stored and self.tree.shards.locate(dir_key, view.array, coords) is not None):
+                await trio.to_thread.run_sync(self.store.remove_staged, [staged_key])
+                continue
+            data = await trio.to_thread.run_sync(self.store.read, staged_key)
+            overlay.bind(chunk_name(dir_key, coords), MemFile(bytearray(data)))
+            overlay.staged.setdefault(dir_key, {})[coords] = staged_key
+            self.flusher.chunk_changed(dir_key, coords)
+            await self.flusher.wait_for_room()
+
+    async def _apply_attributes(self, dir_key: str, where: str, attributes) -> None:
         if not isinstance(attributes, dict):
             raise refuse(where, ".zattrs is not a JSON object")
         doc = self._backing_doc(dir_key)
         if doc is None:  # no .zarray/.zgroup yet: keep it until they arrive
-            self.store.replace_durably(join(dir_key, ".zattrs"), json_bytes(attributes))
+            await trio.to_thread.run_sync(self.store.replace_durably, join(dir_key, ".zattrs"), json_bytes(attributes))
             return
         doc = copy.deepcopy(doc)
         attributes = dict(attributes)
@@ -157,7 +177,7 @@ class MetadataWriter:
         elif names is not None:
             attributes["_ARRAY_DIMENSIONS"] = names
         doc["attributes"] = attributes
-        self._write_doc(dir_key, doc)
+        await self._write_doc(dir_key, doc)
 
     # -- removing ------------------------------------------------------------
 
@@ -171,7 +191,7 @@ class MetadataWriter:
         elif name == ".zattrs" and not removed:
             doc = dict(doc, attributes={})
             doc.pop("dimension_names", None)
-            self._write_doc(dir_key, doc)
+            await self._write_doc(dir_key, doc)
         else:
             removed.add(name)
         if not removed:
@@ -206,8 +226,10 @@ class MetadataWriter:
             return None
         return doc if isinstance(doc, dict) else None
 
-    def _write_doc(self, dir_key: str, doc: dict) -> None:
-        self.store.replace_durably(join(dir_key, "zarr.json"), json_bytes(doc), like=dir_key)
+    async def _write_doc(self, dir_key: str, doc: dict) -> None:
+        """Metadata is written like a shard (two fsyncs): in a worker thread, not the loop."""
+        await trio.to_thread.run_sync(self.store.replace_durably, join(dir_key, "zarr.json"), json_bytes(doc),
+                                      0o644, dir_key)
 
     def _v2_attributes(self, dir_key: str) -> dict:
         """Attributes as v2 sees them: the backing ones, else a pending .zattrs."""
@@ -237,14 +259,19 @@ class MetadataWriter:
                 return True
         return False
 
-    def _trim(self, dir_key: str, old, new) -> None:
+    async def _trim(self, dir_key: str, old, new) -> None:
         """After a shrink: shards with chunks outside the new grid are repacked without them."""
         if all(n >= o for n, o in zip(new.chunk_grid, old.chunk_grid)):
             return
         for coords in list(self.tree.overlay.chunks_of(dir_key)):
             if not new.in_grid(coords):
                 self.tree.overlay.unbind(chunk_name(dir_key, coords))
-        now = trio.current_time()
+        for shard in await trio.to_thread.run_sync(self._shards_beyond, dir_key, old, new):
+            self.flusher.repack_soon((dir_key, shard))
+
+    def _shards_beyond(self, dir_key: str, old, new) -> list[tuple[int, ...]]:
+        """Shards of the old layout that reach past the new chunk grid (a worker thread)."""
+        found = []
         root = self.store.path(dir_key)
         for directory, _, files in os.walk(root):
             for f in files:
@@ -254,7 +281,8 @@ class MetadataWriter:
                     continue
                 last = [(s + 1) * n for s, n in zip(shard, old.chunks_per_shard)]
                 if any(end > g for end, g in zip(last, new.chunk_grid)):
-                    self.flusher.dirty[(dir_key, tuple(shard))] = now - self.flusher.flush_after
+                    found.append(tuple(shard))
+        return found
 
 
 def _json(where: str, data: bytes):
@@ -272,6 +300,17 @@ def _layout(where: str, doc):
     if layout is None:
         raise refuse(where, "not array metadata")
     return layout
+
+
+def _chunk_coords(view, parts: tuple[str, ...]) -> tuple[int, ...] | None:
+    """The in-grid chunk that view key ``parts`` (relative to the array) names, if any."""
+    if view is None or not parts:
+        return None
+    layout = view.array
+    coords = view.keys.decode_prefix(parts, layout.ndim)
+    if coords is None or len(parts) != view.keys.depth(layout.ndim) or not layout.in_grid(coords):
+        return None
+    return coords
 
 
 def _is_array(doc) -> bool:

@@ -218,6 +218,7 @@ class Operations(pyfuse3.Operations):
     @_kernel_errors
     async def write(self, fh, offset, data):
         await self.flusher.wait_for_room()
+        await self.writer.spill_pending(self.flusher.max_dirty)
         return self.writer.write(self._handles[fh].content, offset, data)
 
     @_changes_store
@@ -250,6 +251,7 @@ class Operations(pyfuse3.Operations):
         content = self._handles[fh].content
         if isinstance(content, MemContent):
             await self.flusher.flush_memfile(content.memfile)
+            await self.writer.fsynced(content.memfile)
         elif hasattr(content, "fd"):
             await trio.to_thread.run_sync(os.fsync, content.fd)  # may take seconds on NFS or Lustre
 
@@ -298,17 +300,21 @@ class Operations(pyfuse3.Operations):
     @_changes_store
     @_kernel_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        node, shared = await self._writer().link(self._node(inode), self._node(new_parent_inode),
-                                                 os.fsdecode(new_name))
+        source = self._node(inode)
+        node, shared = await self._writer().link(source, self._node(new_parent_inode), os.fsdecode(new_name))
         if not shared:
             return self._remembered_entry(node)
         attributes = self.tree.attributes(node)
-        return self._entry(node, attributes, self.inodes.link(inode, node))  # one inode, two names
+        return self._entry(node, attributes, self.inodes.link(inode, source, node))  # one inode, two names
 
     @_changes_store
     @_kernel_errors
     async def unlink(self, parent_inode, name, ctx):
-        await self._writer().unlink(self._node(parent_inode), os.fsdecode(name))
+        parent, name = self._node(parent_inode), os.fsdecode(name)
+        node = self.tree.lookup(parent, name)
+        await self._writer().unlink(parent, name)
+        if node is not None:
+            self.inodes.unlinked(node, self.tree.resolve)
 
     @_changes_store
     @_kernel_errors

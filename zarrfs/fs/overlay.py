@@ -39,6 +39,7 @@ class MemFile:
     writers: int = 0  # open writable handles
     settled: bytes | None = None  # content at the last close or fsync while writers > 0
     settled_generation: int = -1
+    pending: bool = False  # a chunk-like file outside any array: a chunk once its metadata arrives
 
     def open_for_writing(self, created: bool = False) -> None:
         """A writable handle opens; a file just created has no settled content yet."""
@@ -93,6 +94,13 @@ def moved_path(path: str, old: str, new: str) -> str:
     return new + path[len(old):]
 
 
+def relative_parts(path: str, directory: str) -> tuple[str, ...]:
+    """The components of ``path`` below ``directory`` (() when it is not below it)."""
+    if not directory:
+        return tuple(path.split("/")) if path else ()
+    return tuple(path[len(directory) + 1:].split("/")) if path.startswith(directory + "/") else ()
+
+
 def chunk_name(array_key: str, coords: tuple[int, ...]) -> tuple:
     return ("chunk", array_key, tuple(coords))
 
@@ -109,6 +117,9 @@ class Overlay:
         # Key directories removed by rmdir whose backing shard directory still exists (its
         # shards keep other chunks, or are not repacked yet): hidden until written under again.
         self.removed_directories: set[str] = set()
+        # Chunk files on disk being adopted (metadata arrived after them): array -> coords ->
+        # the staged file's key, deleted by the repack that stores the chunk.
+        self.staged: dict[str, dict[tuple[int, ...], str]] = {}
 
     def get(self, name: tuple) -> MemFile | None:
         if name[0] == "chunk":
@@ -162,6 +173,9 @@ class Overlay:
             self.scratch[moved_path(path, old, new)] = memfile
             memfile.names.add(scratch_name(moved_path(path, old, new)))
         self.directories = {moved_path(d, old, new) if is_below(d, old) else d for d in self.directories}
+        for array_key in [a for a in self.staged if is_below(a, old)]:
+            self.staged[moved_path(array_key, old, new)] = {
+                c: moved_path(k, old, new) for c, k in self.staged.pop(array_key).items()}
         self.removed_directories = {moved_path(d, old, new) if is_below(d, old) else d
                                     for d in self.removed_directories}
 
@@ -187,3 +201,6 @@ class Overlay:
     def dirty_bytes(self) -> int:
         return sum(len(f.data) for files in self.chunks.values() for f in files.values()
                    if f is not None and f.generation != f.flushed_generation)
+
+    def pending_bytes(self) -> int:
+        return sum(len(f.data) for f in self.scratch.values() if f.pending)

@@ -15,9 +15,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import stat
 import time
 from dataclasses import dataclass
+
+import trio
 
 from .metadata import MetadataWriter
 from .overlay import MemFile, chunk_name, scratch_name
@@ -25,6 +28,11 @@ from .shards import join
 from .tree import RESERVED_PREFIX, Chunk, KeyDir, MemContent, MetadataFile, Node, Plain, Scratch, ViewTree
 
 log = logging.getLogger("zarrfs")
+
+# A file name that may be a chunk key of an array whose metadata has not arrived yet
+# (``cp -r`` copies in directory order): "3", "0.1.2", "c.0.1", "c" (0-d). Such files
+# outside arrays wait in the write buffer instead of costing the store an inode each.
+CHUNK_LIKE = re.compile(r"c|(c\.)?(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -34,7 +42,7 @@ RENAME_EXCHANGE = 2
 class Target:
     """What a name in a directory means for a write."""
 
-    kind: str  # "plain", "chunk", "scratch", "metadata"
+    kind: str  # "plain", "chunk", "scratch", "metadata", "pending" (chunk-like, outside arrays)
     path: str  # view path (== backing path for "plain")
     array: str = ""
     coords: tuple[int, ...] = ()
@@ -67,6 +75,7 @@ class Writer:
         self.overlay = tree.overlay
         self.flusher = flusher
         self.metadata = MetadataWriter(tree, flusher, chunks_per_shard)
+        self._pending_estimate = 0  # bytes in pending files, at least (see spill_pending)
 
     # -- naming -------------------------------------------------------------
 
@@ -83,6 +92,9 @@ class Writer:
         if view is None or view.array is None:
             if view is not None and name in view.hidden:
                 raise OSError(errno.EPERM, f"{path}: the view shows other metadata here")
+            if isinstance(parent, Plain) and CHUNK_LIKE.fullmatch(name) \
+                    and self.tree._backing_child(parent.path, name) is None:
+                return Target("pending", path)
             return Target("plain", path)
         if name in view.hidden:
             raise OSError(errno.EPERM, f"{path}: the view shows other metadata here")
@@ -168,6 +180,8 @@ class Writer:
         written = content.write(offset, data) if isinstance(content, PlainWriter) else content.memfile.write(offset, data)
         if isinstance(content, MemContent):
             self.flusher.changed(content.memfile, len(data))
+            if content.memfile.pending:
+                self._pending_estimate += len(data)
         return written
 
     def truncate(self, node: Node, size: int) -> None:
@@ -232,10 +246,10 @@ class Writer:
 
     def mkdir(self, parent: Node, name: str, mode: int, owner: tuple[int, int] = (0, 0)) -> Node:
         target = self.target(parent, name)
-        if target.kind == "plain":
+        if target.kind in ("plain", "pending"):  # directories outside arrays are the store's
             os.mkdir(self.tree.store.path(target.path), mode)
             self.tree.store.chown_to(target.path, *owner)
-            return self.node_of(target)
+            return Plain(target.path)
         if self.tree.lookup(parent, name) is not None:
             raise OSError(errno.EEXIST, target.path)
         if target.kind != "scratch":  # a chunk key or a metadata name cannot be a directory
@@ -321,6 +335,7 @@ class Writer:
 
     def _bind(self, target: Target, memfile: MemFile) -> None:
         self.overlay.bind(target.name, memfile)
+        memfile.pending = target.kind == "pending"
         if target.kind == "chunk":
             self.overlay.restore_directories(os.path.dirname(target.path))
             memfile.generation += 1  # new content at this key: not in its shard yet
@@ -361,16 +376,41 @@ class Writer:
         return self.node_of(target)
 
     def persist_scratch(self) -> None:
-        """At exit: files left directly in an array directory are a user's plain files;
-        temporaries left in chunk key directories have no place in the store."""
+        """At exit: files left in plain directories or directly in an array directory are a
+        user's plain files (or chunks whose metadata never came); temporaries left in
+        chunk key directories have no place in the store."""
         for path, memfile in list(self.overlay.scratch.items()):
             self.overlay.forget(scratch_name(path))
             if os.path.basename(path) in self.metadata.names:
                 continue  # metadata still being written when the mount went away
-            if self.tree.views.of(os.path.dirname(path)) is None:
+            if not isinstance(self.tree.resolve(os.path.dirname(path)), Plain):
                 log.warning("%s: a temporary file left among chunks is dropped", path)
                 continue
             self.tree.store.replace_durably(path, bytes(memfile.data), stat.S_IMODE(memfile.mode))
+
+    async def fsynced(self, memfile: MemFile) -> None:
+        """fsync of a pending file: its content goes to disk as a plain file (and stays
+        in the buffer, to become a chunk when its metadata arrives)."""
+        for name in [n for n in memfile.names if n[0] == "scratch"] if memfile.pending else ():
+            await trio.to_thread.run_sync(self.tree.store.replace_durably, name[1], bytes(memfile.data),
+                                          stat.S_IMODE(memfile.mode))
+
+    async def spill_pending(self, limit: int) -> None:
+        """Pending files past ``limit`` bytes go to disk as plain files, closed ones first:
+        they are adopted from there if their metadata arrives."""
+        if self._pending_estimate <= limit:
+            return
+        self._pending_estimate = self.overlay.pending_bytes()
+        for path, memfile in list(self.overlay.scratch.items()):
+            if self._pending_estimate <= limit // 2:
+                return
+            if memfile.pending and memfile.writers == 0 and self.overlay.get(scratch_name(path)) is memfile:
+                generation = memfile.generation
+                await trio.to_thread.run_sync(self.tree.store.replace_durably, path, bytes(memfile.data),
+                                              stat.S_IMODE(memfile.mode))
+                if self.overlay.get(scratch_name(path)) is memfile and memfile.generation == generation:
+                    self.overlay.forget(scratch_name(path))
+                    self._pending_estimate -= len(memfile.data)
 
     async def closed(self, node: Node, content) -> None:
         """close() of a writable handle: its content may reach the store now; the last

@@ -161,7 +161,7 @@ class LocalStore:
         not move a user's files, and their quota, to root.
         """
         directory, name = os.path.split(self.path(key))
-        os.makedirs(directory, exist_ok=True)
+        self._make_directories(directory)
         temporary = os.path.join(directory, temporary_name(name))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)  # ours by name: a dead process with our pid left it
@@ -179,6 +179,23 @@ class LocalStore:
         os.close(fd)
         os.rename(temporary, self.path(key))
         _fsync_directory(directory)
+
+    def _make_directories(self, directory: str) -> None:
+        """Missing directories up to ``directory`` (key directories of shards), each with
+        the owner and mode of the directory it is made in: a daemon running as root
+        does not give a user's array root-owned directories."""
+        if os.path.isdir(directory):
+            return
+        parent = os.path.dirname(directory)
+        self._make_directories(parent)
+        st = os.stat(parent)
+        try:
+            os.mkdir(directory, stat.S_IMODE(st.st_mode))
+        except FileExistsError:
+            return
+        os.chmod(directory, stat.S_IMODE(st.st_mode))  # whatever the umask took away
+        if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
+            os.chown(directory, st.st_uid, st.st_gid)
 
     def chown_to(self, key: str, uid: int, gid: int) -> None:
         """Files made through an ``allow_other`` mount belong to the caller, not the daemon."""
@@ -225,6 +242,30 @@ class LocalStore:
         finally:
             os.close(fd)  # releases the lock
 
+    def stage_chunk_files(self, array_key: str, is_chunk_key) -> list[tuple[str, tuple[str, ...]]]:
+        """Rename the files below ``array_key`` whose key parts (relative to the array)
+        ``is_chunk_key`` accepts to hidden staging names beside them; returns
+        ``(staged key, key parts)`` of each. A shard written at a key then never meets
+        a chunk file of the same name, and a crash leaves them to adopt again."""
+        root = self.path(array_key)
+        staged, directories = [], set()
+        for directory, _, files in os.walk(root):
+            for name in files:
+                parts = tuple(os.path.relpath(os.path.join(directory, name), root).split(os.sep))
+                if name.startswith(".zarrfs") or not is_chunk_key(parts):
+                    continue
+                os.rename(os.path.join(directory, name), os.path.join(directory, STAGED_PREFIX + name))
+                staged.append((join_key(array_key, *parts[:-1], STAGED_PREFIX + name), parts))
+                directories.add(directory)
+        for directory in directories:
+            _fsync_directory(directory)
+        return staged
+
+    def remove_staged(self, keys: list[str]) -> None:
+        for key in keys:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path(key))
+
     def remove_lock_file(self, array_key: str) -> None:
         """The array is being deleted (``rm -r`` through the mount)."""
         with contextlib.suppress(FileNotFoundError):
@@ -247,19 +288,35 @@ class LocalStore:
             os.unlink(probe)
         return node_local_locking(self.root)
 
-    def remove_temporaries(self, metadata_names=("zarr.json", ".zarray")) -> int:
-        """Delete temporary files a crashed daemon left behind; returns how many.
+    def clean_after_crash(self, metadata_names=("zarr.json", ".zarray")) -> tuple[int, dict]:
+        """Delete temporary files a crashed daemon left behind, and find chunk files it
+        was adopting. Returns how many temporaries were removed, and per array key the
+        staged files to adopt again (``(staged key, key parts)``).
 
         Another daemon on the same store may be writing one right now: a shard's
         temporary is removed only under that shard's repack lock, and any other
         temporary only once it is old.
         """
-        removed = 0
+        removed, staged = 0, {}
         for directory, _, files in os.walk(self.root):
             for name in files:
                 if name.startswith(TEMPORARY_PREFIX) and self._remove_if_abandoned(directory, name, metadata_names):
                     removed += 1
-        return removed
+                elif name.startswith(STAGED_PREFIX):
+                    self._found_staged(directory, name, metadata_names, staged)
+        return removed, staged
+
+    def _found_staged(self, directory: str, name: str, metadata_names, staged: dict) -> None:
+        metadata = _array_metadata_above(self.root, directory, metadata_names)
+        original = os.path.join(directory, name[len(STAGED_PREFIX):])
+        if metadata is None:  # its array is gone: the file is a plain file again
+            os.rename(os.path.join(directory, name), original)
+            return
+        array_key = os.path.relpath(os.path.dirname(metadata), self.root)
+        array_key = "" if array_key == "." else array_key
+        parts = tuple(os.path.relpath(original, os.path.dirname(metadata)).split(os.sep))
+        key = os.path.relpath(os.path.join(directory, name), self.root)
+        staged.setdefault(array_key, []).append((key, parts))
 
     def _remove_if_abandoned(self, directory: str, name: str, metadata_names) -> bool:
         path = os.path.join(directory, name)
@@ -282,6 +339,7 @@ class LocalStore:
 
 
 TEMPORARY_PREFIX = ".zarrfs-tmp-"
+STAGED_PREFIX = ".zarrfs-adopt-"  # a chunk file that arrived before its metadata, until repacked
 LOCK_FILE = ".zarrfs-lock"  # in each array directory written through a mount; never replaced
 # Filesystems whose mount options make record locks local to one node.
 NODE_LOCAL_LOCK_OPTIONS = {"nfs": {"nolock", "local_lock=all", "local_lock=posix"},
