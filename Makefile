@@ -4,13 +4,22 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev rsync patch
 
-.PHONY: demo test bench bench-deps install system-deps entry-point clean
+.PHONY: demo test stress bench bench-deps install system-deps entry-point clean
 
 demo: install
 	$(PY) scripts/demo.py
 
 test: install
 	$(PY) -m pytest -q
+
+# Long soak and crash runs (not in CI): kill -9 rounds over every writer idiom, then
+# the random-operation exerciser with many seeds; each prints a summary table.
+STRESS_ROUNDS ?= 500
+STRESS_SEEDS ?= 4
+STRESS_OPS ?= 5000
+stress: install
+	$(PY) tests/stress_crash.py --rounds $(STRESS_ROUNDS)
+	$(PY) tests/stress_exerciser.py --seeds $(STRESS_SEEDS) --ops $(STRESS_OPS)
 
 # The benchmark suite (docs/performance.md): generates its data once into
 # bench/.cache/, then compares zarrfs with the peers below. BENCH_ARGS passes

@@ -190,9 +190,16 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:
     return predicate()
 
 
+# The repack lock file zarrfs makes once in each array it writes (SPEC §6: "a file that
+# is never replaced"); part of a finished store, like zarr.json.
+LOCK_FILE = ".zarrfs-lock"
+
+
 def list_files(root: Path) -> set[str]:
+    """Every file below ``root`` (relative paths), but the arrays' repack lock files."""
     return {
         os.path.relpath(os.path.join(d, f), root)
         for d, _, files in os.walk(root)
         for f in files
+        if f != LOCK_FILE
     }

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import Cleanup, is_mounted, list_files, wait_until
+from conftest import LOCK_FILE, Cleanup, is_mounted, list_files, wait_until
 from helpers import alive, cmdline, mount_entries, mount_options, read_status, unescape_mount_field
 
 pytestmark = pytest.mark.timeout(180)
@@ -326,9 +326,10 @@ def test_notify_socket_in_the_abstract_namespace(tmp_path, sharded_store, cleanu
         sock.close()
 
 
-def _hold_array_lock(path: Path) -> int:
-    """Hold a POSIX record lock on all of ``path``, as another node's repack would."""
-    fd = os.open(path, os.O_RDWR)
+def _hold_array_lock(array_dir: Path) -> int:
+    """Hold a POSIX record lock on all of the array's repack lock file, as another node's
+    repack would (the file is made by whoever repacks first)."""
+    fd = os.open(array_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.lockf(fd, fcntl.LOCK_EX)
     return fd
 
@@ -339,7 +340,7 @@ def test_a_second_stop_request_while_flushing_loses_nothing(first_stop, tmp_path
                                                                     "--shards", "4")
     # Another node is repacking: the final flush has to wait for the advisory lock,
     # which makes "while flushing" last as long as this test likes.
-    held = _hold_array_lock(store / "arr" / "zarr.json")
+    held = _hold_array_lock(store / "arr")
     try:
         if first_stop == "SIGTERM":
             proc.send_signal(signal.SIGTERM)
@@ -366,7 +367,7 @@ def _answers(*command: str, within: float = 3.0) -> bool:
 
 def test_the_mountpoint_does_not_hang_while_the_daemon_flushes_at_exit(tmp_path, notify_socket, cleanup):
     store, mnt, log, proc, data = ready_daemon_with_unflushed_array(tmp_path, notify_socket, cleanup)
-    held = _hold_array_lock(store / "arr" / "zarr.json")  # a long flush
+    held = _hold_array_lock(store / "arr")  # a long flush
     try:
         proc.send_signal(signal.SIGTERM)
         notify_socket.wait_for("STATUS=flushing", timeout=30, proc=proc)
@@ -380,10 +381,10 @@ def test_the_mountpoint_does_not_hang_while_the_daemon_flushes_at_exit(tmp_path,
 
 
 def test_flush_waits_for_another_nodes_lock(tmp_path, notify_socket, cleanup):
-    """Repacks take the advisory lock on the array's zarr.json; the exit flush waits for it."""
+    """Repacks take the advisory lock on the array's lock file; the exit flush waits for it."""
     store, mnt, log, proc, data = ready_daemon_with_unflushed_array(tmp_path, notify_socket, cleanup,
                                                                     "--shards", "4")
-    held = _hold_array_lock(store / "arr" / "zarr.json")
+    held = _hold_array_lock(store / "arr")
     try:
         proc.send_signal(signal.SIGTERM)
         notify_socket.wait_for("STATUS=flushing", timeout=30, proc=proc)

@@ -88,7 +88,8 @@ def test_writers_that_go_on_after_kill_9_write_nothing_beneath_the_mountpoint(wr
         with pytest.raises(OSError) as error:
             attempt()
         errors.append(error.value.errno)
-    assert set(errors) == {errno.ENOTCONN}
+    # ENOTCONN; a request the kernel had in flight when the connection died: ECONNABORTED
+    assert set(errors) <= {errno.ENOTCONN, errno.ECONNABORTED} and errno.ENOTCONN in errors
     subprocess.run(["fusermount3", "-u", "-z", str(mnt.path)], check=True)
     assert os.listdir(mnt.path) == []  # nothing landed in the directory beneath
 

@@ -182,21 +182,22 @@ def v2_fill_value(doc: dict, data_type: str):
     zarr-python 2's ``fill_value`` doubles as xarray's ``_FillValue`` (xarray masks
     values equal to it), while xarray on zarr 3 masks only by the ``_FillValue``
     attribute. For arrays xarray opens (those with dimension names) the view shows
-    the ``_FillValue`` attribute as the fill value, and without one NaN for floats
-    and null otherwise, so that xarray on zarr 2 reads what xarray on zarr 3 reads.
-    The cost, for those arrays only: zarr 2 fills missing chunks with that value
-    (NaN, or for null whatever memory held) instead of the v3 fill value
-    (docs/codecs.md, "Fill values and xarray"). Arrays without dimension names
-    keep their fill value.
+    the ``_FillValue`` attribute as the fill value, and for floats without one NaN,
+    so that xarray on zarr 2 reads what xarray on zarr 3 reads. The cost, for those
+    arrays only: zarr 2 fills missing chunks with that value instead of the v3 fill
+    value. Other data types without ``_FillValue`` keep their fill value (the only
+    value xarray would not mask, null, makes zarr 2 fill missing chunks with
+    uninitialized memory). docs/codecs.md, "Fill values and xarray".
     """
     attributes = doc.get("attributes") or {}
-    if not doc.get("dimension_names") and "_ARRAY_DIMENSIONS" not in attributes:
-        return fill_to_v2(doc.get("fill_value"), data_type)
-    if "_FillValue" in attributes:
-        decoded = _xarray_fill_value(attributes["_FillValue"], data_type)
-        if decoded is not None:
-            return fill_to_v2(decoded, data_type)
-    return "NaN" if V3_TO_NUMPY[data_type][0] == "f" else None
+    if doc.get("dimension_names") or "_ARRAY_DIMENSIONS" in attributes:
+        if "_FillValue" in attributes:
+            decoded = _xarray_fill_value(attributes["_FillValue"], data_type)
+            if decoded is not None:
+                return fill_to_v2(decoded, data_type)
+        if V3_TO_NUMPY[data_type][0] == "f":
+            return "NaN"
+    return fill_to_v2(doc.get("fill_value"), data_type)
 
 
 def _xarray_fill_value(value, data_type: str):

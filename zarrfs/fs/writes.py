@@ -419,7 +419,8 @@ class Writer:
             return
         memfile = content.memfile
         memfile.settle()
-        self.flusher.changed(memfile)
+        if memfile.generation != memfile.flushed_generation:  # (else it is in its shard already)
+            self.flusher.changed(memfile)
         if memfile.handles == 1:
             if isinstance(node, (Scratch, MetadataFile)) and os.path.basename(node.path) in self.metadata.names \
                     and self.overlay.get(scratch_name(node.path)) is memfile:

@@ -1,0 +1,1959 @@
+"""An fsx-style random-operation exerciser: a real mount against a plain directory.
+
+Every operation runs twice: on the mount and on ``ref/``, a plain directory on the
+local filesystem that holds what the mount should show (the *model*). Results and
+errnos must agree, and so must everything the operation touched (``lstat``, bytes,
+listings) and, periodically, the whole tree (``os.walk``, every listed name opened
+and read, hard-link groups). ``ref/`` is the easiest strong model: POSIX itself.
+
+Where zarrfs legitimately differs from a plain directory the difference is written
+down below, narrowly, with its reason (``Rules``); everything else must match.
+
+    documented difference                                     why
+    -------------------------------------------------------   -------------------------
+    creating a chunk key outside the grid -> EINVAL            SPEC §5
+    mkdir inside an array of anything but an in-grid key      a directory in an array is
+      directory (a chunk key, a scratch name) -> EINVAL         a level of chunk keys (§3)
+    moving a directory that is, or lands in, an array's key    key directories are not
+      namespace -> EXDEV (``mv`` falls back to copying)          real directories
+    symlink inside an array -> EPERM                           arrays hold chunks only
+    link() between a backing file (outside arrays, or left in   a buffered file cannot be a
+      an array directory before a remount) and a name in an      backing file's link
+      array -> EXDEV, or the new name holds a copy
+    chmod/utime of a chunk is accepted, not kept               it has its shard's
+    an empty key directory inside the grid may appear (its     lazy listing (architecture)
+      shard directory exists) or vanish after a remount
+    ``.zattrs`` holding ``{}`` is not shown (v2 view)           SPEC §4
+    metadata compares as JSON, not bytes                       the view re-serializes it
+    after a remount: scratch files in key directories are       architecture ("scratch
+      gone, those directly in an array directory stay; hard      files"); a shard cannot
+      links between array names become copies                   hold a hard link
+
+Operations: create, write at random offsets (holes), O_APPEND, truncate/extend, mmap
+writes, rename of files and directories, link, unlink with open descriptors (then
+pread/pwrite/fstat/ftruncate on the descriptor), mkdir/rmdir/rm -r, chmod, metadata
+(attributes, resize) written in place or by rename, zarr-python 3 and tensorstore reads
+and writes, fsync of files and directories, remounts, and a second daemon on the same
+store that must read what the first flushed (and whose flushed writes the first must
+merge). At every remount the backing store is decoded without zarrfs and compared with
+the model; at the end every array is read by zarr-python 3 and tensorstore.
+
+Runs are seeded (``random.Random(seed)``); a failing run is shrunk by dropping
+operations (delta debugging, with a time budget) and printed as a replayable list:
+``replay(view, ops)`` here, or ``tests/stress_exerciser.py --replay FILE``.
+"""
+
+from __future__ import annotations
+
+import ast
+import errno
+import json
+import mmap
+import os
+import random
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import corpus
+from conftest import ZARRFS, Cleanup, force_unmount, is_mounted
+from helpers import TEMPORARY_PREFIX, alive, check_shard_index, read_backing, read_status
+
+SHARDS = 2  # --shards: chunks per shard along each axis (fewer where the grid is smaller)
+META = {"v3": ("zarr.json",), "v2": (".zarray", ".zattrs", ".zgroup")}
+RESERVED = ".zarrfs"  # the daemon's own names (status directory, lock and temporary files)
+OP_TIMEOUT = 60.0  # seconds: a mount that does not answer by then counts as hung
+SLOTS = 4  # open descriptors the exerciser keeps
+
+
+class Failure(Exception):
+    """The mount disagreed with the model."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(f"{kind}: {detail}")
+        self.kind, self.detail = kind, detail
+        self.index: int | None = None  # the operation it happened in
+        self.op: tuple | None = None
+
+    @property
+    def signature(self) -> tuple:
+        return (self.op[0] if self.op else None, self.kind)
+
+
+class HarnessError(Exception):
+    """The exerciser itself went wrong (the plain directory did something unexpected)."""
+
+
+# -- outcomes ---------------------------------------------------------------------------
+
+
+def outcome(fn):
+    """("ok", value) or ("err", "ENOENT") or ("exc", "ValueError")."""
+    try:
+        return ("ok", fn())
+    except OSError as error:
+        return ("err", errno.errorcode.get(error.errno, str(error.errno)))
+    except Exception as error:  # noqa: BLE001 - zarr, tensorstore and mmap raise their own
+        return ("exc", type(error).__name__)
+
+
+def short(value, limit: int = 160) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def err(name: str) -> tuple:
+    return ("err", name)
+
+
+# -- arrays as the model sees them --------------------------------------------------------
+
+
+def canonical(fields) -> tuple[int, ...] | None:
+    coords = []
+    for f in fields:
+        if not f.isascii() or not f.isdigit() or (len(f) > 1 and f[0] == "0"):
+            return None
+        coords.append(int(f))
+    return tuple(coords)
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """An array as the view presents it: its chunk keys, read from the model's metadata."""
+
+    path: str
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: str  # numpy, e.g. "<u4"
+    prefix: tuple[str, ...]  # ("c",) for the default encoding
+    sep: str
+    attributes: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return tuple(-(-s // c) for s, c in zip(self.shape, self.chunks))
+
+    @property
+    def chunk_nbytes(self) -> int:
+        return int(np.prod(self.chunks)) * np.dtype(self.dtype).itemsize
+
+    def in_grid(self, coords) -> bool:
+        return all(c < g for c, g in zip(coords, self.grid))
+
+    def key(self, coords) -> str:
+        return self.sep.join([*self.prefix, *map(str, coords)])
+
+    def path_of(self, coords) -> str:
+        return f"{self.path}/{self.key(coords)}" if self.path else self.key(coords)
+
+    def parse(self, parts: tuple[str, ...]):
+        """("chunk", coords) or ("keydir", coords) for a path below the array, or None."""
+        if not parts:
+            return None
+        if self.sep == ".":
+            if len(parts) != 1:
+                return None
+            fields = parts[0].split(".")
+            if self.prefix:
+                if fields[0] != "c":
+                    return None
+                fields = fields[1:]
+            coords = canonical(fields) if len(fields) == self.ndim else None
+            return ("chunk", coords) if coords is not None else None
+        rest = parts
+        if self.prefix:
+            if parts[0] != "c":
+                return None
+            rest = parts[1:]
+        coords = canonical(rest)
+        if coords is None or len(rest) > self.ndim:
+            return None
+        return ("chunk" if len(rest) == self.ndim else "keydir", coords)
+
+    def keydirs(self) -> list[str]:
+        """Every key directory level in the grid (relative to the array)."""
+        if self.sep == ".":
+            return []
+        out = [self.prefix] if self.prefix else []
+        levels = [()]
+        for axis in range(self.ndim - 1):
+            levels = [p + (i,) for p in levels for i in range(self.grid[axis])]
+            out += [self.prefix + tuple(map(str, p)) for p in levels]
+        return ["/".join(p) for p in out]
+
+
+def array_info(path: str, view: str, files: dict[str, bytes]) -> ArrayInfo | None:
+    """The array whose metadata files (by name) are ``files``; None for anything else."""
+    try:
+        if view == "v3":
+            doc = json.loads(files["zarr.json"])
+            if doc.get("node_type") != "array":
+                return None
+            endian = next((c.get("configuration", {}).get("endian", "little") for c in doc["codecs"]
+                           if c["name"] == "bytes"), "little")
+            dtype = np.dtype(doc["data_type"]).newbyteorder("<" if endian == "little" else ">").str
+            encoding = doc.get("chunk_key_encoding", {"name": "default"})
+            name = encoding["name"]
+            sep = encoding.get("configuration", {}).get("separator", "/" if name == "default" else ".")
+            return ArrayInfo(path, tuple(doc["shape"]), tuple(doc["chunk_grid"]["configuration"]["chunk_shape"]),
+                             dtype, ("c",) if name == "default" else (), sep, doc.get("attributes") or {})
+        doc = json.loads(files[".zarray"])
+        attributes = json.loads(files[".zattrs"]) if ".zattrs" in files else {}
+        return ArrayInfo(path, tuple(doc["shape"]), tuple(doc["chunks"]), np.dtype(doc["dtype"]).str, (),
+                         doc.get("dimension_separator") or ".", attributes)
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def join(*parts: str) -> str:
+    return "/".join(p for p in parts if p)
+
+
+def parent_of(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+@dataclass
+class Kind:
+    """What a view path means in the model: plain, meta, chunk, keydir or scratch."""
+
+    kind: str
+    array: ArrayInfo | None = None
+    coords: tuple[int, ...] = ()
+
+    @property
+    def in_array(self) -> bool:
+        return self.array is not None
+
+    @property
+    def in_grid(self) -> bool:
+        return self.array is not None and self.array.in_grid(self.coords)
+
+
+class RefState:
+    """A snapshot of ``ref/``: files, directories, symlinks, arrays, groups."""
+
+    def __init__(self, ref: Path, view: str):
+        self.view = view
+        self.files: dict[str, os.stat_result] = {}
+        self.dirs: set[str] = {""}
+        self.symlinks: set[str] = set()
+        self.arrays: dict[str, ArrayInfo] = {}
+        self.groups: set[str] = set()
+        metadata: dict[str, dict[str, bytes]] = {}
+        for directory, dirnames, filenames in os.walk(ref):
+            rel = os.path.relpath(directory, ref)
+            rel = "" if rel == "." else rel
+            for name in dirnames + filenames:
+                path = join(rel, name)
+                st = os.lstat(os.path.join(directory, name))
+                if stat.S_ISLNK(st.st_mode):
+                    self.symlinks.add(path)
+                elif stat.S_ISDIR(st.st_mode):
+                    self.dirs.add(path)
+                else:
+                    self.files[path] = st
+                    if name in META[view]:
+                        metadata.setdefault(rel, {})[name] = Path(directory, name).read_bytes()
+        for directory, files in metadata.items():
+            info = array_info(directory, view, files)
+            if info is not None:
+                self.arrays[directory] = info
+            elif "zarr.json" in files or ".zgroup" in files:
+                self.groups.add(directory)
+
+    def exists(self, path: str) -> bool:
+        return path in self.files or path in self.dirs or path in self.symlinks
+
+    def is_dir(self, path: str) -> bool:
+        return path in self.dirs
+
+    def kind(self, path: str) -> Kind:
+        name = path.rpartition("/")[2]
+        for info in self.arrays.values():
+            if info.path and path.startswith(info.path + "/"):
+                parts = tuple(path[len(info.path) + 1:].split("/"))
+                if len(parts) == 1 and name in META[self.view]:
+                    return Kind("meta", info)
+                parsed = info.parse(parts)
+                if parsed is not None:
+                    return Kind(parsed[0], info, parsed[1])
+                return Kind("scratch", info)
+        if name in META[self.view]:
+            return Kind("meta")
+        return Kind("plain")
+
+    def children(self, path: str) -> list[str]:
+        prefix = path + "/" if path else ""
+        names = [p for p in (*self.files, *self.dirs, *self.symlinks) if p.startswith(prefix) and p != path]
+        return [p for p in names if "/" not in p[len(prefix):]]
+
+
+# -- the two sides: the mount and ref/ ------------------------------------------------------
+
+FLAG_BITS = {"c": os.O_CREAT, "t": os.O_TRUNC, "a": os.O_APPEND, "e": os.O_EXCL}
+
+
+def open_flags(flags: str) -> int:
+    access = os.O_RDWR if "rw" in flags else os.O_WRONLY if "w" in flags else os.O_RDONLY
+    return access | sum(bit for ch, bit in FLAG_BITS.items() if ch in flags)
+
+
+def read_all(fd: int) -> bytes:
+    out, offset = [], 0
+    while True:
+        block = os.pread(fd, 1 << 16, offset)
+        if not block:
+            return b"".join(out)
+        out.append(block)
+        offset += len(block)
+
+
+def summary(st: os.stat_result) -> tuple:
+    return (stat.S_IFMT(st.st_mode), st.st_size, st.st_nlink)
+
+
+class Side:
+    """Operations on one root (the mount or ref/); every one raises as the OS does."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.fds: dict[int, int] = {}
+
+    def p(self, rel: str) -> str:
+        return os.path.join(self.root, rel) if rel else str(self.root)
+
+    def write(self, path, flags, offset, data):
+        fd = os.open(self.p(path), open_flags("w" + flags), 0o644)
+        try:
+            return os.write(fd, data) if "a" in flags else os.pwrite(fd, data, offset)
+        finally:
+            os.close(fd)
+
+    def read(self, path):
+        fd = os.open(self.p(path), os.O_RDONLY)
+        try:
+            return read_all(fd)
+        finally:
+            os.close(fd)
+
+    def mmap_write(self, path, offset, data):
+        fd = os.open(self.p(path), os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            with mmap.mmap(fd, size) as m:
+                m[offset:offset + len(data)] = data
+                m.flush()
+            return size
+        finally:
+            os.close(fd)
+
+    def fsync_path(self, path, directory=False):
+        fd = os.open(self.p(path), os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def put(self, path, data, how):
+        """Write a whole file in place (open O_TRUNC) or as a temporary renamed onto it."""
+        if how == "inplace":
+            return self.write(path, "ct", 0, data)
+        temporary = join(parent_of(path), f".{path.rpartition('/')[2]}.tmp")
+        self.write(temporary, "ct", 0, data)
+        os.rename(self.p(temporary), self.p(path))
+        return len(data)
+
+    def close_all(self):
+        for slot in list(self.fds):
+            try:
+                os.close(self.fds.pop(slot))
+            except OSError:
+                pass
+
+
+# -- zarr-python and tensorstore as writers and readers ------------------------------------
+
+
+def selection_values(info: ArrayInfo, start, stop, seed: int) -> np.ndarray:
+    shape = [max(0, min(b, s) - a) for a, b, s in zip(start, stop, info.shape)]
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 250, size=shape).astype(info.dtype)
+
+
+def zarr_write(root: str, info: ArrayInfo, start, stop, seed):
+    import zarr
+    array = zarr.open_array(root, mode="r+")
+    array[tuple(slice(a, b) for a, b in zip(start, stop))] = selection_values(info, start, stop, seed)
+
+
+def zarr_read(root: str):
+    import zarr
+    data = zarr.open_array(root, mode="r")[...]
+    return (data.shape, data.tobytes())
+
+
+def ts_spec(root: str, view: str) -> dict:
+    return {"driver": "zarr3" if view == "v3" else "zarr", "kvstore": {"driver": "file", "path": root + "/"},
+            "context": {"cache_pool": {"total_bytes_limit": 0}}}
+
+
+def ts_write(root: str, view: str, info: ArrayInfo, start, stop, seed):
+    import tensorstore as ts
+    array = ts.open(ts_spec(root, view), open=True).result()
+    array[tuple(slice(a, b) for a, b in zip(start, stop))].write(selection_values(info, start, stop, seed)).result()
+
+
+def ts_read(root: str, view: str):
+    import tensorstore as ts
+    data = ts.open(ts_spec(root, view), open=True).result().read().result()
+    return (data.shape, data.tobytes())
+
+
+# -- the world: one store, its mount, ref/, and the model's rules ---------------------------
+
+
+def wait_gone(pid: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+class Daemon:
+    """One zarrfs mount started by the exerciser; stopped by PID whatever happens."""
+
+    def __init__(self, store: Path, path: Path, log: Path, view: str, cleanup: Cleanup, extra=()):
+        self.store, self.path, self.log, self.view = store, path, log, view
+        cleanup.mountpoint(path)
+        result = subprocess.run(
+            [*ZARRFS, "mount", str(store), str(path), "--view", view, "--shards", str(SHARDS),
+             "--flush-after", "600", "--log-file", str(log), *extra],
+            capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise Failure("mount", f"zarrfs mount failed: {result.stderr.strip()}")
+        self.pid = int(read_status(path)["pid"])
+        cleanup.daemon(self.pid)
+
+    def unmount(self) -> None:
+        result = subprocess.run([*ZARRFS, "umount", str(self.path)], capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise Failure("umount", f"zarrfs umount failed: {result.stderr.strip()}")
+        wait_gone(self.pid)
+        if is_mounted(self.path):
+            raise Failure("umount", "still mounted after zarrfs umount")
+
+    def stop(self) -> None:
+        """Teardown: unmount if still mounted, then make sure the daemon is gone."""
+        if is_mounted(self.path):
+            try:
+                subprocess.run([*ZARRFS, "umount", str(self.path)], capture_output=True, timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+            force_unmount(self.path)
+        if alive(self.pid):
+            os.kill(self.pid, signal.SIGKILL)
+            wait_gone(self.pid, 10)
+
+    def log_problems(self, since: int = 0) -> list[str]:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        lines = text.splitlines()[since:]
+        return [line for line in lines if " ERROR: " in line or " CRITICAL: " in line or "Traceback" in line]
+
+    def log_lines(self) -> int:
+        return len(self.log.read_text(errors="replace").splitlines()) if self.log.exists() else 0
+
+
+class Template:
+    """The store every run starts from, made once per view: a root group, arrays made by
+    zarr-python 3 through a mount (raw chunks, --shards 2), some chunks written, plain files
+    outside the arrays and one left directly in an array; and ref/, a copy of what the
+    view shows of it."""
+
+    ARRAYS = [  # path, shape, chunks, dtype, chunk key encoding
+        ("a2", (8, 6), (2, 2), "uint8", {"name": "default", "separator": "/"}),
+        ("g/b1", (10,), (2,), "uint32", {"name": "default", "separator": "/"}),
+        ("g/c3", (4, 4, 2), (2, 2, 1), "uint8", {"name": "v2", "separator": "."}),
+    ]
+
+    def __init__(self, work: Path, view: str, cleanup: Cleanup):
+        import zarr
+
+        self.store, self.ref = work / "store", work / "ref"
+        self.store.mkdir()
+        mnt = work / "setup-mnt"
+        mnt.mkdir()
+        daemon = Daemon(self.store, mnt, work / "setup.log", "v3", cleanup)
+        try:
+            root = zarr.open_group(str(mnt), mode="w-")
+            root.attrs["title"] = "exerciser"
+            root.create_group("g")
+            for i, (path, shape, chunks, dtype, encoding) in enumerate(self.ARRAYS):
+                array = zarr.create_array(str(mnt / path), shape=shape, chunks=chunks, dtype=dtype,
+                                          compressors=None, fill_value=0, chunk_key_encoding=encoding,
+                                          attributes={"n": i})
+                data = (np.arange(int(np.prod(shape))) % 200 + 1).astype(dtype).reshape(shape)
+                array[tuple(slice(0, max(1, s // 2)) for s in shape)] = data[tuple(slice(0, max(1, s // 2)) for s in shape)]
+            (mnt / "README.txt").write_bytes(b"read me\n")
+            (mnt / "d1").mkdir()
+            (mnt / "d1" / "f.txt").write_bytes(b"f" * 10)
+            (mnt / "g" / "notes.txt").write_bytes(b"group notes\n")
+            (mnt / "a2" / "notes.txt").write_bytes(b"array notes\n")  # left in an array: kept at umount
+        finally:
+            daemon.unmount()
+        # What the run's view shows becomes ref/; zarr-python reads it as the backing store holds it.
+        daemon = Daemon(self.store, mnt, work / "setup.log", view, cleanup)
+        try:
+            self.ref.mkdir()
+            for directory, dirnames, filenames in os.walk(mnt):
+                rel = os.path.relpath(directory, mnt)
+                for name in dirnames:
+                    (self.ref / rel / name).mkdir()
+                for name in filenames:
+                    shutil.copyfile(os.path.join(directory, name), self.ref / rel / name)
+            for path, *_ in self.ARRAYS:
+                shown = zarr.open_array(str(mnt / path), mode="r")[...]
+                if not np.array_equal(shown, read_backing(self.store / path)):
+                    raise Failure("setup", f"{path}: the {view} view reads other values than the store holds")
+        finally:
+            daemon.unmount()
+
+
+class Rules:
+    """The documented differences between the mount and a plain directory (module docstring)."""
+
+    @staticmethod
+    def create(state: RefState, path: str, what: str) -> tuple[str, str] | None:
+        """The errno the mount gives for creating ``path`` (a file, dir, link or symlink)."""
+        k = state.kind(path)
+        if k.kind == "chunk" and not k.in_grid:
+            return "EINVAL", "a chunk key outside the array's grid (SPEC §5)"
+        if what == "mkdir" and k.kind in ("chunk", "scratch"):
+            return "EINVAL", "directories inside arrays can only be key directories"
+        if what == "mkdir" and k.kind == "keydir" and not k.in_grid:
+            return "EINVAL", "a key directory outside the array's grid"
+        if what == "symlink" and k.in_array:
+            return "EPERM", "symbolic links belong outside arrays"
+        return None
+
+    @staticmethod
+    def precheck_create(state: RefState, path: str, exclusive: bool) -> str | None:
+        """The errno POSIX gives before the name's meaning matters (None: it would be created)."""
+        parent = parent_of(path)
+        if not state.exists(parent) and parent:
+            return "ENOENT"
+        if not state.is_dir(parent):
+            return "ENOTDIR" if state.exists(parent) else "ENOENT"
+        if state.exists(path):
+            return "EEXIST" if exclusive else "exists"
+        return None
+
+
+class World:
+    """One run: a copy of the template store mounted with ``view``, and ref/."""
+
+    def __init__(self, template: Template, work: Path, view: str, cleanup: Cleanup, log=print, tolerate=()):
+        self.work, self.view, self.cleanup, self.log = work, view, cleanup, log
+        self.tolerate = set(tolerate)  # known failures to look past (stress_exerciser.py --tolerate)
+        self.store, self.refroot = work / "store", work / "ref"
+        shutil.copytree(template.store, self.store, symlinks=True)
+        shutil.copytree(template.ref, self.refroot, symlinks=True)
+        self.mntroot, self.mnt2root = work / "mnt", work / "mnt2"
+        self.mntroot.mkdir()
+        self.mnt2root.mkdir()
+        self.daemons: list[Daemon] = []
+        self.m, self.r = Side(self.mntroot), Side(self.refroot)
+        self.slot_paths: dict[int, str] = {}
+        self.made_dirs: set[str] = set()  # key directories mkdir'ed on this mount: must not vanish
+        self.removed_dirs: set[str] = set()  # key directories rmdir'ed on this mount: must not come back
+        # files directly in array directories that are backing files (left there before a
+        # remount), not buffered scratch files: link() treats them as plain files
+        self.backing = self._array_level_files()
+        self.stats: dict[str, int] = {}
+        self.current: tuple | None = None
+        self.started = time.monotonic()
+        self.d1 = self._mount(self.mntroot, "mnt.log")
+        self.log_mark = 0
+        self._watchdog_stop = threading.Event()
+        self._op_started: float | None = None
+        self.hung = False
+        threading.Thread(target=self._watchdog, daemon=True).start()
+
+    # -- mounts ------------------------------------------------------------------
+
+    def _mount(self, path: Path, log: str) -> Daemon:
+        daemon = Daemon(self.store, path, self.work / log, self.view, self.cleanup)
+        self.daemons.append(daemon)
+        return daemon
+
+    def _watchdog(self):
+        """A request the daemon never answers would hang the exerciser: kill the daemon
+        (the request then fails with ENOTCONN) and report it as a hang."""
+        while not self._watchdog_stop.wait(1.0):
+            started = self._op_started
+            if started is not None and time.monotonic() - started > OP_TIMEOUT:
+                self.hung = True
+                for daemon in self.daemons:
+                    if alive(daemon.pid):
+                        os.kill(daemon.pid, signal.SIGKILL)
+
+    def close(self):
+        self._watchdog_stop.set()
+        self.m.close_all()
+        self.r.close_all()
+        for daemon in self.daemons:
+            daemon.stop()
+        if not any(is_mounted(p) for p in (self.mntroot, self.mnt2root)):
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    # -- running operations ---------------------------------------------------------
+
+    def run(self, index: int, op: tuple) -> None:
+        self.current = op
+        self._op_started = time.monotonic()
+        try:
+            getattr(self, "op_" + op[0])(*op[1:])
+        except Failure as failure:
+            failure.index, failure.op = index, op
+            if self.hung:
+                failure.kind = "hang"
+            raise
+        except OSError as error:  # a check of the mount itself failed (e.g. ENOTCONN)
+            failure = Failure("hang" if self.hung else "oserror", f"{error!r}")
+            failure.index, failure.op = index, op
+            raise failure from error
+        finally:
+            self._op_started = None
+        self.stats[op[0]] = self.stats.get(op[0], 0) + 1
+
+    def state(self) -> RefState:
+        return RefState(self.refroot, self.view)
+
+    def _array_level_files(self) -> set[str]:
+        state = self.state()
+        return {p for p in state.files if state.kind(p).kind == "scratch" and parent_of(p) == state.kind(p).array.path}
+
+    def is_backing(self, state: RefState, path: str) -> bool:
+        """Whether the mount keeps ``path`` as a backing file (else in its write buffer)."""
+        return not state.kind(path).in_array or path in self.backing
+
+    def _moved(self, old: str, new: str | None) -> None:
+        """Track backing files through a rename (``new``) or removal (None) of ``old``."""
+        for path in list(self.backing):
+            if path == old or path.startswith(old + "/"):
+                self.backing.discard(path)
+                if new is not None and path != old:  # a directory moved: its files stay backing files
+                    self.backing.add(new + path[len(old):])
+
+    def fail(self, kind: str, detail: str):
+        raise Failure(kind, detail)
+
+    def expect_same(self, what: str, m, r):
+        if m != r:
+            self.fail("result", f"{what}: mount {short(m)} != model {short(r)}")
+
+    def both(self, what: str, fn, paths=(), deep=()):
+        """Run ``fn(side)`` on both sides; results must agree; then check what it touched."""
+        self.reconcile(paths)
+        m = outcome(lambda: fn(self.m))
+        r = outcome(lambda: fn(self.r))
+        self.expect_same(what, m, r)
+        self.check_paths(paths, deep)
+        return m
+
+    def ruled(self, what: str, fn, paths, rule, pre: str | None, copy=None, deep=()):
+        """An operation with a documented difference ``rule`` = (errno, why): the mount
+        must give that errno and the model does nothing. When POSIX fails first (``pre``)
+        either errno is right. ``copy`` is what the model does instead when the rule
+        allows the mount to succeed (link across the backing/buffer boundary)."""
+        names, why = rule
+        names = (names,) if isinstance(names, str) else names
+        errno_name = "/".join(names)
+        m = outcome(lambda: fn(self.m))
+        if pre not in (None, "exists"):
+            r = outcome(lambda: fn(self.r))
+            if r[0] == "ok":
+                raise HarnessError(f"{what}: POSIX was expected to fail with {pre}, it gave {r}")
+            if m != r and m not in [err(n) for n in names]:
+                self.fail("result", f"{what}: mount {short(m)}, model {short(r)} or {errno_name} ({why})")
+        elif m in [err(n) for n in names]:
+            self.stats["rule:" + m[1]] = self.stats.get("rule:" + m[1], 0) + 1
+        elif copy is not None and m[0] == "ok":
+            copy()
+        else:
+            self.fail("result", f"{what}: mount {short(m)}, expected {errno_name} ({why})")
+        self.check_paths(paths, deep)
+        return m
+
+    # -- the operations --------------------------------------------------------------
+
+    def op_write(self, path, flags, offset, data):
+        self.reconcile([path])
+        state = self.state()
+        what = f"write({path!r}, {flags!r}, {offset}, {len(data)} bytes)"
+        if "c" in flags:
+            pre = Rules.precheck_create(state, path, "e" in flags)
+            rule = Rules.create(state, path, "file")
+            if rule and pre != "exists":
+                return self.ruled(what, lambda s: s.write(path, flags, offset, data), [path], rule, pre)
+        return self.both(what, lambda s: s.write(path, flags, offset, data), [path])
+
+    def op_truncate(self, path, size):
+        self.both(f"truncate({path!r}, {size})", lambda s: os.truncate(s.p(path), size), [path])
+
+    def op_read(self, path):
+        self.both(f"read({path!r})", lambda s: s.read(path), [path])
+
+    def op_stat(self, path):
+        self.both(f"lstat({path!r})", lambda s: summary(os.lstat(s.p(path))), [path])
+
+    def op_listdir(self, path):
+        self.reconcile([path])
+        self.check_paths([path])
+
+    def op_mmap_write(self, path, offset, data):
+        self.both(f"mmap_write({path!r}, {offset}, {data!r})", lambda s: s.mmap_write(path, offset, data), [path])
+
+    def op_open(self, slot, path, flags):
+        self.op_close(slot)
+        self.reconcile([path])
+        state = self.state()
+        what = f"open({path!r}, {flags!r}) as slot {slot}"
+
+        def do(side):
+            side.fds[slot] = os.open(side.p(path), open_flags(flags), 0o644)
+            return "fd"
+
+        if "c" in flags:
+            pre = Rules.precheck_create(state, path, "e" in flags)
+            rule = Rules.create(state, path, "file")
+            if rule and pre != "exists":
+                self.ruled(what, do, [path], rule, pre)
+                return self._forget_unmatched_slot(slot)
+        self.both(what, do, [path])
+        self._forget_unmatched_slot(slot)
+        if slot in self.m.fds:
+            self.slot_paths[slot] = path
+
+    def _forget_unmatched_slot(self, slot):
+        if (slot in self.m.fds) != (slot in self.r.fds):
+            for side in (self.m, self.r):
+                if slot in side.fds:
+                    os.close(side.fds.pop(slot))
+
+    def _slot(self, slot, what, fn):
+        if slot not in self.m.fds:
+            return None  # (a shrunk sequence may have dropped the open)
+        m = outcome(lambda: fn(self.m.fds[slot]))
+        r = outcome(lambda: fn(self.r.fds[slot]))
+        if "unlinked-fd" in self.tolerate and m == err("ENOENT") and os.fstat(self.r.fds[slot]).st_nlink == 0:
+            m = r
+        if "links" in self.tolerate and m[0] == r[0] == "ok" and isinstance(m[1], tuple) and len(m[1]) == 3:
+            m = ("ok", m[1][:2] + r[1][2:])
+        self.expect_same(f"{what} on slot {slot} (opened as {self.slot_paths.get(slot)!r})", m, r)
+        self.check_paths([self.slot_paths.get(slot, "")])
+        return m
+
+    def op_pwrite(self, slot, offset, data):
+        self._slot(slot, f"pwrite({offset}, {data!r})", lambda fd: os.pwrite(fd, data, offset))
+
+    def op_fdwrite(self, slot, data):
+        self._slot(slot, f"write({data!r})", lambda fd: os.write(fd, data))
+
+    def op_pread(self, slot, offset, size):
+        self._slot(slot, f"pread({offset}, {size})", lambda fd: os.pread(fd, size, offset))
+
+    def op_fstat(self, slot):
+        self._slot(slot, "fstat", lambda fd: summary(os.fstat(fd)))
+
+    def op_ftruncate(self, slot, size):
+        self._slot(slot, f"ftruncate({size})", lambda fd: os.ftruncate(fd, size))
+
+    def op_fsync(self, slot):
+        self._slot(slot, "fsync", os.fsync)
+
+    def op_close(self, slot):
+        if slot in self.m.fds:
+            m = outcome(lambda: os.close(self.m.fds.pop(slot)))
+            r = outcome(lambda: os.close(self.r.fds.pop(slot)))
+            self.expect_same(f"close of slot {slot} (opened as {self.slot_paths.get(slot)!r})", m, r)
+            self.check_paths([self.slot_paths.pop(slot, "")])
+
+    def op_unlink(self, path):
+        m = self.both(f"unlink({path!r})", lambda s: os.unlink(s.p(path)), [path])
+        if m[0] == "ok":
+            self._moved(path, None)
+
+    def op_mkdir(self, path):
+        self.reconcile([path])
+        state = self.state()
+        pre = Rules.precheck_create(state, path, True)
+        rule = Rules.create(state, path, "mkdir")
+        what = f"mkdir({path!r})"
+        if rule:
+            self.ruled(what, lambda s: os.mkdir(s.p(path)), [path], rule, pre)
+            return
+        m = self.both(what, lambda s: os.mkdir(s.p(path)), [path])
+        if m[0] == "ok" and state.kind(path).kind == "keydir":
+            self.made_dirs.add(path)
+            self.removed_dirs.discard(path)
+
+    def op_rmdir(self, path):
+        self.reconcile([path], deep=[path])
+        kind = self.state().kind(path).kind
+        m = self.both(f"rmdir({path!r})", lambda s: os.rmdir(s.p(path)), [path])
+        if m[0] == "ok":
+            self._gone(path, kind)
+
+    def _gone(self, path, kind):
+        self.made_dirs = {d for d in self.made_dirs if d != path and not d.startswith(path + "/")}
+        if kind == "keydir":
+            self.removed_dirs.add(path)
+
+    def op_rmtree(self, path):
+        self.reconcile([path], deep=[path])
+        m = self.both(f"rm -r {path!r}", lambda s: shutil.rmtree(s.p(path)), [path], deep=[parent_of(path)])
+        if m[0] == "ok":
+            self._gone(path, "tree")
+            self._moved(path, None)
+
+    def op_symlink(self, text, path):
+        self.reconcile([path])
+        state = self.state()
+        pre = Rules.precheck_create(state, path, True)
+        rule = Rules.create(state, path, "symlink")
+        what = f"symlink({text!r}, {path!r})"
+        if rule:
+            self.ruled(what, lambda s: os.symlink(text, s.p(path)), [path], rule, pre)
+        else:
+            self.both(what, lambda s: os.symlink(text, s.p(path)), [path])
+
+    def op_chmod(self, path, mode):
+        self.both(f"chmod({path!r}, {oct(mode)})", lambda s: os.chmod(s.p(path), mode, follow_symlinks=False)
+                  if not os.path.islink(s.p(path)) else None, [path])
+
+    def op_rename(self, src, dst):
+        self.reconcile([src, dst], deep=[src, dst])
+        state = self.state()
+        what = f"rename({src!r}, {dst!r})"
+        fn = lambda s: os.rename(s.p(src), s.p(dst))  # noqa: E731
+        sk, dk = state.kind(src), state.kind(dst)
+        if state.is_dir(src) and src != dst and (sk.kind == "keydir" or dk.in_array):
+            pre = self._precheck_dir_rename(state, src, dst)
+            names = ("EXDEV", "EINVAL") if dk.kind == "chunk" and not dk.in_grid else "EXDEV"
+            self.ruled(what, fn, [src, dst], (names, "directories move only outside arrays"), pre,
+                       deep=[parent_of(src), parent_of(dst)])
+            return
+        if state.exists(src) and not state.is_dir(dst):
+            pre = Rules.precheck_create(state, dst, False)
+            rule = Rules.create(state, dst, "file") if pre is None else None
+            if rule:
+                self.ruled(what, fn, [src, dst], rule, pre)
+                return
+        self._chunk_mode_follows(state, src, dst)
+        m = self.both(what, fn, [src, dst], deep=[parent_of(src), parent_of(dst)])
+        if m[0] == "ok" and src != dst:
+            self._moved(dst, None)
+            self._moved(src, dst if state.is_dir(src) else None)
+        if m[0] == "ok" and state.is_dir(src):
+            moved = {d for d in self.made_dirs if d == src or d.startswith(src + "/")}
+            self.made_dirs -= moved  # (plain directories only get here)
+
+    @staticmethod
+    def _precheck_dir_rename(state: RefState, src, dst) -> str | None:
+        if not state.exists(parent_of(dst)) and parent_of(dst):
+            return "ENOENT"
+        if dst.startswith(src + "/"):
+            return "EINVAL"
+        if state.exists(dst):
+            if not state.is_dir(dst):
+                return "ENOTDIR"
+            if state.children(dst):
+                return "ENOTEMPTY"
+        return None
+
+    def op_link(self, src, dst):
+        self.reconcile([src, dst])
+        state = self.state()
+        what = f"link({src!r}, {dst!r})"
+        fn = lambda s: os.link(s.p(src), s.p(dst))  # noqa: E731
+        pre = Rules.precheck_create(state, dst, True)
+        if src not in state.files and not (src in state.symlinks):
+            pre = pre or "ENOENT/EPERM"
+        rule = Rules.create(state, dst, "file")
+        if rule:
+            self.ruled(what, fn, [src, dst], rule, pre)
+            return
+        source = src
+        if src in state.symlinks:  # link() follows it
+            resolved = os.path.relpath(os.path.realpath(self.r.p(src)), self.refroot)
+            source = resolved if resolved in state.files else src
+        if pre is None and source in state.files and self.is_backing(state, source) != self.is_backing(state, dst):
+            def copy():
+                with open(self.r.p(src), "rb") as f:
+                    data = f.read()
+                with open(self.r.p(dst), "xb") as f:
+                    f.write(data)
+                os.chmod(self.r.p(dst), stat.S_IMODE(os.stat(self.r.p(src)).st_mode))
+                self.stats["rule:link-copy"] = self.stats.get("rule:link-copy", 0) + 1
+            self._chunk_mode_follows(state, src, dst)
+            self.ruled(what, fn, [src, dst], ("EXDEV", "a buffered file cannot be a backing file's link"),
+                       None, copy=copy)
+            return
+        self._chunk_mode_follows(state, src, dst)
+        self.both(what, fn, [src, dst])
+
+    def _chunk_mode_follows(self, state: RefState, src, dst):
+        """A chunk's mode is its shard's (chmod is accepted, not kept): when it moves to a
+        name whose mode counts, the model takes the mode the mount shows for the chunk."""
+        if state.kind(src).kind == "chunk" and src in state.files and state.kind(dst).kind != "chunk":
+            shown = outcome(lambda: os.lstat(self.m.p(src)).st_mode)
+            if shown[0] == "ok":
+                os.chmod(self.r.p(src), stat.S_IMODE(shown[1]))
+
+    def op_fsync_path(self, path):
+        self.both(f"fsync({path!r})", lambda s: s.fsync_path(path), [path])
+
+    def op_fsyncdir(self, path):
+        self.both(f"fsync(dir {path!r})", lambda s: s.fsync_path(path, directory=True), [path])
+
+    # -- metadata ---------------------------------------------------------------------
+
+    def _metadata_doc(self, state: RefState, node: str):
+        """(name, document) of the model's metadata file of an array or group to rewrite."""
+        if self.view == "v3":
+            name = "zarr.json"
+            if join(node, name) not in state.files:
+                return None, None
+        else:
+            name = ".zarray" if node in state.arrays else ".zgroup"
+            if join(node, name) not in state.files:
+                return None, None
+        return name, json.loads(Path(self.r.p(join(node, name))).read_bytes())
+
+    def op_set_attrs(self, node, attributes, how):
+        state = self.state()
+        name, doc = self._metadata_doc(state, node)
+        if doc is None:
+            return
+        if self.view == "v3":
+            doc["attributes"] = attributes
+            target, data = join(node, name), json.dumps(doc, indent=2).encode()
+        else:
+            target, data = join(node, ".zattrs"), json.dumps(attributes).encode()
+        self.reconcile([target], deep=[node])
+        m = outcome(lambda: self.m.put(target, data, how))
+        r = outcome(lambda: self.r.put(target, data, how))
+        self.expect_same(f"set attributes of {node!r} ({how}) to {attributes!r}", m, r)
+        self._normalize_metadata(node)
+        self.check_paths([target], deep=[node])
+
+    def op_resize(self, node, shape, how):
+        state = self.state()
+        info = state.arrays.get(node)
+        name, doc = self._metadata_doc(state, node)
+        if info is None or doc is None or len(shape) != info.ndim:
+            return
+        doc["shape"] = list(shape)
+        target = join(node, name)
+        data = json.dumps(doc, indent=2).encode()
+        self.reconcile([target], deep=[node])
+        m = outcome(lambda: self.m.put(target, data, how))
+        r = outcome(lambda: self.r.put(target, data, how))
+        self.expect_same(f"resize {node!r} to {shape} ({how})", m, r)
+        if m[0] == "ok":  # chunks and key directories outside the new grid are gone (SPEC §5)
+            new = self.state().arrays[node]
+            for path, kind in sorted(self._array_paths(node), key=lambda pk: -pk[0].count("/")):
+                k = self.state().kind(path)
+                if k.kind in ("chunk", "keydir") and not new.in_grid(k.coords):
+                    full = self.r.p(path)
+                    shutil.rmtree(full) if os.path.isdir(full) and not os.path.islink(full) else os.unlink(full)
+                    self.removed_dirs.discard(path)
+                    self.made_dirs.discard(path)
+        self.check_paths([target], deep=[node])
+
+    def _array_paths(self, node):
+        out = []
+        for directory, dirnames, filenames in os.walk(self.r.p(node)):
+            rel = os.path.relpath(directory, self.refroot)
+            out += [(join(rel, n), "dir") for n in dirnames] + [(join(rel, n), "file") for n in filenames]
+        return out
+
+    def _normalize_metadata(self, node):
+        """The v2 view shows no ``.zattrs`` for empty attributes (SPEC §4)."""
+        if self.view == "v2":
+            path = self.r.p(join(node, ".zattrs"))
+            if os.path.exists(path) and json.loads(Path(path).read_bytes()) == {}:
+                os.unlink(path)
+
+    # -- zarr-python and tensorstore ------------------------------------------------------
+
+    def _array_op(self, what, node, fn):
+        info = self.state().arrays.get(node)
+        if info is None:
+            return
+        self.reconcile([node], deep=[node])
+        m = outcome(lambda: fn(self.m.p(node), info))
+        r = outcome(lambda: fn(self.r.p(node), info))
+        self.expect_same(f"{what} {node!r}", m, r)
+        self.reconcile([node], deep=[node])
+        self.check_tree(node)
+
+    def op_zarr_write(self, node, start, stop, seed):
+        self._array_op(f"zarr-python 3 write [{start}:{stop}] of", node,
+                       lambda root, info: zarr_write(root, info, start, stop, seed))
+
+    def op_zarr_read(self, node):
+        self._array_op("zarr-python 3 read of", node, lambda root, info: zarr_read(root))
+
+    def op_ts_write(self, node, start, stop, seed):
+        self._array_op(f"tensorstore write [{start}:{stop}] of", node,
+                       lambda root, info: ts_write(root, self.view, info, start, stop, seed))
+
+    def op_ts_read(self, node):
+        self._array_op("tensorstore read of", node, lambda root, info: ts_read(root, self.view))
+
+    # -- comparing the two trees -------------------------------------------------------------
+
+    def _mount_entry(self, side: Side, path: str):
+        return outcome(lambda: os.lstat(side.p(path)))
+
+    def reconcile(self, paths, deep=()):
+        """Empty key directories in the grid may come and go with their shard directories
+        (a lazily listed directory level): where the mount and the model disagree about
+        one, the model follows the mount. Not for directories mkdir'ed or rmdir'ed on this
+        mount, which must stay as they were made."""
+        state = self.state()
+        seen = set()
+        candidates = []
+        for path in paths:
+            parts = path.split("/") if path else []
+            candidates += ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        for path in deep:
+            candidates += [join(path, n) for n in self._listing(self.m, path) or []]
+            candidates += [join(path, n) for n in self._listing(self.r, path) or []]
+        for path in candidates:
+            if path in seen:
+                continue
+            seen.add(path)
+            k = state.kind(path)
+            if k.kind != "keydir" or not k.in_grid:
+                continue
+            m_dir = os.path.isdir(self.m.p(path)) and not os.path.islink(self.m.p(path))
+            r_dir = os.path.isdir(self.r.p(path)) and not os.path.islink(self.r.p(path))
+            if m_dir and not r_dir and not os.path.lexists(self.r.p(path)) and state.is_dir(parent_of(path)) \
+                    and path not in self.removed_dirs and self._listing(self.m, path) == []:
+                os.mkdir(self.r.p(path))
+                state.dirs.add(path)
+                self.stats["ghost+"] = self.stats.get("ghost+", 0) + 1
+            elif r_dir and not m_dir and not os.path.lexists(self.m.p(path)) and path not in self.made_dirs \
+                    and not os.listdir(self.r.p(path)):
+                os.rmdir(self.r.p(path))
+                state.dirs.discard(path)
+                self.stats["ghost-"] = self.stats.get("ghost-", 0) + 1
+
+    @staticmethod
+    def _listing(side: Side, path: str):
+        try:
+            return sorted(os.listdir(side.p(path)))
+        except OSError:
+            return None
+
+    def _entry(self, side: Side, path: str, state: RefState, with_data: bool = True):
+        """What a path is on one side: (lstat summary, permissions or None, bytes/JSON/listing)."""
+        full = side.p(path)
+        try:
+            st = os.lstat(full)
+        except OSError as error:
+            return ("err", errno.errorcode.get(error.errno, str(error.errno)))
+        k = state.kind(path)
+        fmt = stat.S_IFMT(st.st_mode)
+        mode = stat.S_IMODE(st.st_mode) if k.kind in ("plain", "scratch") and fmt != stat.S_IFLNK else None
+        if fmt == stat.S_IFDIR:
+            return ("dir", mode, outcome(lambda: sorted(os.listdir(full))))
+        if fmt == stat.S_IFLNK:
+            return ("symlink", outcome(lambda: os.readlink(full)))
+        if k.kind == "meta":
+            return ("meta", outcome(lambda: json.loads(side.read(path))))
+        data = outcome(lambda: side.read(path)) if with_data else None
+        nlink = None if "links" in self.tolerate else st.st_nlink
+        return ("file", st.st_size, nlink, mode, data)
+
+    def check_paths(self, paths, deep=()):
+        """The touched paths, their parents and ``deep`` directories' entries, on both sides."""
+        todo = []
+        for path in [*paths, *deep]:
+            if path is None:
+                continue
+            todo += [path, parent_of(path)]
+        for path in deep:
+            for name in set(self._listing(self.r, path) or []) | set(self._listing(self.m, path) or []):
+                todo.append(join(path, name))
+        self.reconcile(todo)
+        state = self.state()
+        seen = set()
+        for path in todo:
+            if path in seen:
+                continue
+            seen.add(path)
+            self._compare(path, state)
+
+    def _compare(self, path, state):
+        m, r = self._entry(self.m, path, state), self._entry(self.r, path, state)
+        if m == r:
+            return
+        if r[0] == "dir" and m[0] == "dir" and r[2][0] == m[2][0] == "ok":
+            self.fail("listing", f"{path or '/'}: mount lists {sorted(m[2][1])}, model {sorted(r[2][1])}"
+                      + (f" (modes {m[1]:o} vs {r[1]:o})" if m[1] != r[1] and m[1] is not None else ""))
+        if r[0] == "file" and m[0] == "file":
+            fields = ("size", "nlink", "mode", "content")
+            diff = [f"{f}: mount {short(a, 80)} != model {short(b, 80)}"
+                    for f, a, b in zip(fields, m[1:], r[1:]) if a != b]
+            kind = "content" if m[4] != r[4] else "stat"
+            self.fail(kind, f"{path}: " + "; ".join(diff))
+        self.fail("entry", f"{path}: mount {short(m)} != model {short(r)}")
+
+    def check_tree(self, top: str = "") -> None:
+        """Everything below ``top``: names, types, sizes, link counts, bytes, hard-link groups."""
+        self.reconcile([top], deep=[])
+        # walk the model top-down, reconciling each level, then compare every entry
+        pending = [top]
+        while pending:
+            directory = pending.pop()
+            self.reconcile([directory], deep=[directory])
+            for name in self._listing(self.r, directory) or []:
+                path = join(directory, name)
+                if os.path.isdir(self.r.p(path)) and not os.path.islink(self.r.p(path)):
+                    pending.append(path)
+        state = self.state()
+        paths = [top] + [p for p in (*state.files, *state.dirs, *state.symlinks)
+                         if top == "" or p.startswith(top + "/")]
+        mounted = set()
+        for directory, dirnames, filenames in os.walk(self.m.p(top)):
+            rel = os.path.relpath(directory, self.mntroot)
+            rel = "" if rel == "." else rel
+            mounted |= {join(rel, n) for n in dirnames + filenames}
+        for path in sorted(set(paths) | mounted):
+            self._compare(path, state)
+        if top == "" and RESERVED in os.listdir(self.mntroot):
+            self.fail("listing", f"{RESERVED} is listed in the root")
+        if "links" not in self.tolerate:
+            self._check_links(state, top)
+
+    def _check_links(self, state: RefState, top: str) -> None:
+        """Names of one file in the model are one file in the mount (st_ino), and only those."""
+        groups: dict[tuple, list[str]] = {}
+        for path, st in state.files.items():
+            if top == "" or path.startswith(top + "/"):
+                groups.setdefault((st.st_dev, st.st_ino), []).append(path)
+        inode_of = {}
+        for names in groups.values():
+            inos = {}
+            for name in names:
+                try:
+                    inos[name] = os.lstat(self.m.p(name)).st_ino
+                except OSError as error:
+                    self.fail("entry", f"{name}: {error!r}")
+            if len(set(inos.values())) > 1:
+                self.fail("stat", f"hard links {sorted(names)} have different st_ino in the mount: {inos}")
+            inode_of[tuple(sorted(names))] = next(iter(inos.values()))
+        by_ino: dict[int, list] = {}
+        for names, ino in inode_of.items():
+            by_ino.setdefault(ino, []).append(names)
+        shared = [groups for groups in by_ino.values() if len(groups) > 1]
+        if shared:
+            self.fail("stat", f"different files share an st_ino in the mount: {shared[0]}")
+
+    def op_check(self):
+        self.check_tree("")
+
+    # -- flushing, remounting, a second daemon -------------------------------------------------
+
+    def _fsync_everything(self, side: Side):
+        """fsync every chunk file and every array and key directory of the model."""
+        state = self.state()
+        for path in sorted(state.files):
+            if state.kind(path).kind == "chunk":
+                m = outcome(lambda: side.fsync_path(path))
+                if m[0] != "ok":
+                    self.fail("fsync", f"fsync({path!r}) on {side.root}: {m}")
+        for path in sorted(state.dirs, key=lambda p: -p.count("/")):
+            if state.kind(path).kind == "keydir" or path in state.arrays:
+                if os.path.isdir(side.p(path)):
+                    m = outcome(lambda: side.fsync_path(path, directory=True))
+                    if m[0] != "ok":
+                        self.fail("fsync", f"fsync(dir {path!r}) on {side.root}: {m}")
+
+    def op_remount(self):
+        self.m.close_all()
+        self.r.close_all()
+        self.slot_paths.clear()
+        self.d1.unmount()
+        self.daemons.remove(self.d1)
+        self._after_unmount(self.d1)
+        self.d1 = self._mount(self.mntroot, "mnt.log")
+        self.check_tree("")
+
+    def _after_unmount(self, daemon: Daemon):
+        """What a remount does to the model, then the backing store against the model."""
+        problems = daemon.log_problems(self.log_mark)
+        self.log_mark = daemon.log_lines()
+        if problems:
+            self.fail("daemon-log", " | ".join(problems[:5]))
+        state = self.state()
+        for path in sorted(state.files):
+            k = state.kind(path)
+            if k.kind == "scratch" and "/" in path[len(k.array.path) + 1:]:
+                os.unlink(self.r.p(path))  # a temporary left among chunks is dropped
+            elif k.in_array and state.files[path].st_nlink > 1 and path not in self.backing:
+                data = Path(self.r.p(path)).read_bytes()  # a shard cannot hold a hard link
+                mode = stat.S_IMODE(state.files[path].st_mode)
+                os.unlink(self.r.p(path))
+                Path(self.r.p(path)).write_bytes(data)
+                os.chmod(self.r.p(path), mode)
+        self.made_dirs.clear()
+        self.removed_dirs.clear()
+        self.backing = self._array_level_files()
+        self.check_backing()
+
+    def check_backing(self):
+        """The backing store, read without zarrfs: shards decoded by tests/corpus.py, plain
+        files byte by byte. Only shards, metadata, zarrfs's lock files and the plain files
+        the model has are there; every chunk of the model is in its shard and no other."""
+        state = self.state()
+        expected_chunks = {p: Path(self.r.p(p)).read_bytes() for p in state.files if state.kind(p).kind == "chunk"}
+        found_chunks: dict[str, bytes] = {}
+        arrays = {}
+        for directory, _, filenames in os.walk(self.store):
+            rel = os.path.relpath(directory, self.store)
+            rel = "" if rel == "." else rel
+            if "zarr.json" in filenames:
+                doc = json.loads(Path(directory, "zarr.json").read_bytes())
+                if doc.get("node_type") == "array":
+                    arrays[rel] = doc
+        if set(arrays) != set(state.arrays):
+            self.fail("backing", f"arrays in the store {sorted(arrays)} != model {sorted(state.arrays)}")
+        for directory, dirnames, filenames in os.walk(self.store):
+            rel = os.path.relpath(directory, self.store)
+            rel = "" if rel == "." else rel
+            owner = next((a for a in arrays if a == rel or rel.startswith(a + "/") or a == ""), None)
+            for name in filenames:
+                path = join(rel, name)
+                if name.startswith(TEMPORARY_PREFIX):
+                    self.fail("backing", f"{path}: a temporary file left after umount")
+                if owner is None:
+                    self._compare_backing_plain(path, state)
+                    continue
+                if name == "zarr.json" or name.startswith(RESERVED):
+                    continue
+                doc = arrays[owner]
+                chunks = self._decode_shard(owner, doc, path[len(owner) + 1:] if owner else path, state)
+                if chunks is None:
+                    if rel == owner and state.kind(path).kind == "scratch":
+                        self._compare_backing_plain(path, state)
+                        continue
+                    self.fail("backing", f"{path}: neither a shard, metadata nor a file the model has")
+                found_chunks.update(chunks)
+            if owner is None:
+                for name in dirnames:
+                    path = join(rel, name)
+                    if not state.is_dir(path) and path not in state.symlinks:
+                        self.fail("backing", f"{path}/: a directory the model does not have")
+        for path in state.files:
+            k = state.kind(path)
+            if k.kind in ("plain",) or (k.kind == "scratch" and k.array and parent_of(path) == k.array.path):
+                if not os.path.lexists(self.store / path):
+                    self.fail("backing", f"{path}: in the model, not in the store")
+        for path in state.symlinks:
+            if not os.path.islink(self.store / path):
+                self.fail("backing", f"{path}: a symlink in the model, not in the store")
+        for path in state.dirs:
+            if state.kind(path).kind == "plain" and not (self.store / path).is_dir():
+                self.fail("backing", f"{path}/: in the model, not in the store")
+        if found_chunks != expected_chunks:
+            diff = sorted(set(found_chunks) ^ set(expected_chunks)) or sorted(
+                p for p in found_chunks if found_chunks[p] != expected_chunks[p])
+            self.fail("backing", f"chunks in the shards differ from the model at {diff[:6]}: "
+                      + "; ".join(f"{p}: store {short(found_chunks.get(p), 60)} model {short(expected_chunks.get(p), 60)}"
+                                  for p in diff[:3]))
+        self._check_backing_metadata(arrays, state)
+
+    def _compare_backing_plain(self, path, state):
+        if path.rpartition("/")[2] == "zarr.json":
+            return  # a group's metadata: compared through the view
+        k = state.kind(path)
+        if k.kind == "meta" and self.view == "v2":
+            self.fail("backing", f"{path}: v2 metadata reached the store as a file")
+        if k.kind == "meta":
+            return  # group zarr.json: compared through the view
+        if path in state.symlinks:
+            if os.readlink(self.store / path) != os.readlink(self.r.p(path)):
+                self.fail("backing", f"{path}: symlink differs from the model")
+            return
+        if path not in state.files:
+            self.fail("backing", f"{path}: a file in the store the model does not have")
+        if (self.store / path).read_bytes() != Path(self.r.p(path)).read_bytes():
+            self.fail("backing", f"{path}: bytes in the store differ from the model")
+
+    def _decode_shard(self, array_path, doc, key, state):
+        """{view path of chunk: bytes} of the shard at ``key``, or None if it is no shard key."""
+        info = state.arrays[array_path]
+        (codec,) = [c for c in doc["codecs"] if c["name"] == "sharding_indexed"] or [None]
+        if codec is None:
+            return None
+        encoding = doc.get("chunk_key_encoding", {"name": "default"})
+        sep = encoding.get("configuration", {}).get("separator", "/" if encoding["name"] == "default" else ".")
+        fields = key.split(sep) if sep == "." else key.split("/")
+        if encoding["name"] == "default":
+            if not fields or fields[0] != "c":
+                return None
+            fields = fields[1:]
+        shard = canonical(fields)
+        shard_shape = doc["chunk_grid"]["configuration"]["chunk_shape"]
+        inner = codec["configuration"]["chunk_shape"]
+        per_shard = [s // c for s, c in zip(shard_shape, inner)]
+        if shard is None or len(shard) != len(per_shard):
+            return None
+        if list(inner) != list(info.chunks):
+            self.fail("backing", f"{array_path}: inner chunks {inner} != the view's {list(info.chunks)}")
+        path = self.store / array_path / key
+        try:
+            check_shard_index(path, int(np.prod(per_shard)))
+        except AssertionError as error:
+            self.fail("backing", str(error))
+        out = {}
+        for linear, data in corpus.read_shard_chunks(path, int(np.prod(per_shard))).items():
+            local = np.unravel_index(linear, per_shard)
+            coords = tuple(int(s * n + l) for s, n, l in zip(shard, per_shard, local))
+            if not info.in_grid(coords):
+                self.fail("backing", f"{array_path}/{key}: holds chunk {coords} outside the grid {info.grid}")
+            out[info.path_of(coords)] = data
+        return out
+
+    def _check_backing_metadata(self, arrays, state):
+        for path, doc in arrays.items():
+            info = state.arrays[path]
+            if tuple(doc["shape"]) != info.shape:
+                self.fail("backing", f"{path}: shape {doc['shape']} in the store, {list(info.shape)} in the model")
+            attributes = doc.get("attributes") or {}
+            if self.view == "v2" and doc.get("dimension_names"):
+                attributes = {**attributes, "_ARRAY_DIMENSIONS": doc["dimension_names"]}
+            if attributes != info.attributes:
+                self.fail("backing", f"{path}: attributes {attributes} in the store, {info.attributes} in the model")
+
+    def op_second_daemon(self, x, x_data, writes, unlinks):
+        """A second daemon on the same store, started after the first fsync'ed everything
+        but ``x`` (written after): it shows the model (but ``x``'s new bytes, and scratch
+        files, which live in the first daemon); it writes and deletes chunks (fsync); after
+        the first daemon's remount, both daemons' writes are there."""
+        self.m.close_all()
+        self.r.close_all()
+        self.slot_paths.clear()
+        self._fsync_everything(self.m)
+        state = self.state()
+        before = None
+        if x and state.kind(x).kind == "chunk" and state.kind(x).in_grid and state.is_dir(parent_of(x)):
+            before = Path(self.r.p(x)).read_bytes() if x in state.files else False
+            self.both(f"write({x!r}) without fsync before the second daemon starts",
+                      lambda s: s.write(x, "ct", 0, x_data), [x])
+        d2 = self._mount(self.mnt2root, "mnt2.log")
+        try:
+            self._compare_second(state, x, before)
+            other = Side(self.mnt2root)
+            for path, data in writes:
+                k = self.state().kind(path)
+                if path == x or k.kind != "chunk" or not k.in_grid:
+                    continue
+                for level in self._key_levels(path):
+                    for side in (other, self.r):
+                        if not os.path.isdir(side.p(level)):
+                            m = outcome(lambda: os.mkdir(side.p(level)))
+                            if m[0] != "ok":
+                                self.fail("second-daemon", f"mkdir({level!r}) on {side.root}: {m}")
+                for side in (other, self.r):
+                    m = outcome(lambda: (side.write(path, "ct", 0, data), side.fsync_path(path)))
+                    if m[0] != "ok":
+                        self.fail("second-daemon", f"write+fsync({path!r}) on {side.root}: {m}")
+            for path in unlinks:
+                if path == x or path in dict(writes) or self.state().kind(path).kind != "chunk" \
+                        or path not in self.state().files:
+                    continue
+                for side in (other, self.r):
+                    m = outcome(lambda: (os.unlink(side.p(path)), side.fsync_path(parent_of(path), directory=True)))
+                    if m[0] != "ok":
+                        self.fail("second-daemon", f"unlink+fsyncdir({path!r}) on {side.root}: {m}")
+            d2.unmount()
+            problems = d2.log_problems()
+            if problems:
+                self.fail("daemon-log", "second daemon: " + " | ".join(problems[:5]))
+        finally:
+            d2.stop()
+            self.daemons.remove(d2)
+        self.op_remount()
+
+    def _key_levels(self, path):
+        k = self.state().kind(path)
+        rel = path[len(k.array.path) + 1:].split("/")
+        return [join(k.array.path, *rel[:i]) for i in range(1, len(rel))]
+
+    def _compare_second(self, state: RefState, x, before):
+        """The second daemon's view: chunks, metadata and plain files of the model."""
+        other = Side(self.mnt2root)
+        for path in sorted(state.files):
+            k = state.kind(path)
+            if k.kind == "scratch":
+                continue
+            expected = Path(self.r.p(path)).read_bytes()
+            if path == x:
+                expected = before
+            if k.kind == "meta":
+                got = outcome(lambda: json.loads(other.read(path)))
+                want = ("ok", json.loads(expected))
+            else:
+                got, want = outcome(lambda: other.read(path)), ("ok", expected)
+            if got != want:
+                self.fail("second-daemon", f"{path}: second daemon reads {short(got)}, model {short(want)}")
+        if before is False and os.path.lexists(other.p(x)):
+            self.fail("second-daemon", f"{x}: shows bytes the first daemon has not flushed")
+        for directory, dirnames, filenames in os.walk(self.mnt2root):
+            rel = os.path.relpath(directory, self.mnt2root)
+            rel = "" if rel == "." else rel
+            for name in filenames:
+                path = join(rel, name)
+                if path not in state.files and path not in state.symlinks and path != x:
+                    self.fail("second-daemon", f"{path}: shown by the second daemon, not in the model")
+
+    # -- the end of a run --------------------------------------------------------------------
+
+    def finish(self):
+        """Whole raw chunks at every chunk key, a last full check, unmount; then zarr-python 3
+        and tensorstore read every array from the backing store equal to the model."""
+        self.m.close_all()
+        self.r.close_all()
+        self.slot_paths.clear()
+        state = self.state()
+        for path in sorted(state.files):
+            k = state.kind(path)
+            if k.kind == "chunk" and state.files[path].st_size != k.array.chunk_nbytes:
+                data = whole_chunk(k.array, zlib.crc32(path.encode()))
+                self.op_write(path, "ct", 0, data)
+        self.check_tree("")
+        self.d1.unmount()
+        self.daemons.remove(self.d1)
+        self._after_unmount(self.d1)
+        state = self.state()
+        for path, info in state.arrays.items():
+            expected = np.zeros(info.shape, dtype=info.dtype)
+            for coords in np.ndindex(*info.grid):
+                chunk_path = info.path_of(coords)
+                if chunk_path in state.files:
+                    block = np.frombuffer(Path(self.r.p(chunk_path)).read_bytes(), dtype=info.dtype).reshape(info.chunks)
+                    region = tuple(slice(c * n, min((c + 1) * n, s)) for c, n, s in zip(coords, info.chunks, info.shape))
+                    expected[region] = block[tuple(slice(0, r.stop - r.start) for r in region)]
+            try:
+                stored = read_backing(self.store / path)
+            except AssertionError as error:
+                self.fail("final", f"{path}: {error}")
+            except Exception as error:  # noqa: BLE001
+                self.fail("final", f"{path}: zarr-python 3 / tensorstore cannot read it: {error!r}")
+            if stored.shape != expected.shape or not np.array_equal(stored, expected):
+                bad = np.argwhere(stored != expected)[:3].tolist() if stored.shape == expected.shape else "shape"
+                self.fail("final", f"{path}: zarr-python 3 reads other values than the model (at {bad})")
+            import zarr
+            attributes = dict(zarr.open_array(str(self.store / path), mode="r").attrs)
+            if attributes != info.attributes:
+                self.fail("final", f"{path}: zarr-python 3 reads attributes {attributes}, model {info.attributes}")
+
+
+def whole_chunk(info: ArrayInfo, seed: int) -> bytes:
+    values = np.random.default_rng(seed).integers(1, 250, size=info.chunks)
+    return values.astype(info.dtype).tobytes()
+
+
+# -- generating operations ---------------------------------------------------------------------
+
+# op name -> weight; scenarios (several operations) are generated together
+WEIGHTS = {
+    "write": 12, "write_chunk": 10, "truncate": 4, "read": 3, "stat": 2, "listdir": 2,
+    "open": 6, "pwrite": 5, "fdwrite": 2, "pread": 4, "fstat": 3, "ftruncate": 2, "fsync": 2, "close": 4,
+    "mmap_write": 3, "rename": 8, "link": 5, "unlink": 7, "mkdir": 5, "rmdir": 3, "rmtree": 1,
+    "symlink": 1, "chmod": 2, "fsync_path": 2, "fsyncdir": 1, "set_attrs": 2, "resize": 1,
+    "zarr_write": 2, "zarr_read": 1, "ts_write": 1, "ts_read": 1, "check": 2,
+    "remount": 0.5, "second_daemon": 0.3,
+    "s_zarr3_link": 2, "s_zarr2_rename": 2, "s_tensorstore": 1, "s_unlinked_fd": 3, "s_cross_link": 1,
+    "s_move_dir": 1,
+}
+PLAIN_FILES = ["README.txt", "notes.txt", "d1/f.txt", "d1/g.txt", "d2/f.txt", "d1/sub/x", "g/notes.txt", "g/h.txt"]
+PLAIN_DIRS = ["d1", "d2", "d3", "d1/sub", "g/dx"]
+NEW_DIR_NAMES = ["a3", "d3", "d1/moved", "g/b2", "g2"]
+SCRATCH = ["notes.txt", ".tmp.partial", "tmp1"]
+KEYDIR_SCRATCH = ["x.partial", "{i}.__lock", "01"]
+
+
+class Generator:
+    """Random operations that are likely to matter, chosen from the model's current state."""
+
+    def __init__(self, seed: int, disabled=()):
+        self.rng = random.Random(seed)
+        self.weights = {k: w for k, w in WEIGHTS.items() if k not in disabled}
+        self.names = list(self.weights)
+        self.cum = list(self.weights.values())
+
+    def data(self, big=False) -> bytes:
+        n = self.rng.choice([0, 1, 2, 3, 5, 8, 13]) if not big else self.rng.randint(1, 40)
+        return bytes(self.rng.randrange(256) for _ in range(n))
+
+    def key(self, state: RefState, info: ArrayInfo, outside=False) -> str:
+        coords = [self.rng.randrange(g) for g in info.grid]
+        if outside:
+            axis = self.rng.randrange(info.ndim)
+            coords[axis] = info.grid[axis] + self.rng.choice([0, 0, 1])
+            if info.sep == "/" and axis < info.ndim - 1 and self.rng.random() < 0.7:
+                coords[axis] = self.rng.randrange(info.grid[axis])
+                coords[-1] = info.grid[-1]
+        return info.path_of(coords)
+
+    def array_names(self, state: RefState, info: ArrayInfo) -> list[str]:
+        out = [self.key(state, info) for _ in range(3)] + [self.key(state, info, outside=True)]
+        out += [join(info.path, s) for s in SCRATCH]
+        keydirs = info.keydirs()
+        if keydirs:
+            d = self.rng.choice(keydirs)
+            out += [join(info.path, d, s.format(i=self.rng.randrange(3))) for s in KEYDIR_SCRATCH]
+        return out
+
+    def file(self, state: RefState, existing=0.6) -> str:
+        files = [p for p in state.files if state.kind(p).kind != "meta"]
+        if files and self.rng.random() < existing:
+            return self.rng.choice(sorted(files))
+        if state.arrays and self.rng.random() < 0.7:
+            info = self.rng.choice(sorted(state.arrays.values(), key=lambda a: a.path))
+            return self.rng.choice(self.array_names(state, info))
+        return self.rng.choice(PLAIN_FILES)
+
+    def chunk(self, state: RefState) -> tuple[str, ArrayInfo] | None:
+        if not state.arrays:
+            return None
+        info = self.rng.choice(sorted(state.arrays.values(), key=lambda a: a.path))
+        return self.key(state, info, outside=self.rng.random() < 0.1), info
+
+    def directory(self, state: RefState, new=0.4) -> str:
+        choices = []
+        if self.rng.random() < new:
+            choices = list(NEW_DIR_NAMES) + PLAIN_DIRS
+            for info in state.arrays.values():
+                choices += [join(info.path, d) for d in info.keydirs()]
+                choices += [join(info.path, "tmpdir"), self.key(state, info),
+                            join(info.path, *(info.prefix or ()), str(info.grid[0]))]
+        else:
+            choices = sorted(d for d in state.dirs if d)
+        return self.rng.choice(choices or PLAIN_DIRS)
+
+    def anything(self, state: RefState) -> str:
+        return self.directory(state) if self.rng.random() < 0.2 else self.file(state)
+
+    def slot(self, world: World, open_only=True) -> int:
+        open_slots = sorted(world.m.fds)
+        if open_slots and (open_only or self.rng.random() < 0.7):
+            return self.rng.choice(open_slots)
+        return self.rng.randrange(SLOTS)
+
+    def node(self, state: RefState) -> str | None:
+        nodes = sorted(state.arrays) + sorted(state.groups)
+        return self.rng.choice(nodes) if nodes else None
+
+    def region(self, info: ArrayInfo):
+        start = [self.rng.randrange(s) for s in info.shape]
+        stop = [min(s, a + self.rng.randint(1, max(1, 2 * c))) for a, s, c in zip(start, info.shape, info.chunks)]
+        return start, stop
+
+    def next(self, world: World) -> list[tuple]:
+        rng = self.rng
+        state = world.state()
+        name = rng.choices(self.names, self.cum)[0]
+        if name == "write":
+            flags = rng.choice(["c", "c", "ct", "ca", "", "ce", "t"])
+            return [("write", self.file(state), flags, rng.choice([0, 0, 1, 3, 7, 12, 30]), self.data())]
+        if name == "write_chunk":
+            picked = self.chunk(state)
+            if picked is None:
+                return []
+            path, info = picked
+            return [("write", path, "ct", 0, whole_chunk(info, rng.randrange(1 << 30)))]
+        if name == "truncate":
+            return [("truncate", self.file(state, 0.9), rng.choice([0, 1, 3, 4, 8, 17]))]
+        if name in ("read", "stat"):
+            return [(name, self.anything(state))]
+        if name == "listdir":
+            return [("listdir", self.directory(state, 0.2))]
+        if name == "open":
+            flags = rng.choice(["r", "rw", "rwc", "wc", "rwa", "rwct", "wca"])
+            return [("open", self.slot(world, False), self.file(state, 0.8), flags)]
+        if name in ("pwrite", "fdwrite", "pread", "fstat", "ftruncate", "fsync", "close"):
+            if not world.m.fds:
+                return []
+            slot = self.slot(world)
+            return [{"pwrite": ("pwrite", slot, rng.choice([0, 1, 4, 9, 20]), self.data() or b"x"),
+                     "fdwrite": ("fdwrite", slot, self.data() or b"y"),
+                     "pread": ("pread", slot, rng.choice([0, 0, 2, 5]), rng.choice([1, 4, 64])),
+                     "fstat": ("fstat", slot),
+                     "ftruncate": ("ftruncate", slot, rng.choice([0, 2, 6, 16])),
+                     "fsync": ("fsync", slot),
+                     "close": ("close", slot)}[name]]
+        if name == "mmap_write":
+            path = self.file(state, 0.9)
+            size = state.files[path].st_size if path in state.files else 4
+            offset = rng.randrange(max(size, 1))
+            return [("mmap_write", path, offset, self.data()[: max(1, size - offset)] or b"m")]
+        if name == "rename":
+            if rng.random() < 0.25:
+                return [("rename", self.directory(state, 0.1), self.directory(state, 0.8))]
+            return [("rename", self.file(state, 0.85), self.file(state, 0.4))]
+        if name == "link":
+            return [("link", self.file(state, 0.9), self.file(state, 0.2))]
+        if name == "unlink":
+            return [("unlink", self.file(state, 0.9))]
+        if name == "mkdir":
+            return [("mkdir", self.directory(state, 0.9))]
+        if name == "rmdir":
+            return [("rmdir", self.directory(state, 0.2))]
+        if name == "rmtree":
+            return [("rmtree", rng.choice(sorted(state.arrays) + PLAIN_DIRS + ["g"]))]
+        if name == "symlink":
+            return [("symlink", rng.choice(["README.txt", "../README.txt", "nowhere"]), self.file(state, 0))]
+        if name == "chmod":
+            return [("chmod", self.anything(state), rng.choice([0o600, 0o640, 0o644, 0o755, 0o700]))]
+        if name == "fsync_path":
+            return [("fsync_path", self.file(state, 0.9))]
+        if name == "fsyncdir":
+            return [("fsyncdir", self.directory(state, 0.1))]
+        if name == "set_attrs":
+            node = self.node(state)
+            if node is None:
+                return []
+            attributes = {} if rng.random() < 0.15 else {"k": rng.randrange(100), "s": "x" * rng.randrange(4)}
+            return [("set_attrs", node, attributes, rng.choice(["inplace", "rename"]))]
+        if name == "resize":
+            if not state.arrays:
+                return []
+            info = state.arrays[rng.choice(sorted(state.arrays))]
+            shape = [max(1, s + rng.choice([-3, -2, -1, 1, 2])) for s in info.shape]
+            return [("resize", info.path, shape, rng.choice(["inplace", "rename"]))]
+        if name in ("zarr_write", "ts_write"):
+            if not state.arrays:
+                return []
+            info = state.arrays[rng.choice(sorted(state.arrays))]
+            start, stop = self.region(info)
+            return [(name, info.path, start, stop, rng.randrange(1 << 30))]
+        if name in ("zarr_read", "ts_read"):
+            return [(name, rng.choice(sorted(state.arrays)))] if state.arrays else []
+        if name in ("check", "remount"):
+            return [(name,)]
+        if name == "second_daemon":
+            return [self.second_daemon(state)]
+        return getattr(self, name)(world, state)
+
+    def second_daemon(self, state: RefState) -> tuple:
+        picked = self.chunk(state)
+        if picked is None:
+            return ("second_daemon", None, b"", [], [])
+        y, info = picked
+        k = state.kind(y)
+        # x: another chunk of y's shard, written by the first daemon without fsync
+        per_shard = [min(SHARDS, g) for g in info.grid]
+        origin = [c // n * n for c, n in zip(k.coords, per_shard)] if k.in_grid else [0] * info.ndim
+        neighbours = [tuple(o + i for o, i in zip(origin, local)) for local in np.ndindex(*per_shard)]
+        neighbours = [c for c in neighbours if info.in_grid(c) and info.path_of(c) != y]
+        x = info.path_of(self.rng.choice(neighbours)) if neighbours and self.rng.random() < 0.8 else None
+        chunks = [p for p in state.files if state.kind(p).kind == "chunk"]
+        unlinks = [self.rng.choice(sorted(chunks))] if chunks and self.rng.random() < 0.5 else []
+        return ("second_daemon", x, whole_chunk(info, self.rng.randrange(1 << 30)),
+                [(y, whole_chunk(info, self.rng.randrange(1 << 30)))], unlinks)
+
+    # -- scenarios: the idioms of real writers, and the cases the issue names --------------
+
+    def s_zarr3_link(self, world, state):
+        """zarr-python 3's exclusive write: temp file beside the key, link onto it, unlink."""
+        picked = self.chunk(state)
+        if picked is None:
+            return []
+        path, info = picked
+        temp = f"{path}.{self.rng.randrange(1 << 32):08x}.partial"
+        return [("write", temp, "ct", 0, whole_chunk(info, self.rng.randrange(1 << 30))),
+                ("link", temp, path), ("unlink", temp)]
+
+    def s_zarr2_rename(self, world, state):
+        """zarr-python 2's write: temp file in the array directory, renamed onto the key."""
+        picked = self.chunk(state)
+        if picked is None:
+            return []
+        path, info = picked
+        temp = join(info.path, f".{self.rng.randrange(1 << 32):08x}.partial")
+        return [("write", temp, "ct", 0, whole_chunk(info, self.rng.randrange(1 << 30))), ("rename", temp, path)]
+
+    def s_tensorstore(self, world, state):
+        """tensorstore's write: lock file, temp file, fsync, rename onto the key, fsync the
+        directory, unlink the lock."""
+        picked = self.chunk(state)
+        if picked is None:
+            return []
+        path, info = picked
+        lock, temp = path + ".__lock", path + ".__tmp"
+        return [("write", lock, "c", 0, b""), ("open", 3, temp, "wct"),
+                ("pwrite", 3, 0, whole_chunk(info, self.rng.randrange(1 << 30))), ("fsync", 3), ("close", 3),
+                ("rename", temp, path), ("fsyncdir", parent_of(path)), ("unlink", lock)]
+
+    def s_unlinked_fd(self, world, state):
+        """Open, unlink, then the descriptor must keep working as on ext4."""
+        path = self.file(state, 0.95)
+        slot = self.rng.randrange(SLOTS)
+        return [("open", slot, path, "rw"), ("unlink", path), ("fstat", slot),
+                ("pwrite", slot, self.rng.choice([0, 2, 9]), self.data() or b"z"), ("pread", slot, 0, 64),
+                ("ftruncate", slot, self.rng.choice([1, 3, 12])), ("fstat", slot), ("pread", slot, 0, 64),
+                ("close", slot)]
+
+    def s_cross_link(self, world, state):
+        """A scratch file made in another directory, linked onto a chunk key."""
+        picked = self.chunk(state)
+        if picked is None:
+            return []
+        path, info = picked
+        temp = join(info.path, self.rng.choice(["tmp1", ".t.partial"]))
+        return [("write", temp, "ct", 0, whole_chunk(info, self.rng.randrange(1 << 30))), ("link", temp, path),
+                ("stat", temp), ("stat", path), ("unlink", temp), ("read", path)]
+
+    def s_move_dir(self, world, state):
+        """Unflushed writes in an array, then its directory (or its group) moves."""
+        picked = self.chunk(state)
+        if picked is None:
+            return []
+        path, info = picked
+        moved = info.path if self.rng.random() < 0.6 or "/" not in info.path else parent_of(info.path)
+        new = self.rng.choice(["moved", "d1/moved"]) if "/" not in moved else self.rng.choice(["g/moved", "moved"])
+        return [("write", path, "ct", 0, whole_chunk(info, self.rng.randrange(1 << 30))), ("rename", moved, new),
+                ("check",)]
+
+
+# -- running, shrinking, replaying --------------------------------------------------------------
+
+
+class Runner:
+    """Makes worlds from a per-view template; runs random sequences and replays."""
+
+    def __init__(self, cleanup: Cleanup, base: Path | None = None, log=print, tolerate=()):
+        self.cleanup, self.log, self.tolerate = cleanup, log, tuple(tolerate)
+        self.base = Path(tempfile.mkdtemp(prefix="zarrfs-fsx-", dir=base))
+        self.templates: dict[str, Template] = {}
+        self.worlds = 0
+
+    def template(self, view: str) -> Template:
+        if view not in self.templates:
+            work = self.base / f"template-{view}"
+            work.mkdir()
+            self.templates[view] = Template(work, view, self.cleanup)
+        return self.templates[view]
+
+    def world(self, view: str) -> World:
+        self.worlds += 1
+        work = self.base / f"run{self.worlds}"
+        work.mkdir()
+        return World(self.template(view), work, view, self.cleanup, self.log, self.tolerate)
+
+    def close(self):
+        if not any(is_mounted(p) for p in self.base.glob("*/*mnt*")):
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    def random_run(self, seed: int, view: str, n_ops: int, disabled=()) -> tuple[list, Failure | None, World]:
+        """``n_ops`` generated operations (a remount and a second daemon at fixed points);
+        returns the operations done, the failure (or None) and the world's statistics."""
+        generator = Generator(seed, disabled)
+        world = self.world(view)
+        ops: list[tuple] = []
+        fixed = {}
+        if "remount" not in disabled:
+            fixed[n_ops // 3] = [("remount",)]
+        if "second_daemon" not in disabled:
+            fixed[2 * n_ops // 3] = None  # generated when reached (needs the state)
+        try:
+            while len(ops) < n_ops:
+                due = [at for at in fixed if at <= len(ops)]
+                if due:
+                    batch = fixed.pop(due[0]) or [generator.second_daemon(world.state())]
+                else:
+                    batch = generator.next(world)
+                for op in batch:
+                    ops.append(op)
+                    world.run(len(ops) - 1, op)
+            ops.append(("finish",))
+            world.current = ("finish",)
+            try:
+                world.finish()
+            except Failure as failure:
+                failure.index, failure.op = len(ops) - 1, ("finish",)
+                raise
+            return ops, None, world
+        except Failure as failure:
+            return ops[: failure.index + 1], failure, world
+        finally:
+            world.close()
+
+    def replay(self, view: str, ops: list) -> Failure | None:
+        world = self.world(view)
+        try:
+            for index, op in enumerate(ops):
+                if op[0] == "finish":
+                    world.current = op
+                    try:
+                        world.finish()
+                    except Failure as failure:
+                        failure.index, failure.op = index, op
+                        raise
+                    continue
+                world.run(index, op)
+            return None
+        except Failure as failure:
+            return failure
+        finally:
+            world.close()
+
+    def shrink(self, view: str, ops: list, failure: Failure, budget: float) -> tuple[list, Failure]:
+        """Delta debugging: drop operations while the run still fails the same way (the
+        same operation kind failing the same check); slow operations are tried first."""
+        deadline = time.monotonic() + budget
+        signature = failure.signature
+        best, best_failure = list(ops), failure
+
+        def attempt(candidate) -> bool:
+            nonlocal best, best_failure
+            if not candidate or time.monotonic() >= deadline:
+                return False
+            result = self.replay(view, candidate)
+            if result is not None and result.signature == signature:
+                best, best_failure = candidate[: result.index + 1], result
+                return True
+            return False
+
+        for i in reversed(range(len(best))):
+            if i < len(best) and best[i][0] in SLOW:
+                attempt(best[:i] + best[i + 1:])
+        size = max(1, len(best) // 2)
+        while size >= 1 and time.monotonic() < deadline:
+            start, progressed = 0, False
+            while start < len(best) and time.monotonic() < deadline:
+                if attempt(best[:start] + best[start + size:]):
+                    progressed = True
+                else:
+                    start += size
+            if not progressed:
+                size //= 2
+        return best, best_failure
+
+
+SLOW = {"remount", "second_daemon", "check", "zarr_write", "zarr_read", "ts_write", "ts_read", "rmtree"}
+
+
+def format_replay(view: str, ops: list) -> str:
+    lines = [f"view = {view!r}", "ops = ["]
+    lines += [f"    {op!r}," for op in ops]
+    lines.append("]")
+    return "\n".join(lines)
+
+
+def parse_replay(text: str) -> tuple[str, list]:
+    view, ops = "v3", None
+    for chunk in text.split("\n\n"):
+        for statement in chunk.split("\nops = "):
+            statement = statement.strip()
+            if statement.startswith("view = "):
+                view = ast.literal_eval(statement.split("=", 1)[1].strip().splitlines()[0])
+            elif statement.startswith("["):
+                ops = ast.literal_eval(statement)
+    if ops is None:
+        raise ValueError("no `ops = [...]` in the replay text")
+    return view, [tuple(op) for op in ops]
+
+
+def report(seed, view, ops, failure, shrunk, shrunk_failure, world_stats=None) -> str:
+    lines = [f"seed {seed}, view {view}: {failure} at operation {failure.index}: {failure.op!r}",
+             f"shrunk from {len(ops)} to {len(shrunk)} operations; it then fails with: {shrunk_failure}",
+             "replay (tests/stress_exerciser.py --replay FILE, or test_exerciser.replay(view, ops)):",
+             format_replay(view, shrunk)]
+    return "\n".join(lines)
+
+
+def replay(view: str, ops: list, cleanup: Cleanup | None = None) -> Failure | None:
+    """Run a printed sequence again; returns its failure, or None."""
+    own = cleanup is None
+    cleanup = cleanup or Cleanup()
+    runner = Runner(cleanup)
+    try:
+        return runner.replay(view, [tuple(op) for op in ops])
+    finally:
+        runner.close()
+        if own:
+            cleanup.undo()
+
+
+# -- the tests (CI: a few hundred operations, both views, fixed seeds) ---------------------------
+
+CI_SEEDS = [int(s) for s in os.environ.get("ZARRFS_FSX_SEEDS", "1,2").split(",")]
+CI_OPS = int(os.environ.get("ZARRFS_FSX_OPS", "90"))
+CI_SHRINK_SECONDS = float(os.environ.get("ZARRFS_FSX_SHRINK_SECONDS", "30"))
+
+
+@pytest.fixture(scope="module")
+def runner():
+    cleanup = Cleanup()
+    made = Runner(cleanup)
+    try:
+        yield made
+    finally:
+        made.close()
+        cleanup.undo()
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("view", ["v3", "v2"])
+@pytest.mark.parametrize("seed", CI_SEEDS)
+def test_random_operations_agree_with_a_plain_directory(runner, seed, view):
+    ops, failure, world = runner.random_run(seed, view, CI_OPS)
+    if failure is None:
+        return
+    shrunk, shrunk_failure = runner.shrink(view, ops, failure, CI_SHRINK_SECONDS)
+    pytest.fail(report(seed, view, ops, failure, shrunk, shrunk_failure), pytrace=False)
+
+
+def test_the_exerciser_catches_a_wrong_model(runner):
+    """The comparison can fail: a model that differs in one byte is caught at once."""
+    world = runner.world("v3")
+    try:
+        world.run(0, ("write", "README.txt", "", 0, b"R"))
+        Path(world.r.p("README.txt")).write_bytes(b"x" + Path(world.r.p("README.txt")).read_bytes()[1:])
+        with pytest.raises(Failure, match="content"):
+            world.run(1, ("read", "README.txt"))
+    finally:
+        world.close()
+
+
+def test_a_printed_replay_parses_back():
+    ops = [("write", "a2/c/0/0", "ct", 0, b"\x00\x01"), ("second_daemon", None, b"", [], []), ("remount",)]
+    assert parse_replay(format_replay("v2", ops)) == ("v2", ops)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
