@@ -596,7 +596,7 @@ for store_path, group in options.get("xarray", []):
     import xarray as xr
 
     try:
-        ds = xr.open_zarr(os.path.join(root, store_path), group=group).load()
+        ds = xr.open_zarr(os.path.join(root, store_path), group=group, **options.get("open_zarr", {})).load()
         datasets[f"{store_path}:{group}"] = {
             "attrs": plain(ds.attrs),
             "variables": {name: {"dims": list(v.dims), "dtype": v.dtype.str, "attrs": plain(v.attrs)}
@@ -1040,14 +1040,29 @@ def read_through_v3_view(fill_value_store, module_mount, xarray_zarr3_python) ->
     got = run_reader(xarray_zarr3_python, reader, mnt.path, work / "v3.npz", options)
     expected = run_reader(xarray_zarr3_python, reader, fill_value_store.root, work / "original-c.npz", options)
     assert not expected.errors, expected.errors
-    return got, expected
+    return got, expected, mnt.path
+
+
+@pytest.mark.parametrize("group", FILL_VALUE_GROUPS)
+def test_newest_xarray_reads_the_v3_view_without_consolidated_metadata(fill_value_store, read_through_v3_view,
+                                                                      xarray_zarr3_python, group):
+    """The same with ``consolidated=False``: tells the consolidated metadata from the arrays."""
+    mnt_path = read_through_v3_view[2]
+    options = {"xarray": [["", group]], "open_zarr": {"consolidated": False}}
+    got = run_reader(xarray_zarr3_python, fill_value_store.reader, mnt_path,
+                     fill_value_store.work / f"v3-{group}-plain.npz", options)
+    assert not got.errors, got.errors
+    expected = fill_value_store.original
+    keys = [k for k in expected.values if k.startswith(f"xarray::{group}:")]
+    assert keys
+    assert not differences(got.values, expected.values, keys)
 
 
 @pytest.mark.parametrize("group", FILL_VALUE_GROUPS)
 def test_newest_xarray_reads_the_v3_view_as_it_reads_the_original(read_through_v3_view, group):
     """xarray consolidates the whole store into the root zarr.json, where the arrays are described
     as they are stored (sharded); through the v3 view they are unsharded."""
-    got, expected = read_through_v3_view
+    got, expected, _ = read_through_v3_view
     assert not {k: e for k, e in got.errors.items() if group in k}, got.errors
     keys = [k for k in expected.values if k.startswith((f"xarray::{group}:", f"consolidated::{group}/"))]
     assert keys
