@@ -255,6 +255,14 @@ def test_umount_leaves_other_filesystems_alone(tmp_path, cleanup):
     assert [e[2] for e in mount_entries(other)] == ["tmpfs"]
 
 
+@pytest.mark.parametrize("option", [["--max-dirty", "-5"], ["--flush-after", "nan"], ["--attr-timeout", "-1"],
+                                    ["--shards", "0"], ["-o", "max_dirty=0"], ["-o", "flush_after=inf"]])
+def test_bad_option_values_are_one_error_line_and_mount_nothing(store, mnt, option):
+    result = zarrfs_cmd("mount", str(store), str(mnt), *option)
+    assert_one_error_line(result, option[-1].partition("=")[2] or option[-1])
+    assert not is_mounted(mnt)
+
+
 def test_a_killed_daemon_leaves_a_dead_mount_that_refuses_everything(store, mnt):
     """SPEC §6: after kill -9 nothing may land in the directory beneath the mountpoint."""
     cli_mount(store, mnt)

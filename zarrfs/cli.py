@@ -16,8 +16,17 @@ from .info import DEFAULT_JOBS, run_info
 COMMANDS = ("mount", "umount", "status", "info", "check")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one clear line on stderr (SPEC §2), not a usage dump."""
+
+    def error(self, message: str):
+        command = self.prog.partition(" ")[2]
+        where = f"{command}: " if command else ""
+        self.exit(2, f"zarrfs: error: {where}{message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="zarrfs",
         description="Mount a sharded Zarr store so that every inner chunk is its own file.",
     )
@@ -102,32 +111,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
-    """A finite number of seconds, zero or more."""
+def _finite(text: str, unit: str, zero_allowed: bool) -> float:
+    """A finite number of ``unit``: positive, or also zero."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a finite, non-negative number of seconds")
+        raise argparse.ArgumentTypeError(f"{text} is not a number of {unit}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+        kind = "non-negative" if zero_allowed else "positive"
+        raise argparse.ArgumentTypeError(f"{text} is not a finite, {kind} number of {unit}")
     return value
+
+
+def _seconds(text: str) -> float:
+    return _finite(text, "seconds", zero_allowed=True)
 
 
 def _positive_seconds(text: str) -> float:
-    value = _seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
-    return value
+    return _finite(text, "seconds", zero_allowed=False)
 
 
 def _mebibytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text} is not a number of MiB") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a finite, positive number of MiB")
-    return value
+    return _finite(text, "MiB", zero_allowed=False)
 
 
 def _own_option(name: str, value: str):
