@@ -130,20 +130,32 @@ def arrays_equal(a, b) -> bool:
     return bool(np.array_equal(a, b, equal_nan=nan_aware))
 
 
-def expected_through_the_v2_view(case: Case) -> np.ndarray:
-    """What a v2 reader finds through the v2 view: float arrays with dimension names are
-    shown with fill value NaN (docs/codecs.md, "Fill values and xarray"), so their
-    missing chunks (the writers omit chunks that hold only the fill value) read NaN."""
+def expected_through_the_v2_view(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """What a v2 reader finds through the v2 view, and where that is defined. Arrays with
+    dimension names are shown with the fill value xarray masks by (docs/codecs.md,
+    "Fill values and xarray"): NaN for floats, so their missing chunks (writers omit
+    chunks holding only the fill value) read NaN; null for other types, so zarr 2
+    leaves their missing chunks uninitialized (not defined)."""
     expected = case.expected
-    if "dimension_names" not in case.features or expected.dtype.kind != "f":
-        return expected
+    defined = np.ones(expected.shape, dtype=bool)
+    if "dimension_names" not in case.features:
+        return expected, defined
     shown = expected.copy()
     grid = [range(-(-n // c)) for n, c in zip(expected.shape, case.inner_chunks)]
     for coords in itertools.product(*grid):
         region = tuple(slice(i * c, (i + 1) * c) for i, c in zip(coords, case.inner_chunks))
         if _all_fill(expected[region], case.fill_value):
-            shown[region] = np.nan
-    return shown
+            if expected.dtype.kind == "f":
+                shown[region] = np.nan
+            else:
+                defined[region] = False
+    return shown, defined
+
+
+def v2_view_reads_as_expected(values, case: Case) -> bool:
+    expected, defined = expected_through_the_v2_view(case)
+    values = np.asarray(values)
+    return values.shape == expected.shape and arrays_equal(values[defined], expected[defined])
 
 
 def _all_fill(block: np.ndarray, fill) -> bool:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import struct
 from pathlib import Path
 
 import pytest
@@ -65,11 +67,38 @@ def test_rows_without_an_equivalent_name_their_reason(data_type, codecs, reason)
 
 def test_the_whole_zarray_and_zattrs():
     doc = v3_doc("int16", [{"name": "bytes", "configuration": {"endian": "big"}}], fill=7)
-    doc.update(attributes={"units": "m"}, dimension_names=["y", "x"])
+    doc.update(attributes={"units": "m", "_FillValue": 7}, dimension_names=["y", "x"])
     zarray, zattrs, _ = v3_to_v2(doc, "/")
     assert zarray == {"zarr_format": 2, "shape": [6, 4], "chunks": [3, 2], "dtype": ">i2", "compressor": None,
                       "fill_value": 7, "order": "C", "filters": None, "dimension_separator": "/"}
-    assert zattrs == {"units": "m", "_ARRAY_DIMENSIONS": ["y", "x"]}
+    assert zattrs == {"units": "m", "_ARRAY_DIMENSIONS": ["y", "x"]}  # _FillValue is the fill value there
     back = v2_to_v3(zarray, zattrs)
-    assert back["dimension_names"] == ["y", "x"] and back["attributes"] == {"units": "m"}
+    assert back["dimension_names"] == ["y", "x"] and back["attributes"] == {"units": "m", "_FillValue": 7}
     assert back["chunk_key_encoding"] == {"name": "v2", "configuration": {"separator": "/"}}
+
+
+@pytest.mark.parametrize("data_type,fill,attributes,shown", [
+    ("int16", 7, {}, None),  # xarray on zarr 3 masks nothing: neither may xarray on zarr 2
+    ("float64", 0.0, {}, "NaN"),
+    ("float32", 0.0, {"_FillValue": base64.standard_b64encode(struct.pack("<d", -9.5)).decode()}, -9.5),
+    ("uint8", 0, {"_FillValue": 255}, 255),
+])
+def test_arrays_with_dimension_names_show_the_fill_value_xarray_masks_by(data_type, fill, attributes, shown):
+    doc = v3_doc(data_type, [{"name": "bytes", "configuration": {"endian": "little"}}], fill=fill)
+    doc.update(attributes=attributes, dimension_names=["y", "x"])
+    zarray, zattrs, _ = v3_to_v2(doc, ".")
+    assert zarray["fill_value"] == shown
+    assert "_FillValue" not in zattrs
+
+
+def test_arrays_without_dimension_names_keep_their_fill_value():
+    doc = v3_doc("float64", [{"name": "bytes", "configuration": {"endian": "little"}}], fill=0.0)
+    assert v3_to_v2(doc, ".")[0]["fill_value"] == 0.0
+
+
+def test_a_zstd_checksum_false_written_through_the_v2_view_reads_back_without_it():
+    """The documented normalization (docs/codecs.md, "Metadata read back through the v2 view")."""
+    written = {"zarr_format": 2, "shape": [4], "chunks": [2], "dtype": "<i4", "fill_value": 0, "order": "C",
+               "filters": None, "compressor": {"id": "zstd", "level": 2, "checksum": False}}
+    shown, _, _ = v3_to_v2(v2_to_v3(written), ".")
+    assert shown["compressor"] == {"id": "zstd", "level": 2}

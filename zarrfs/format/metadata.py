@@ -127,6 +127,30 @@ def parse_array_document(doc: object) -> ArrayLayout | None:
     return ArrayLayout(shape, chunk_shape, inner_shape, levels, key_encoding, view)
 
 
+def with_consolidated(doc: dict, translate) -> dict | None:
+    """A group document whose inline consolidated metadata has each array entry replaced
+    by ``translate(path, entry)`` (which returns the entry to keep); None when nothing
+    changes. Consolidated metadata must say what the arrays' own zarr.json files say,
+    or readers that trust it (xarray's default) decode with the wrong codecs."""
+    consolidated = doc.get("consolidated_metadata")
+    if not isinstance(consolidated, dict) or not isinstance(consolidated.get("metadata"), dict):
+        return None
+    entries = {path: translate(path, entry) if isinstance(entry, dict) and entry.get("node_type") == "array"
+               else entry for path, entry in consolidated["metadata"].items()}
+    if entries == consolidated["metadata"]:
+        return None
+    return {**doc, "consolidated_metadata": {**consolidated, "metadata": entries}}
+
+
+def unsharded_entry(path: str, entry: dict) -> dict:
+    """A consolidated array entry as the v3 view shows that array (unsharded)."""
+    try:
+        layout = parse_array_document(entry)
+    except MetadataError:
+        return entry
+    return layout.view_document if layout is not None and layout.is_sharded else entry
+
+
 PROTOTYPE_KEYS = ("shard_format", "shards")
 
 

@@ -56,7 +56,7 @@ def v3_to_v2(doc: dict, separator: str) -> tuple[dict, dict, bool]:
         "filters": byte_codecs[:-1] or None,
         "dimension_separator": separator,
     }
-    return zarray, _v2_attributes(doc), strip_crc
+    return zarray, _v2_attributes(doc, data_type), strip_crc
 
 
 def v2_to_v3(zarray: dict, zattrs: dict | None = None) -> dict:
@@ -89,6 +89,9 @@ def v2_to_v3(zarray: dict, zattrs: dict | None = None) -> dict:
     names = attributes.pop("_ARRAY_DIMENSIONS", None)
     if isinstance(names, list) and len(names) == ndim:
         doc["dimension_names"] = names
+        if zarray.get("fill_value") is not None and "_FillValue" not in attributes:
+            # xarray on zarr 2 masks by the fill value; on zarr 3 by this attribute
+            attributes["_FillValue"] = _xarray_encoded_fill(doc["fill_value"], data_type)
     return doc
 
 
@@ -165,8 +168,10 @@ def _numpy_dtype(data_type: str, endian: str) -> str:
     return ("<" if endian == "little" else ">") + code
 
 
-def _v2_attributes(doc: dict) -> dict:
+def _v2_attributes(doc: dict, data_type: str) -> dict:
     attributes = dict(doc.get("attributes") or {})
+    if _shows_xarray_fill(doc, data_type):
+        del attributes["_FillValue"]  # it is the fill value there
     names = doc.get("dimension_names")
     if names and all(isinstance(n, str) for n in names):
         attributes.setdefault("_ARRAY_DIMENSIONS", list(names))
@@ -182,12 +187,11 @@ def v2_fill_value(doc: dict, data_type: str):
     zarr-python 2's ``fill_value`` doubles as xarray's ``_FillValue`` (xarray masks
     values equal to it), while xarray on zarr 3 masks only by the ``_FillValue``
     attribute. For arrays xarray opens (those with dimension names) the view shows
-    the ``_FillValue`` attribute as the fill value, and for floats without one NaN,
-    so that xarray on zarr 2 reads what xarray on zarr 3 reads. The cost, for those
-    arrays only: zarr 2 fills missing chunks with that value instead of the v3 fill
-    value. Other data types without ``_FillValue`` keep their fill value (the only
-    value xarray would not mask, null, makes zarr 2 fill missing chunks with
-    uninitialized memory). docs/codecs.md, "Fill values and xarray".
+    the ``_FillValue`` attribute as the fill value (and leaves it out of
+    ``.zattrs``), and without one NaN for floats and null otherwise, so that xarray
+    on zarr 2 reads what xarray on zarr 3 reads. The cost, for those arrays only:
+    zarr 2 fills missing chunks with that value instead of the v3 fill value (for
+    null, with whatever memory held). docs/codecs.md, "Fill values and xarray".
     """
     attributes = doc.get("attributes") or {}
     if doc.get("dimension_names") or "_ARRAY_DIMENSIONS" in attributes:
@@ -195,9 +199,26 @@ def v2_fill_value(doc: dict, data_type: str):
             decoded = _xarray_fill_value(attributes["_FillValue"], data_type)
             if decoded is not None:
                 return fill_to_v2(decoded, data_type)
-        if V3_TO_NUMPY[data_type][0] == "f":
-            return "NaN"
+        return "NaN" if V3_TO_NUMPY[data_type][0] == "f" else None
     return fill_to_v2(doc.get("fill_value"), data_type)
+
+
+def _shows_xarray_fill(doc: dict, data_type: str) -> bool:
+    """Whether the v2 view shows the ``_FillValue`` attribute as the fill value."""
+    attributes = doc.get("attributes") or {}
+    return bool(doc.get("dimension_names") or "_ARRAY_DIMENSIONS" in attributes) and "_FillValue" in attributes \
+        and _xarray_fill_value(attributes["_FillValue"], data_type) is not None
+
+
+def _xarray_encoded_fill(value, data_type: str):
+    """A v3 fill value as xarray writes ``_FillValue`` into zarr v3 attributes."""
+    kind = V3_TO_NUMPY[data_type][0]
+    if kind == "f":
+        number = _float_from_hex(value) if isinstance(value, str) and value.startswith("0x") else float(value)
+        return base64.standard_b64encode(struct.pack("<d", number)).decode()
+    if kind == "c":
+        return [_xarray_encoded_fill(part, "float64") for part in value]
+    return bool(value) if kind == "b" else int(value)
 
 
 def _xarray_fill_value(value, data_type: str):

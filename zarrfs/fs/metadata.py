@@ -19,7 +19,7 @@ import os
 
 import trio
 
-from ..format.metadata import MetadataError, json_bytes, parse_array_document, shard_document
+from ..format.metadata import MetadataError, json_bytes, parse_array_document, shard_document, with_consolidated
 from ..format.v2 import NoV2Equivalent, v2_to_v3
 from .overlay import MemFile, chunk_name, relative_parts, scratch_name
 from .shards import join
@@ -79,7 +79,7 @@ class MetadataWriter:
 
     async def _apply_v3(self, dir_key: str, where: str, doc) -> None:
         if isinstance(doc, dict) and doc.get("node_type") == "group":
-            await self._write_doc(dir_key, doc)
+            await self._write_doc(dir_key, with_consolidated(doc, self._stored_entry(dir_key)) or doc)
             return
         layout = _layout(where, doc)
         if layout.is_sharded:
@@ -110,6 +110,19 @@ class MetadataWriter:
             self.tree.overlay.forget_removed_directories(dir_key)
             await self._adopt_chunk_files(dir_key)
         self.changed(dir_key)
+
+    def _stored_entry(self, group_key: str):
+        """Consolidated metadata written through the view describes the arrays as the view
+        shows them; the store keeps what their own backing zarr.json says."""
+        def stored(path: str, entry: dict) -> dict:
+            backing = self._backing_doc(join(group_key, path))
+            if _is_array(backing):
+                return backing
+            try:
+                return shard_document(entry, self.chunks_per_shard)
+            except MetadataError:
+                return entry
+        return stored
 
     def changed(self, dir_key: str) -> None:
         """Called when a directory starts or stops being an array (operations re-resolves inodes)."""

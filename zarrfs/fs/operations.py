@@ -303,7 +303,10 @@ class Operations(pyfuse3.Operations):
         source = self._node(inode)
         node, shared = await self._writer().link(source, self._node(new_parent_inode), os.fsdecode(new_name))
         if not shared:
-            return self._remembered_entry(node)
+            try:
+                return self._remembered_entry(node)
+            except FileNotFoundError:  # metadata the view does not show (an empty .zattrs)
+                return self._entry(node, self.tree.attributes(source))
         attributes = self.tree.attributes(node)
         return self._entry(node, attributes, self.inodes.link(inode, source, node))  # one inode, two names
 

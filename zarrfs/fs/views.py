@@ -20,7 +20,8 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from ..format.keys import ChunkKeyEncoding
-from ..format.metadata import ArrayLayout, MetadataError, json_bytes, parse_array_document, parse_v2_sharded
+from ..format.metadata import (ArrayLayout, MetadataError, json_bytes, parse_array_document, parse_v2_sharded,
+                               unsharded_entry, with_consolidated)
 from ..format.v2 import NoV2Equivalent, dumps, group_v3_to_v2, v3_to_v2
 from ..store.local import LocalStore, file_version
 from .lru import LRU
@@ -98,7 +99,7 @@ class Views:
             log.warning("%s: %s; showing its directory as plain files", meta_key, error)
             return None
         if layout is None:
-            return _v2_group_view(doc) if self.view == "v2" else None
+            return _v2_group_view(doc) if self.view == "v2" else _v3_group_view(doc)
         if self.view == "v2":
             return _v2_array_view(dir_key or ".", layout)
         if layout.is_sharded:
@@ -111,6 +112,13 @@ def _prototype_view(layout: ArrayLayout | None) -> DirView | None:
     if layout is None:
         return None  # a plain v2 array: shown as it is
     return DirView({V2_ARRAY: dumps(layout.view_document)}, frozenset({V2_ARRAY}), layout, layout.key_encoding)
+
+
+def _v3_group_view(doc: dict) -> DirView | None:
+    """A group is shown as it is, unless its consolidated metadata describes sharded
+    arrays: those entries are shown unsharded, as the arrays' own zarr.json are."""
+    shown = with_consolidated(doc, unsharded_entry)
+    return None if shown is None else DirView({V3_METADATA: json_bytes(shown)}, frozenset({V3_METADATA}))
 
 
 def _v2_group_view(doc: dict) -> DirView:
