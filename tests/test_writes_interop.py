@@ -328,7 +328,8 @@ def test_zarr2_arrays_are_stored_sharded_with_v2_keys(zarr2_written, path):
 def test_zarr2_dimension_names_and_attributes_reach_the_backing_store(zarr2_written):
     nodes = backing_nodes(zarr2_written.root)
     assert nodes["sub/i2be"]["dimension_names"] == ["y", "x"]
-    assert nodes["sub/i2be"]["attributes"] == {"units": "K"}
+    # the v2 fill value is kept as xarray's _FillValue too (docs/codecs.md, "Fill values and xarray")
+    assert nodes["sub/i2be"]["attributes"] == {"units": "K", "_FillValue": 7}
     assert nodes["grow"]["dimension_names"] == ["row", "col"]
     assert nodes["u1"]["attributes"] == {"b": [1, 2], "c": None}
     assert nodes[""]["attributes"] == {"title": "interop, updated", "n": 3, "nested": {"a": [1, 2]}}

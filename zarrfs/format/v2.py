@@ -56,7 +56,7 @@ def v3_to_v2(doc: dict, separator: str) -> tuple[dict, dict, bool]:
         "filters": byte_codecs[:-1] or None,
         "dimension_separator": separator,
     }
-    return zarray, _v2_attributes(doc, data_type), strip_crc
+    return zarray, _v2_attributes(doc, data_type, zarray["fill_value"]), strip_crc
 
 
 def v2_to_v3(zarray: dict, zattrs: dict | None = None) -> dict:
@@ -89,9 +89,10 @@ def v2_to_v3(zarray: dict, zattrs: dict | None = None) -> dict:
     names = attributes.pop("_ARRAY_DIMENSIONS", None)
     if isinstance(names, list) and len(names) == ndim:
         doc["dimension_names"] = names
-        if zarray.get("fill_value") is not None and "_FillValue" not in attributes:
-            # xarray on zarr 2 masks by the fill value; on zarr 3 by this attribute
-            attributes["_FillValue"] = _xarray_encoded_fill(doc["fill_value"], data_type)
+    if zarray.get("fill_value") is not None and "_FillValue" not in attributes:
+        # xarray on zarr 2 masks by the fill value, on zarr 3 by this attribute; and a null
+        # fill value (no attribute) stays told apart from the zero v3 stores for it
+        attributes["_FillValue"] = _xarray_encoded_fill(doc["fill_value"], data_type)
     return doc
 
 
@@ -168,10 +169,10 @@ def _numpy_dtype(data_type: str, endian: str) -> str:
     return ("<" if endian == "little" else ">") + code
 
 
-def _v2_attributes(doc: dict, data_type: str) -> dict:
+def _v2_attributes(doc: dict, data_type: str, fill_value) -> dict:
     attributes = dict(doc.get("attributes") or {})
-    if _shows_xarray_fill(doc, data_type):
-        del attributes["_FillValue"]  # it is the fill value there
+    if "_FillValue" in attributes and _same_fill(attributes["_FillValue"], fill_value, data_type):
+        del attributes["_FillValue"]  # it is the fill value there (v2_to_v3 put it here)
     names = doc.get("dimension_names")
     if names and all(isinstance(n, str) for n in names):
         attributes.setdefault("_ARRAY_DIMENSIONS", list(names))
@@ -203,11 +204,12 @@ def v2_fill_value(doc: dict, data_type: str):
     return fill_to_v2(doc.get("fill_value"), data_type)
 
 
-def _shows_xarray_fill(doc: dict, data_type: str) -> bool:
-    """Whether the v2 view shows the ``_FillValue`` attribute as the fill value."""
-    attributes = doc.get("attributes") or {}
-    return bool(doc.get("dimension_names") or "_ARRAY_DIMENSIONS" in attributes) and "_FillValue" in attributes \
-        and _xarray_fill_value(attributes["_FillValue"], data_type) is not None
+def _same_fill(attribute, v2_fill, data_type: str) -> bool:
+    """Whether a ``_FillValue`` attribute names the v2 fill value shown (NaN equal to NaN)."""
+    decoded = _xarray_fill_value(attribute, data_type)
+    if decoded is None or v2_fill is None:
+        return False
+    return json.dumps(fill_to_v2(decoded, data_type)) == json.dumps(v2_fill)
 
 
 def _xarray_encoded_fill(value, data_type: str):

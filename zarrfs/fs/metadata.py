@@ -55,7 +55,9 @@ class MetadataWriter:
             if not isinstance(content, dict) or "shard_format" in content:
                 raise refuse(where, "sharded or malformed .zarray written through the view")
             try:
-                doc = v2_to_v3(content, self._v2_attributes(dir_key))
+                attributes = self._v2_attributes(dir_key)
+                attributes.pop("_FillValue", None)  # the old .zarray's fill value: the new one says
+                doc = v2_to_v3(content, attributes)
             except (NoV2Equivalent, KeyError, TypeError, ValueError) as error:
                 raise refuse(where, f"no v3 equivalent: {error}") from None
             await self._store_array(dir_key, where, doc)
@@ -189,6 +191,8 @@ class MetadataWriter:
             doc["dimension_names"] = names
         elif names is not None:
             attributes["_ARRAY_DIMENSIONS"] = names
+        if "_FillValue" in (doc.get("attributes") or {}) and doc.get("node_type") == "array":
+            attributes.setdefault("_FillValue", doc["attributes"]["_FillValue"])  # the .zarray's (v2_to_v3)
         doc["attributes"] = attributes
         await self._write_doc(dir_key, doc)
 
