@@ -331,7 +331,7 @@ def test_zarr2_dimension_names_and_attributes_reach_the_backing_store(zarr2_writ
     # the v2 fill value is kept as xarray's _FillValue too (docs/codecs.md, "Fill values and xarray")
     assert nodes["sub/i2be"]["attributes"] == {"units": "K", "_FillValue": 7}
     assert nodes["grow"]["dimension_names"] == ["row", "col"]
-    assert nodes["u1"]["attributes"] == {"b": [1, 2], "c": None}
+    assert nodes["u1"]["attributes"] == {"b": [1, 2], "c": None, "_FillValue": 0}
     assert nodes[""]["attributes"] == {"title": "interop, updated", "n": 3, "nested": {"a": [1, 2]}}
     assert nodes["sub"]["attributes"] == {"kind": "subgroup"}
     assert nodes["over"]["attributes"] == {"generation": 2}
