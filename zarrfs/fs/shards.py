@@ -65,12 +65,13 @@ class Shards:
         return join(array_key, array.key_encoding.encode(shard_coords))
 
     def stat_shard(self, shard_key: str) -> os.stat_result | None:
-        """The shard file's attributes, or None when there is no shard (all chunks absent)."""
+        """The shard's attributes, or None when there is no shard (all chunks absent).
+        Something else at a shard key (a directory, a FIFO, a symlink) is returned too:
+        reading its index fails, and its chunks are EIO, not absent (SPEC §7)."""
         try:
-            st = self.store.recent_stat(shard_key)
+            return self.store.recent_stat(shard_key)
         except FileNotFoundError:
             return None
-        return st if stat.S_ISREG(st.st_mode) else None
 
     def locate(self, array_key: str, array: ArrayLayout, coords: tuple[int, ...]) -> ChunkLocation | None:
         """Where the chunk's bytes are, or None if it is absent. Raises CorruptShard."""
@@ -169,9 +170,17 @@ class Shards:
         base, nbytes = region
         where = f"shard {shard_key}" + (f" (nested shard at byte {base})" if base or nbytes != st.st_size else "")
         try:
+            if not stat.S_ISREG(st.st_mode):
+                raise CorruptShard("not a regular file")
             offset = fmt.index_offset(nbytes)
             raw = self.store.pread_version(shard_key, version(st), fmt.nbytes, base + offset)
             index = fmt.decode(raw, nbytes, base)
+        except FileNotFoundError:
+            raise FileChanged(shard_key) from None  # deleted since the stat: look again
+        except OSError as error:  # a symlink, or a path out of the store: never followed
+            error = CorruptShard(f"cannot be read ({error.strerror})")
+            log.error("%s is corrupt: %s; its chunks read as EIO", where, error)
+            return error
         except CorruptShard as error:
             log.error("%s is corrupt: %s; its chunks read as EIO", where, error)
             return error

@@ -32,6 +32,9 @@ log = logging.getLogger("zarrfs")
 V3_METADATA = "zarr.json"
 V2_ARRAY = ".zarray"
 VIEWS = ("v3", "v2")
+# Larger metadata is no metadata zarrfs serves (its directory shows as plain files):
+# real zarr.json files are kilobytes, consolidated ones of big hierarchies megabytes.
+METADATA_LIMIT = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,11 @@ class Views:
     def _build(self, dir_key: str, name: str) -> DirView | None:
         meta_key = f"{dir_key}/{name}" if dir_key else name
         try:
-            doc = json.loads(self.store.read(meta_key))
+            doc = json.loads(self.store.read(meta_key, limit=METADATA_LIMIT))
             if name == V2_ARRAY:
                 return _prototype_view(parse_v2_sharded(doc))
             layout = parse_array_document(doc)
-        except (ValueError, UnicodeDecodeError, MetadataError, OSError) as error:
+        except (ValueError, UnicodeDecodeError, MetadataError, OSError, RecursionError) as error:
             log.warning("%s: %s; showing its directory as plain files", meta_key, error)
             return None
         if layout is None:

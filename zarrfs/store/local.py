@@ -12,6 +12,7 @@ temporary file that the next mount removes (``remove_temporaries``).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
@@ -23,12 +24,17 @@ import zlib
 from collections import OrderedDict
 
 
+READ_BLOCK = 1 << 20
 RECENT_STATS_MAX = 1 << 16  # entries; past it the whole memo is dropped (it refills in a second)
 
 
 def file_version(st: os.stat_result) -> tuple[int, int, int]:
     """What identifies one version of a backing file."""
     return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class TooLarge(OSError):
+    """A file larger than the caller allows (metadata has a size limit)."""
 
 
 class FileChanged(Exception):
@@ -102,13 +108,36 @@ class LocalStore:
     def listdir(self, key: str) -> list[str]:
         return sorted(os.listdir(self.path(key)))
 
-    def read(self, key: str) -> bytes:
-        with open(self.path(key), "rb") as f:
-            return f.read()
+    def read(self, key: str, limit: int | None = None) -> bytes:
+        """The whole regular file ``key``; more than ``limit`` bytes raise TooLarge
+        (checked while reading too: the file may grow, or never end)."""
+        fd = self.open(key)
+        try:
+            if limit is not None and os.fstat(fd).st_size > limit:
+                raise TooLarge(errno.EFBIG, f"larger than {limit} bytes", key)
+            chunks, total = [], 0
+            while chunk := os.read(fd, READ_BLOCK if limit is None else min(READ_BLOCK, limit + 1 - total)):
+                chunks.append(chunk)
+                total += len(chunk)
+                if limit is not None and total > limit:
+                    raise TooLarge(errno.EFBIG, f"larger than {limit} bytes", key)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
     def open(self, key: str) -> int:
-        """A read-only descriptor; the caller closes it."""
-        return os.open(self.path(key), os.O_RDONLY | os.O_CLOEXEC)
+        """A read-only descriptor of the regular file ``key``; the caller closes it.
+
+        Nothing in the store can make the daemon block, or read outside the store:
+        the path resolves beneath the store root only and the last component is not
+        followed (a symlink is the kernel's to follow, in the reader's context); the
+        open does not wait (a FIFO); anything but a regular file is refused with EIO.
+        """
+        fd = open_beneath(self.root, key, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EIO, "not a regular file", key)
+        return fd
 
     def pread_version(self, key: str, version: tuple, size: int, offset: int) -> bytes:
         """Bytes of ``key`` in the given ``file_version``. Raises FileChanged if it has
@@ -158,44 +187,66 @@ class LocalStore:
 
         The new file keeps the owner and mode of the one it replaces (else those
         of ``like``, e.g. the array's metadata), so a daemon running as root does
-        not move a user's files, and their quota, to root.
+        not move a user's files, and their quota, to root. No symlink on the way
+        is followed: a daemon running as root writes inside the store only.
         """
-        directory, name = os.path.split(self.path(key))
-        self._make_directories(directory)
-        temporary = os.path.join(directory, temporary_name(name))
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)  # ours by name: a dead process with our pid left it
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        directory, name = split_key(key)
+        dir_fd = self._directory(directory, create=True)
         try:
-            _take_ownership_of(fd, self.path(key), like and self.path(like))
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+            temporary = temporary_name(name)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary, dir_fd=dir_fd)  # ours by name: a dead process with our pid left it
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                         dir_fd=dir_fd)
+            try:
+                _take_ownership_of(fd, self._lstat_beneath(key), None if like is None else self._lstat_beneath(like))
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                os.unlink(temporary, dir_fd=dir_fd)
+                raise
+            os.close(fd)
+            os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _directory(self, key: str, create: bool = False) -> int:
+        """A descriptor of directory ``key``, opened component by component without
+        following symlinks; ``create`` makes missing ones, each with the owner and mode
+        of the directory it is made in (a daemon running as root does not give a
+        user's array root-owned key directories)."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in key.split("/") if key else ():
+                if part in (".", ".."):
+                    raise OSError(errno.EXDEV, "path leads out of the store", key)
+                try:
+                    child = os.open(part, DIRECTORY_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    _make_directory_like(fd, part)
+                    child = os.open(part, DIRECTORY_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
         except BaseException:
             os.close(fd)
-            os.unlink(temporary)
             raise
-        os.close(fd)
-        os.rename(temporary, self.path(key))
-        _fsync_directory(directory)
+        return fd
 
-    def _make_directories(self, directory: str) -> None:
-        """Missing directories up to ``directory`` (key directories of shards), each with
-        the owner and mode of the directory it is made in: a daemon running as root
-        does not give a user's array root-owned directories."""
-        if os.path.isdir(directory):
-            return
-        parent = os.path.dirname(directory)
-        self._make_directories(parent)
-        st = os.stat(parent)
+    def _lstat_beneath(self, key: str) -> os.stat_result | None:
         try:
-            os.mkdir(directory, stat.S_IMODE(st.st_mode))
-        except FileExistsError:
-            return
-        os.chmod(directory, stat.S_IMODE(st.st_mode))  # whatever the umask took away
-        if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
-            os.chown(directory, st.st_uid, st.st_gid)
+            fd = open_beneath(self.root, key, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
 
     def chown_to(self, key: str, uid: int, gid: int) -> None:
         """Files made through an ``allow_other`` mount belong to the caller, not the daemon."""
@@ -204,18 +255,30 @@ class LocalStore:
 
     def remove_durably(self, key: str, up_to: str) -> None:
         """Delete ``key``, then its parent directories while empty, up to ``up_to``."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path(key))
-        directory = os.path.dirname(key)
+        directory, name = split_key(key)
+        try:
+            dir_fd = self._directory(directory)
+        except FileNotFoundError:
+            return
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
         while directory and directory != up_to and directory.startswith(up_to):
+            parent, name = split_key(directory)
+            parent_fd = self._directory(parent)
             try:
-                os.rmdir(self.path(directory))
+                os.rmdir(name, dir_fd=parent_fd)
+                os.fsync(parent_fd)
             except FileNotFoundError:
                 pass
             except OSError:  # not empty: other shards live here
                 break
-            directory = os.path.dirname(directory)
-        _fsync_directory(self.path(directory))
+            finally:
+                os.close(parent_fd)
+            directory = parent
 
     @contextlib.contextmanager
     def locked(self, array_key: str, target: str, wait: bool = True):
@@ -233,8 +296,11 @@ class LocalStore:
         """
         relative = target[len(array_key) + 1:] if array_key else target
         slot = zlib.crc32(relative.encode()) & 0x7FFFFFFF
-        fd = os.open(self.path(join_key(array_key, LOCK_FILE)),
-                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        dir_fd = self._directory(array_key)
+        try:
+            fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
         try:
             command = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK
             fcntl.fcntl(fd, command, struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, slot, 1, 0))
@@ -411,19 +477,82 @@ def _array_metadata_above(root: str, directory: str, names) -> str | None:
         directory = os.path.dirname(directory)
 
 
-def _take_ownership_of(fd: int, *candidates: str | None) -> None:
-    for path in candidates:
-        if not path:
-            continue
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
+DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``(directory key, name)`` of a store key."""
+    directory, _, name = key.rpartition("/")
+    return directory, name
+
+
+def _make_directory_like(parent_fd: int, name: str) -> None:
+    st = os.fstat(parent_fd)
+    try:
+        os.mkdir(name, stat.S_IMODE(st.st_mode), dir_fd=parent_fd)
+    except FileExistsError:
+        return
+    os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=parent_fd)  # whatever the umask took away
+    if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
+        os.chown(name, st.st_uid, st.st_gid, dir_fd=parent_fd, follow_symlinks=False)
+
+
+def _take_ownership_of(fd: int, *candidates: os.stat_result | None) -> None:
+    for st in candidates:
+        if st is None or stat.S_ISLNK(st.st_mode):
             continue
         if not stat.S_ISDIR(st.st_mode):
             os.fchmod(fd, stat.S_IMODE(st.st_mode))
         if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
             os.fchown(fd, st.st_uid, st.st_gid)
         return
+
+
+# openat2(2) (Linux 5.6): resolve a path beneath a directory, never out of it.
+_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "ppc64le": 437, "s390x": 437}.get(os.uname().machine)
+_RESOLVE_NO_MAGICLINKS, _RESOLVE_BENEATH = 0x02, 0x08
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def open_beneath(root: str, key: str, flags: int) -> int:
+    """``os.open(root/key, flags)``, resolved beneath ``root``: a symlink (or ``..``) that
+    leads out of it fails with EXDEV, as with ``openat2(RESOLVE_BENEATH)``; where the
+    kernel lacks openat2, every component is opened with O_NOFOLLOW instead."""
+    if not key:
+        return os.open(root, flags)
+    global _SYS_OPENAT2
+    if _SYS_OPENAT2 is not None:
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            how = _OpenHow(flags, 0, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
+            fd = _libc.syscall(_SYS_OPENAT2, root_fd, os.fsencode(key), ctypes.byref(how), ctypes.sizeof(how))
+        finally:
+            os.close(root_fd)
+        if fd >= 0:
+            return fd
+        error = ctypes.get_errno()
+        if error != errno.ENOSYS:
+            raise OSError(error, os.strerror(error), key)
+        _SYS_OPENAT2 = None
+    return _open_component_by_component(root, key, flags)
+
+
+def _open_component_by_component(root: str, key: str, flags: int) -> int:
+    *directories, name = key.split("/")
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in directories:
+            if part in ("", ".", ".."):
+                raise OSError(errno.EXDEV, "path leads out of the store", key)
+            parent, fd = fd, os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(parent)
+        return os.open(name, flags | os.O_NOFOLLOW, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_directory(path: str) -> None:
