@@ -85,6 +85,7 @@ class Failure(Exception):
         self.kind, self.detail = kind, detail
         self.index: int | None = None  # the operation it happened in
         self.op: tuple | None = None
+        self.log: list[str] = []  # the daemon's last warnings and errors
 
     @property
     def signature(self) -> tuple:
@@ -397,6 +398,44 @@ def selection_values(info: ArrayInfo, start, stop, seed: int) -> np.ndarray:
     return rng.integers(0, 250, size=shape).astype(info.dtype)
 
 
+NEW_NODES = {  # kind -> (shape, chunks, dtype, v3 chunk key encoding, v2 dimension separator)
+    "array2": ((6, 4), (2, 2), "uint8", "default", "/"),
+    "array1": ((7,), (3,), "uint32", "v2", "."),
+}
+
+
+def node_metadata(kind: str, view: str) -> list[tuple[str, bytes]]:
+    """(name, bytes) of the metadata files a writer of ``view`` puts in a new directory."""
+    if kind == "group":
+        if view == "v3":
+            return [("zarr.json", json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"new": 1}}).encode())]
+        return [(".zgroup", b'{"zarr_format": 2}'), (".zattrs", b'{"new": 1}')]
+    shape, chunks, dtype, encoding, separator = NEW_NODES[kind]
+    if view == "v3":
+        doc = {"zarr_format": 3, "node_type": "array", "shape": list(shape), "data_type": dtype,
+               "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
+               "chunk_key_encoding": {"name": encoding, "configuration": {"separator": "/" if encoding == "default" else "."}},
+               "fill_value": 0, "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+               "attributes": {"new": 1}, "storage_transformers": []}
+        return [("zarr.json", json.dumps(doc, indent=2).encode())]
+    doc = {"zarr_format": 2, "shape": list(shape), "chunks": list(chunks), "dtype": np.dtype(dtype).str,
+           "compressor": None, "fill_value": 0, "order": "C", "filters": None, "dimension_separator": separator}
+    return [(".zarray", json.dumps(doc, indent=2).encode()), (".zattrs", b'{"new": 1}')]
+
+
+def zarr_create(root: str, kind: str, view: str):
+    import zarr
+    fmt = 3 if view == "v3" else 2
+    if kind == "group":
+        zarr.open_group(root, mode="w-", zarr_format=fmt, attributes={"new": 1})
+        return
+    shape, chunks, dtype, encoding, separator = NEW_NODES[kind]
+    encoding = {"name": encoding if fmt == 3 else "v2", "separator": separator if fmt == 2 else
+                ("/" if encoding == "default" else ".")}
+    zarr.create_array(root, shape=shape, chunks=chunks, dtype=dtype, compressors=None, fill_value=0,
+                      zarr_format=fmt, chunk_key_encoding=encoding, attributes={"new": 1})
+
+
 def zarr_write(root: str, info: ArrayInfo, start, stop, seed):
     import zarr
     array = zarr.open_array(root, mode="r+")
@@ -614,6 +653,11 @@ class World:
 
     def close(self):
         self._watchdog_stop.set()
+        if os.environ.get("ZARRFS_FSX_KEEP"):  # keep stores, logs and ref/ for a look
+            for daemon in self.daemons:
+                daemon.stop()
+            print(f"kept {self.work}")
+            return
         self.m.close_all()
         self.r.close_all()
         for daemon in self.daemons:
@@ -632,10 +676,12 @@ class World:
             failure.index, failure.op = index, op
             if self.hung:
                 failure.kind = "hang"
+            failure.log = self.log_tail()
             raise
         except OSError as error:  # a check of the mount itself failed (e.g. ENOTCONN)
             failure = Failure("hang" if self.hung else "oserror", f"{error!r}")
             failure.index, failure.op = index, op
+            failure.log = self.log_tail()
             raise failure from error
         finally:
             self._op_started = None
@@ -643,6 +689,15 @@ class World:
 
     def state(self) -> RefState:
         return RefState(self.refroot, self.view)
+
+    def log_tail(self, n: int = 4) -> list[str]:
+        """The daemons' last warnings and errors (what a failure report shows)."""
+        lines = []
+        for daemon in self.daemons:
+            if daemon.log.exists():
+                lines += [line for line in daemon.log.read_text(errors="replace").splitlines()
+                          if " WARNING: " in line or " ERROR: " in line or " CRITICAL: " in line]
+        return lines[-n:]
 
     def _array_level_files(self) -> set[str]:
         state = self.state()
@@ -717,10 +772,18 @@ class World:
         self.both(f"truncate({path!r}, {size})", lambda s: os.truncate(s.p(path), size), [path])
 
     def op_read(self, path):
-        self.both(f"read({path!r})", lambda s: s.read(path), [path])
+        if self.state().kind(path).kind == "meta":  # the view re-serializes metadata: compare JSON
+            self.both(f"read({path!r})", lambda s: json.loads(s.read(path)), [path])
+        else:
+            self.both(f"read({path!r})", lambda s: s.read(path), [path])
 
     def op_stat(self, path):
-        self.both(f"lstat({path!r})", lambda s: summary(os.lstat(s.p(path))), [path])
+        if self.state().kind(path).kind == "meta":  # sizes of metadata follow the view's JSON
+            self.both(f"lstat({path!r})", lambda s: summary(os.lstat(s.p(path)))[0], [path])
+        elif "links" in self.tolerate:
+            self.both(f"lstat({path!r})", lambda s: summary(os.lstat(s.p(path)))[:2], [path])
+        else:
+            self.both(f"lstat({path!r})", lambda s: summary(os.lstat(s.p(path))), [path])
 
     def op_listdir(self, path):
         self.reconcile([path])
@@ -1001,6 +1064,28 @@ class World:
             if os.path.exists(path) and json.loads(Path(path).read_bytes()) == {}:
                 os.unlink(path)
 
+    def op_create_node(self, path, kind, how):
+        """A new group or array: metadata written into a new directory (in place, by a
+        temporary renamed onto it, or by zarr-python 3), which must read back as written."""
+        state = self.state()
+        if state.exists(path) and (not state.is_dir(path) or state.children(path)):
+            return
+        if not state.is_dir(path):
+            m = self.both(f"mkdir({path!r}) for a new {kind}", lambda s: os.mkdir(s.p(path)), [path])
+            if m[0] != "ok":
+                return
+        what = f"create {kind} at {path!r} ({how})"
+        if how == "zarr":
+            m = outcome(lambda: zarr_create(self.m.p(path), kind, self.view))
+            r = outcome(lambda: zarr_create(self.r.p(path), kind, self.view))
+        else:
+            files = node_metadata(kind, self.view)
+            m = outcome(lambda: [self.m.put(join(path, n), d, how) for n, d in files])
+            r = outcome(lambda: [self.r.put(join(path, n), d, how) for n, d in files])
+        self.expect_same(what, m, r)
+        self._normalize_metadata(path)
+        self.check_paths([path], deep=[path])
+
     # -- zarr-python and tensorstore ------------------------------------------------------
 
     def _array_op(self, what, node, fn):
@@ -1061,11 +1146,17 @@ class World:
                 os.mkdir(self.r.p(path))
                 state.dirs.add(path)
                 self.stats["ghost+"] = self.stats.get("ghost+", 0) + 1
-            elif r_dir and not m_dir and not os.path.lexists(self.m.p(path)) and path not in self.made_dirs \
-                    and not os.listdir(self.r.p(path)):
-                os.rmdir(self.r.p(path))
-                state.dirs.discard(path)
+            elif r_dir and not m_dir and not os.path.lexists(self.m.p(path)) and self._only_key_dirs(state, path):
+                shutil.rmtree(self.r.p(path))
+                state.dirs = {d for d in state.dirs if d != path and not d.startswith(path + "/")}
                 self.stats["ghost-"] = self.stats.get("ghost-", 0) + 1
+
+    def _only_key_dirs(self, state: RefState, path: str) -> bool:
+        """A model directory tree with no files in it, none of whose directories was made
+        on this mount: what a mount may no longer show after a remount."""
+        below = [p for p in (*state.files, *state.symlinks) if p.startswith(path + "/")]
+        made = [d for d in self.made_dirs if d == path or d.startswith(path + "/")]
+        return not below and not made
 
     @staticmethod
     def _listing(side: Side, path: str):
@@ -1089,7 +1180,9 @@ class World:
         if fmt == stat.S_IFLNK:
             return ("symlink", outcome(lambda: os.readlink(full)))
         if k.kind == "meta":
-            return ("meta", outcome(lambda: json.loads(side.read(path))))
+            data = outcome(lambda: side.read(path))
+            size_agrees = data[0] != "ok" or len(data[1]) == st.st_size
+            return ("meta", outcome(lambda: json.loads(data[1])) if data[0] == "ok" else data, size_agrees)
         data = outcome(lambda: side.read(path)) if with_data else None
         nlink = None if "links" in self.tolerate else st.st_nlink
         return ("file", st.st_size, nlink, mode, data)
@@ -1104,7 +1197,7 @@ class World:
         for path in deep:
             for name in set(self._listing(self.r, path) or []) | set(self._listing(self.m, path) or []):
                 todo.append(join(path, name))
-        self.reconcile(todo)
+        self.reconcile(todo, deep=[p for p in set(todo) if os.path.isdir(self.r.p(p)) or os.path.isdir(self.m.p(p))])
         state = self.state()
         seen = set()
         for path in todo:
@@ -1491,13 +1584,14 @@ def whole_chunk(info: ArrayInfo, seed: int) -> bytes:
 WEIGHTS = {
     "write": 12, "write_chunk": 10, "truncate": 4, "read": 3, "stat": 2, "listdir": 2,
     "open": 6, "pwrite": 5, "fdwrite": 2, "pread": 4, "fstat": 3, "ftruncate": 2, "fsync": 2, "close": 4,
-    "mmap_write": 3, "rename": 8, "link": 5, "unlink": 7, "mkdir": 5, "rmdir": 3, "rmtree": 1,
+    "mmap_write": 3, "rename": 6, "rename_dir": 2, "link": 5, "unlink": 7, "mkdir": 5, "rmdir": 3, "rmtree": 1,
     "symlink": 1, "chmod": 2, "fsync_path": 2, "fsyncdir": 1, "set_attrs": 2, "resize": 1,
     "zarr_write": 2, "zarr_read": 1, "ts_write": 1, "ts_read": 1, "check": 2,
     "remount": 0.5, "second_daemon": 0.3,
     "s_zarr3_link": 2, "s_zarr2_rename": 2, "s_tensorstore": 1, "s_unlinked_fd": 3, "s_cross_link": 1,
-    "s_move_dir": 1,
+    "s_move_dir": 1, "s_over_plain": 1, "create_node": 1.5,
 }
+CHECK_EVERY = 25  # a full check of the whole tree this often (besides the random ones)
 PLAIN_FILES = ["README.txt", "notes.txt", "d1/f.txt", "d1/g.txt", "d2/f.txt", "d1/sub/x", "g/notes.txt", "g/h.txt"]
 PLAIN_DIRS = ["d1", "d2", "d3", "d1/sub", "g/dx"]
 NEW_DIR_NAMES = ["a3", "d3", "d1/moved", "g/b2", "g2"]
@@ -1594,7 +1688,12 @@ class Generator:
             if picked is None:
                 return []
             path, info = picked
-            return [("write", path, "ct", 0, whole_chunk(info, rng.randrange(1 << 30)))]
+            return self.makedirs(state, path) + [("write", path, "ct", 0, whole_chunk(info, rng.randrange(1 << 30)))]
+        if name == "create_node":
+            parent = rng.choice(["", "", "d1", "g"])
+            new = join(parent, rng.choice(["n1", "n2", "new.zarr"]))
+            return [("create_node", new, rng.choice(["group", "array2", "array1", "array2"]),
+                     rng.choice(["inplace", "rename", "zarr"]))]
         if name == "truncate":
             return [("truncate", self.file(state, 0.9), rng.choice([0, 1, 3, 4, 8, 17]))]
         if name in ("read", "stat"):
@@ -1620,9 +1719,9 @@ class Generator:
             size = state.files[path].st_size if path in state.files else 4
             offset = rng.randrange(max(size, 1))
             return [("mmap_write", path, offset, self.data()[: max(1, size - offset)] or b"m")]
+        if name == "rename_dir":
+            return [("rename", self.directory(state, 0.1), self.directory(state, 0.8))]
         if name == "rename":
-            if rng.random() < 0.25:
-                return [("rename", self.directory(state, 0.1), self.directory(state, 0.8))]
             return [("rename", self.file(state, 0.85), self.file(state, 0.4))]
         if name == "link":
             return [("link", self.file(state, 0.9), self.file(state, 0.2))]
@@ -1668,6 +1767,17 @@ class Generator:
             return [self.second_daemon(state)]
         return getattr(self, name)(world, state)
 
+    def makedirs(self, state: RefState, path: str) -> list[tuple]:
+        """Most writers make a chunk's key directories first (os.makedirs)."""
+        if self.rng.random() < 0.2:
+            return []
+        k = state.kind(path)
+        if not k.in_array:
+            return []
+        rel = path[len(k.array.path) + 1:].split("/")
+        levels = [join(k.array.path, *rel[:i]) for i in range(1, len(rel))]
+        return [("mkdir", level) for level in levels if not state.exists(level)]
+
     def second_daemon(self, state: RefState) -> tuple:
         picked = self.chunk(state)
         if picked is None:
@@ -1694,7 +1804,7 @@ class Generator:
             return []
         path, info = picked
         temp = f"{path}.{self.rng.randrange(1 << 32):08x}.partial"
-        return [("write", temp, "ct", 0, whole_chunk(info, self.rng.randrange(1 << 30))),
+        return self.makedirs(state, path) + [("write", temp, "ct", 0, whole_chunk(info, self.rng.randrange(1 << 30))),
                 ("link", temp, path), ("unlink", temp)]
 
     def s_zarr2_rename(self, world, state):
@@ -1704,7 +1814,18 @@ class Generator:
             return []
         path, info = picked
         temp = join(info.path, f".{self.rng.randrange(1 << 32):08x}.partial")
-        return [("write", temp, "ct", 0, whole_chunk(info, self.rng.randrange(1 << 30))), ("rename", temp, path)]
+        return self.makedirs(state, path) + [
+            ("write", temp, "ct", 0, whole_chunk(info, self.rng.randrange(1 << 30))), ("rename", temp, path)]
+
+    def s_over_plain(self, world, state):
+        """A chunk moved over a file left in the array directory, which is then removed."""
+        plain = sorted(p for p in world.backing if p in state.files)
+        chunks = sorted(p for p in state.files if state.kind(p).kind == "chunk")
+        if not plain or not chunks:
+            return []
+        target = self.rng.choice(plain)
+        return [("rename", self.rng.choice(chunks), target), ("read", target), ("unlink", target),
+                ("stat", target), ("listdir", parent_of(target))]
 
     def s_tensorstore(self, world, state):
         """tensorstore's write: lock file, temp file, fsync, rename onto the key, fsync the
@@ -1714,7 +1835,7 @@ class Generator:
             return []
         path, info = picked
         lock, temp = path + ".__lock", path + ".__tmp"
-        return [("write", lock, "c", 0, b""), ("open", 3, temp, "wct"),
+        return self.makedirs(state, path) + [("write", lock, "c", 0, b""), ("open", 3, temp, "wct"),
                 ("pwrite", 3, 0, whole_chunk(info, self.rng.randrange(1 << 30))), ("fsync", 3), ("close", 3),
                 ("rename", temp, path), ("fsyncdir", parent_of(path)), ("unlink", lock)]
 
@@ -1734,7 +1855,7 @@ class Generator:
             return []
         path, info = picked
         temp = join(info.path, self.rng.choice(["tmp1", ".t.partial"]))
-        return [("write", temp, "ct", 0, whole_chunk(info, self.rng.randrange(1 << 30))), ("link", temp, path),
+        return self.makedirs(state, path) + [("write", temp, "ct", 0, whole_chunk(info, self.rng.randrange(1 << 30))), ("link", temp, path),
                 ("stat", temp), ("stat", path), ("unlink", temp), ("read", path)]
 
     def s_move_dir(self, world, state):
@@ -1745,7 +1866,7 @@ class Generator:
         path, info = picked
         moved = info.path if self.rng.random() < 0.6 or "/" not in info.path else parent_of(info.path)
         new = self.rng.choice(["moved", "d1/moved"]) if "/" not in moved else self.rng.choice(["g/moved", "moved"])
-        return [("write", path, "ct", 0, whole_chunk(info, self.rng.randrange(1 << 30))), ("rename", moved, new),
+        return self.makedirs(state, path) + [("write", path, "ct", 0, whole_chunk(info, self.rng.randrange(1 << 30))), ("rename", moved, new),
                 ("check",)]
 
 
@@ -1794,6 +1915,8 @@ class Runner:
                 due = [at for at in fixed if at <= len(ops)]
                 if due:
                     batch = fixed.pop(due[0]) or [generator.second_daemon(world.state())]
+                elif ops and len(ops) % CHECK_EVERY == 0 and ops[-1] != ("check",):
+                    batch = [("check",)]
                 else:
                     batch = generator.next(world)
                 for op in batch:
@@ -1891,6 +2014,7 @@ def parse_replay(text: str) -> tuple[str, list]:
 def report(seed, view, ops, failure, shrunk, shrunk_failure, world_stats=None) -> str:
     lines = [f"seed {seed}, view {view}: {failure} at operation {failure.index}: {failure.op!r}",
              f"shrunk from {len(ops)} to {len(shrunk)} operations; it then fails with: {shrunk_failure}",
+             *(f"  daemon log: {line}" for line in shrunk_failure.log),
              "replay (tests/stress_exerciser.py --replay FILE, or test_exerciser.replay(view, ops)):",
              format_replay(view, shrunk)]
     return "\n".join(lines)
@@ -1944,7 +2068,7 @@ def test_the_exerciser_catches_a_wrong_model(runner):
     try:
         world.run(0, ("write", "README.txt", "", 0, b"R"))
         Path(world.r.p("README.txt")).write_bytes(b"x" + Path(world.r.p("README.txt")).read_bytes()[1:])
-        with pytest.raises(Failure, match="content"):
+        with pytest.raises(Failure, match="README.txt"):
             world.run(1, ("read", "README.txt"))
     finally:
         world.close()

@@ -16,11 +16,25 @@ uses several dtypes. It writes the very same into a plain directory first (the r
 step is tried on its own, so one failing step names itself and the rest still runs. Then:
 the writer reads the hierarchy (found by walking the mount), attributes and values back through
 the mount before umount; after umount the backing store must hold the same nodes as sharded
-Zarr v3 (only shards and metadata), which zarr-python 3 and tensorstore read as the reference.
+Zarr v3 (only shards, metadata and the arrays' repack lock files), which zarr-python 3 and
+tensorstore read as the reference. An array written through the v2 view with a fill value other
+than null also holds that fill value as xarray's ``_FillValue`` attribute there (docs/codecs.md,
+"Fill values and xarray"; the expected attribute is computed here after xarray's FillValueCoder,
+not by zarrfs), which the v2 view leaves out of ``.zattrs`` again.
+
+xarray (on zarr 3) consolidates the whole hierarchy into the root group's zarr.json, stored with
+each array entry replaced by that array's backing (sharded) zarr.json, and shown by the v3 view
+with the entries of sharded arrays unsharded: xarray reads the backing store of what it wrote
+through the v3 view, the mount before umount, and the v3 view of a sharded store it wrote through
+that consolidated metadata (``consolidated=True``, no quiet fallback), and the same without it.
 
 Last, the v2 view's fill values as xarray sees them: a store written sharded by xarray and
 zarr-python 3 (and corpus arrays with dimension names) must read the same with xarray 2024.11 +
-zarr-python 2.18 through ``--view v2`` as with the newest xarray + zarr-python 3 from the original.
+zarr-python 2.18 through ``--view v2`` as with the newest xarray + zarr-python 3 from the original
+(section 3 says how xarray 2024.11 turns a zarr 2 fill_value into _FillValue), in the chunks that
+are present: the view shows arrays with dimension names with their _FillValue, else NaN (floats)
+or null as fill value, so zarr-python 2 reads absent chunks of them as NaN or as whatever memory
+held.
 
 What the zarr-python 3 writers do on the mount (``strace -f -e trace=file``, zarr 3.0.0 and 3.1.6
 creating ``grp/sub/arr`` and group ``a/b`` below missing parents, writing chunks, overwriting):
@@ -46,11 +60,11 @@ creating ``grp/sub/arr`` and group ``a/b`` below missing parents, writing chunks
 
 from __future__ import annotations
 
-import itertools
+import base64
 import json
-import math
 import os
 import shutil
+import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,17 +75,18 @@ import pytest
 import tensorstore as ts
 import zarr
 
-from conftest import list_files
+from conftest import LOCK_FILE
 from corpus import arrays_equal
 from legacy import ZARR2_VERSION, venv_python, venv_run, zarr2_python
+from test_writes_interop import backing_nodes, read_json, shard_keys
 
-# The oldest zarr-python 3 pip installs for Python 3.11. 3.0.0 to 3.0.7 are yanked ("zarr.load()
-# deletes data"), so a range (zarr>=3,<3.1) resolves to 3.0.8; an exact pin still gets 3.0.0,
-# which is what users who pinned the first 3.x release run.
-ZARR3_OLDEST = "3.0.0"
+# The oldest zarr-python 3 pip resolves for Python 3.11: 3.0.0 to 3.0.7 are yanked ("zarr.load()
+# deletes data"), so a range (zarr>=3,<3.1) resolves to 3.0.8. (3.0.0 itself, pinned, also passes
+# but for one step: a shrink and regrow of a Zarr v2 array, where it reads values that differ from
+# what it reads back from a plain directory; not chased further, as that release is yanked.)
+ZARR3_OLDEST = "3.0.8"
 XARRAY_ZARR2 = ["xarray==2024.11.0", f"zarr=={ZARR2_VERSION}", "numpy==2.1.3", "pandas==2.2.3",
                 "dask[array]==2024.11.2"]
-LOCK_FILE = ".zarrfs-lock"  # the repack lock of an array written through a mount (docs/architecture.md)
 SHARDS = "2"  # --shards: chunks per shard along every axis, so that arrays get several shards
 
 # --------------------------------------------------------------------------------------
@@ -110,15 +125,11 @@ def xarray_zarr3_python() -> Path:
 # The writers (scripts run by the writer's own interpreter; argv[1] is where to write)
 # --------------------------------------------------------------------------------------
 
-ZARR2_WRITER = r'''
-import json, sys, traceback
-import numcodecs
-import numpy as np
-import zarr
-
-assert zarr.__version__.startswith("2."), zarr.__version__
-root = sys.argv[1]
-store = zarr.DirectoryStore(root)
+# What every writer script starts with: each of its steps (functions decorated with @step) runs
+# at once and on its own, and the script's last line of output is {step: traceback} of the steps
+# that failed.
+STEPS = r'''
+import json, traceback
 errors = {}
 
 
@@ -128,6 +139,23 @@ def step(fn):
     except Exception as error:  # every step is tried; the test reports each failure
         errors[fn.__name__] = "".join(traceback.format_exception(error)[-4:])
     return fn
+'''
+
+
+def writer_script(body: str) -> str:
+    """A writer: ``STEPS``, its steps, and the report of those that failed."""
+    return STEPS + body + "\nprint(json.dumps(errors))\n"
+
+
+ZARR2_WRITER = writer_script(r'''
+import sys
+import numcodecs
+import numpy as np
+import zarr
+
+assert zarr.__version__.startswith("2."), zarr.__version__
+root = sys.argv[1]
+store = zarr.DirectoryStore(root)
 
 
 @step
@@ -223,29 +251,17 @@ def root_attributes():
     g = zarr.open_group(store=store, mode="r+")
     g.attrs.update({"title": "writer matrix", "n": 3})
     g.attrs["title"] = "writer matrix, updated"
+''')
 
 
-print(json.dumps(errors))
-'''
-
-
-ZARR3_WRITER = r'''
-import json, sys, traceback
+ZARR3_WRITER = writer_script(r'''
+import sys
 import numpy as np
 import zarr
 from zarr.codecs import BytesCodec
 
 root, fmt = sys.argv[1], int(sys.argv[2])
 store = zarr.storage.LocalStore(root)
-errors = {}
-
-
-def step(fn):
-    try:
-        fn()
-    except Exception as error:  # every step is tried; the test reports each failure
-        errors[fn.__name__] = "".join(traceback.format_exception(error)[-4:])
-    return fn
 
 
 def dims(*names):
@@ -362,27 +378,15 @@ def root_attributes():
     g = zarr.open_group(store=store, mode="r+", zarr_format=fmt)
     g.attrs.update({"title": "writer matrix", "n": 3})
     g.attrs["title"] = "writer matrix, updated"
+''')
 
 
-print(json.dumps(errors))
-'''
-
-
-TENSORSTORE_WRITER = r'''
-import json, sys, traceback
+TENSORSTORE_WRITER = writer_script(r'''
+import sys
 import numpy as np
 import tensorstore as ts
 
 root, driver = sys.argv[1], sys.argv[2]  # driver: "zarr3" (v3 view) or "zarr" (v2 view)
-errors = {}
-
-
-def step(fn):
-    try:
-        fn()
-    except Exception as error:  # every step is tried; the test reports each failure
-        errors[fn.__name__] = "".join(traceback.format_exception(error)[-4:])
-    return fn
 
 
 def metadata(shape, chunks, dtype, fill, attributes=None, dimension_names=None, key="/", big_endian=False):
@@ -452,14 +456,11 @@ def overwrite_with_delete_existing():
     create("replaced", metadata((10, 10), (2, 2), "uint8", 0)).write(np.full((10, 10), 9, "uint8")).result()
     a = create("replaced", metadata((7, 5), (3, 3), "float64", 0.5), delete_existing=True)
     a[1:5, 1:4].write(np.full((4, 3), 2.5)).result()
+''')
 
 
-print(json.dumps(errors))
-'''
-
-
-XARRAY_WRITER = r'''
-import json, sys, traceback, warnings
+XARRAY_WRITER = writer_script(r'''
+import sys, warnings
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -470,15 +471,6 @@ warnings.simplefilter("ignore")
 root = sys.argv[1]
 v3 = zarr.__version__.startswith("3.")
 fmt = {"zarr_format": 3} if v3 else {}
-errors = {}
-
-
-def step(fn):
-    try:
-        fn()
-    except Exception as error:  # every step is tried; the test reports each failure
-        errors[fn.__name__] = "".join(traceback.format_exception(error)[-4:])
-    return fn
 
 
 def dataset(n_time, first_day, seed):
@@ -536,10 +528,7 @@ def dask_array_to_zarr():
     da.to_zarr(y, f"{root}/dask.zarr", component="grp/sub/e", overwrite=True, **fmt)
     z = da.from_array(np.arange(9, dtype="uint8"), chunks=(4,))
     da.to_zarr(z, f"{root}/dask.zarr", component="grp/sub/e", overwrite=True, **fmt)  # replaces it
-
-
-print(json.dumps(errors))
-'''
+''')
 
 
 READER = r'''
@@ -654,10 +643,14 @@ class Writer:
     args: tuple[str, ...] = ()
     reader: str = READER
     xarray: tuple[tuple[str, str], ...] = ()  # (store, group) of the datasets written
+    # xarray reads them through the consolidated metadata it wrote, or fails (consolidated=True:
+    # no quiet fallback to the arrays' own metadata)
+    consolidated: bool = False
 
     @property
     def read_options(self) -> dict:
-        return {"xarray": [list(d) for d in self.xarray]}
+        options = {"xarray": [list(d) for d in self.xarray]}
+        return dict(options, open_zarr={"consolidated": True}) if self.consolidated else options
 
 
 XARRAY_DATASETS = (("xr.zarr", "deep/er"), ("xr.zarr", "over"), ("xr.zarr", "dasked"))
@@ -671,25 +664,54 @@ WRITERS = {w.name: w for w in [
     Writer("tensorstore-zarr3", "main_python", "v3", TENSORSTORE_WRITER, ("zarr3",), TENSORSTORE_READER),
     Writer("tensorstore-zarr", "main_python", "v2", TENSORSTORE_WRITER, ("zarr",), TENSORSTORE_READER),
     Writer("xarray-dask-zarr2", "xarray_zarr2_python", "v2", XARRAY_WRITER, xarray=XARRAY_DATASETS),
-    Writer("xarray-dask-zarr3", "xarray_zarr3_python", "v3", XARRAY_WRITER, xarray=XARRAY_DATASETS),
+    Writer("xarray-dask-zarr3", "xarray_zarr3_python", "v3", XARRAY_WRITER, xarray=XARRAY_DATASETS,
+           consolidated=True),
 ]}
 XARRAY_WRITERS = [name for name, w in WRITERS.items() if w.xarray]
 
 
-def run_writer(python: Path, writer: Writer, root: Path) -> dict[str, str]:
-    """Run the writer's steps into ``root``: ``{step: traceback}`` of the steps that failed."""
-    return json.loads(venv_run(python, writer.script, str(root), *writer.args).strip().splitlines()[-1])
+# Runs scripts one after the other in one interpreter (each with its own argv and namespace), so
+# that a writer and the reader after it pay for the imports once: {"outputs": [last stdout line]}.
+RUN_SCRIPTS = r'''
+import contextlib, io, json, sys
+outputs = []
+for source, argv in json.loads(sys.stdin.read()):
+    sys.argv = ["-c", *argv]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(source, "<script>", "exec"), {"__name__": "__main__"})
+    outputs.append(printed.getvalue().strip().splitlines()[-1])
+print(json.dumps({"outputs": outputs}))
+'''
 
 
-def run_reader(python: Path, writer: Writer, root: Path, out: Path, options: dict | None = None) -> SimpleNamespace:
-    """What the writer's library reads under ``root``: the hierarchy (paths found by walking the
-    directory) with attributes, the values (``array:PATH``, ``xarray:STORE:GROUP:VARIABLE``,
-    ``consolidated:GROUP:PATH``), the datasets' structure, and the errors met."""
-    stdout = venv_run(python, writer.reader, str(root), str(out), json.dumps(options or writer.read_options))
-    result = json.loads(stdout.strip().splitlines()[-1])
+def run_scripts(python: Path, *scripts: tuple[str, list[str]]) -> list:
+    """Run ``(source, argv)`` scripts in one process of ``python``: their last stdout lines, parsed."""
+    stdout = venv_run(python, RUN_SCRIPTS, stdin=json.dumps(scripts))
+    return [json.loads(line) for line in json.loads(stdout.strip().splitlines()[-1])["outputs"]]
+
+
+def reading(result: dict, out: Path) -> SimpleNamespace:
+    """What a reader script reported, with the values it saved in ``out``: the hierarchy (paths found
+    by walking the directory) with attributes, the values (``array:PATH``,
+    ``xarray:STORE:GROUP:VARIABLE``, ``consolidated:GROUP:PATH``), the datasets' structure, the errors."""
     with np.load(out) as saved:
         values = {key.replace("|", "/"): saved[key] for key in saved.files}
     return SimpleNamespace(values=values, **result)
+
+
+def write_and_read(python: Path, writer: Writer, root: Path, out: Path) -> tuple[dict, SimpleNamespace]:
+    """Run the writer's steps into ``root``, then its reader: ``({step: traceback} of the steps that
+    failed, what the reader found)``."""
+    failed, result = run_scripts(python, (writer.script, [str(root), *writer.args]),
+                                 (writer.reader, [str(root), str(out), json.dumps(writer.read_options)]))
+    return failed, reading(result, out)
+
+
+def run_reader(python: Path, writer: Writer, root: Path, out: Path, options: dict | None = None) -> SimpleNamespace:
+    """What the writer's library reads under ``root`` (``reading``)."""
+    (result,) = run_scripts(python, (writer.reader, [str(root), str(out), json.dumps(options or writer.read_options)]))
+    return reading(result, out)
 
 
 @pytest.fixture(scope="module")
@@ -700,13 +722,11 @@ def written(request, tmp_path_factory, module_mount) -> SimpleNamespace:
     work = tmp_path_factory.mktemp(writer.name)
     reference, store = work / "reference", work / "store"
     store.mkdir()
-    failed = run_writer(python, writer, reference)
+    failed, expected = write_and_read(python, writer, reference, work / "reference.npz")
     assert not failed, f"{writer.name} fails on a plain directory (a broken test, not zarrfs): {failed}"
-    expected = run_reader(python, writer, reference, work / "reference.npz")
     assert not expected.errors, expected.errors
     mnt = module_mount(store, "--view", writer.view, "--shards", SHARDS)
-    errors = run_writer(python, writer, mnt.path)
-    mounted = run_reader(python, writer, mnt.path, work / "mounted.npz")  # before umount
+    errors, mounted = write_and_read(python, writer, mnt.path, work / "mounted.npz")  # read before umount
     mnt.unmount()
     return SimpleNamespace(writer=writer, python=python, work=work, reference=reference, store=store,
                            errors=errors, expected=expected, mounted=mounted, log=mnt.log_text())
@@ -719,34 +739,6 @@ def for_writers(names):
 # --------------------------------------------------------------------------------------
 # Helpers: the backing store
 # --------------------------------------------------------------------------------------
-
-
-def read_json(path: Path):
-    return json.loads(Path(path).read_text())
-
-
-def backing_nodes(store: Path) -> dict[str, dict]:
-    """``{path: zarr.json document}`` of every node of a backing store."""
-    nodes = {}
-    for directory, _, files in os.walk(store):
-        if "zarr.json" in files:
-            rel = os.path.relpath(directory, store)
-            nodes["" if rel == "." else rel] = read_json(Path(directory) / "zarr.json")
-    return nodes
-
-
-def shard_keys(doc: dict) -> set[str]:
-    """Every shard key in the grid of a sharded backing array."""
-    shape, shard = doc["shape"], doc["chunk_grid"]["configuration"]["chunk_shape"]
-    encoding = doc.get("chunk_key_encoding", {"name": "default"})
-    name, separator = encoding["name"], (encoding.get("configuration") or {}).get("separator")
-    keys = set()
-    for coords in itertools.product(*(range(math.ceil(s / c)) for s, c in zip(shape, shard))):
-        if name == "default":
-            keys.add((separator or "/").join(["c", *map(str, coords)]))
-        else:
-            keys.add((separator or ".").join(map(str, coords)) if coords else "0")
-    return keys
 
 
 def read_backing(array_dir: Path) -> np.ndarray:
@@ -789,6 +781,17 @@ def differences(got: dict, expected: dict, keys) -> list[str]:
     return lines
 
 
+def assert_none(lines: list[str]) -> None:
+    """Fails with one line per difference found."""
+    assert not lines, "\n".join(lines)
+
+
+def node_differences(got, expected, where: str) -> list[str]:
+    """The nodes written but not ``where``, and those ``where`` but never written."""
+    return [*(f"{path!r}: written, not {where}" for path in sorted(set(expected) - set(got))),
+            *(f"{path!r}: {where}, never written" for path in sorted(set(got) - set(expected)))]
+
+
 def dataset_differences(got: dict, expected: dict) -> list[str]:
     """A line per dataset attribute and per variable (dims, dtype, attributes) that differs."""
     lines = []
@@ -807,12 +810,44 @@ def dataset_differences(got: dict, expected: dict) -> list[str]:
     return lines
 
 
-def v3_attributes(node: dict) -> tuple[dict, list | None]:
-    """What a node of the reference tree becomes in Zarr v3: (attributes, dimension_names)."""
+def base64_double(number) -> str:
+    return base64.standard_b64encode(struct.pack("<d", float(number))).decode()
+
+
+def xarray_fill_attribute(fill, dtype: str):
+    """The ``_FillValue`` attribute xarray writes into Zarr v3 attributes for a Zarr v2 ``fill_value``
+    (as JSON in a ``.zarray``: "NaN", "Infinity", [re, im] ...) of numpy ``dtype``, after
+    xarray.backends.zarr.FillValueCoder.encode: booleans and integers as they are, floats as the
+    base64 of a little-endian double, complex numbers as a list of two such."""
+    kind = np.dtype(dtype).kind
+    if kind == "c":
+        return [base64_double(part) for part in fill]
+    if kind == "f":
+        return base64_double(fill)  # float() reads "NaN", "Infinity" and "-Infinity" too
+    if kind == "b":
+        return bool(fill)
+    assert kind in "iu", f"no _FillValue encoding for {dtype}"
+    return int(fill)
+
+
+def v3_attributes(node: dict, zarray: dict | None) -> tuple[dict, list | None]:
+    """What a node of the reference tree becomes in Zarr v3: (attributes, dimension_names).
+
+    An array written through the v2 view with a fill value other than null (``zarray``, its
+    .zarray as written) also gets that fill value as xarray's ``_FillValue`` attribute, unless it
+    has one (docs/codecs.md, "Fill values and xarray"; with or without ``_ARRAY_DIMENSIONS``)."""
     attrs = dict(node.get("attrs", {}))
-    if node.get("zarr_format") == 2:
-        return attrs, attrs.pop("_ARRAY_DIMENSIONS", None)
-    return attrs, None
+    if zarray is None:  # not written as a Zarr v2 array
+        return attrs, None
+    if zarray.get("fill_value") is not None:
+        attrs.setdefault("_FillValue", xarray_fill_attribute(zarray["fill_value"], zarray["dtype"]))
+    return attrs, attrs.pop("_ARRAY_DIMENSIONS", None)
+
+
+def all_files(root: Path) -> set[str]:
+    """Every file below ``root`` (relative paths), lock files included (conftest.list_files leaves
+    them out)."""
+    return {os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files}
 
 
 # --------------------------------------------------------------------------------------
@@ -836,25 +871,41 @@ def test_the_daemon_logs_no_error(written):
 def test_the_writer_reads_its_hierarchy_and_attributes_back_through_the_mount(written):
     mounted, expected = written.mounted, written.expected
     assert not mounted.errors, mounted.errors
-    assert sorted(mounted.tree) == sorted(expected.tree), "nodes found by walking the mount"
+    assert_none(node_differences(mounted.tree, expected.tree, "found by walking the mount"))
     differ = [f"{path}: {mounted.tree[path]} != {node}" for path, node in expected.tree.items()
-              if mounted.tree[path] != node]
-    assert not differ
+              if mounted.tree[path] != as_read_back(node)]
+    assert not differ, "\n".join(differ)
+
+
+def as_read_back(node: dict) -> dict:
+    """A node as the mount reads it back: a v2 ``fill_value: null`` has no v3 spelling and
+    reads back as the data type's zero, unless the array has dimension names (docs/codecs.md,
+    "Metadata read back through the v2 view" and "Fill values and xarray")."""
+    if node.get("fill_value") != "None" or node.get("zarr_format") != 2 or "_ARRAY_DIMENSIONS" in node["attrs"]:
+        return node
+    zero = {"f": "np.float64(0.0)", "c": "np.complex128(0j)", "b": "np.False_"}.get(node["dtype"][1],
+                                                                                   f"np.{_int_name(node)}(0)")
+    return {**node, "fill_value": zero}
+
+
+def _int_name(node: dict) -> str:
+    kind, size = node["dtype"][1], int(node["dtype"][2:])
+    return f"{'u' if kind == 'u' else ''}int{8 * size}"
 
 
 @for_writers(list(WRITERS))
 def test_the_writer_reads_its_values_back_through_the_mount(written):
     keys = [k for k in written.expected.values if k.startswith("array:")]
-    assert not differences(written.mounted.values, written.expected.values, keys)
+    assert_none(differences(written.mounted.values, written.expected.values, keys))
 
 
 @for_writers(XARRAY_WRITERS)
 def test_xarray_reads_its_datasets_back_through_the_mount(written):
     mounted, expected = written.mounted, written.expected
     assert not mounted.errors, mounted.errors
-    assert not dataset_differences(mounted.datasets, expected.datasets)
+    assert_none(dataset_differences(mounted.datasets, expected.datasets))
     keys = [k for k in expected.values if k.startswith("xarray:")]
-    assert not differences(mounted.values, expected.values, keys)
+    assert_none(differences(mounted.values, expected.values, keys))
 
 
 # --------------------------------------------------------------------------------------
@@ -865,23 +916,28 @@ def test_xarray_reads_its_datasets_back_through_the_mount(written):
 @for_writers(list(WRITERS))
 def test_the_backing_store_holds_the_same_nodes_as_sharded_zarr_v3(written):
     nodes = backing_nodes(written.store)
-    assert sorted(nodes) == sorted(written.expected.tree)
+    assert_none(node_differences(nodes, written.expected.tree, "in the backing store"))
+    lines = []
     for path, node in written.expected.tree.items():
         doc = nodes[path]
         assert doc["zarr_format"] == 3 and doc["node_type"] == node["node"], path
         if node["node"] == "array":
             assert doc["codecs"][0]["name"] == "sharding_indexed", f"{path} is not sharded: {doc['codecs']}"
             assert doc["shape"] == node["shape"], path
-        attrs, dimension_names = v3_attributes(node)
-        assert doc.get("attributes", {}) == attrs, path
-        if dimension_names is not None:
-            assert doc.get("dimension_names") == dimension_names, path
-
+        zarray = written.reference / path / ".zarray"
+        attrs, dimension_names = v3_attributes(node, read_json(zarray) if zarray.exists() else None)
+        if doc.get("attributes", {}) != attrs:
+            lines.append(f"{path}: attributes {doc.get('attributes', {})}, expected {attrs}")
+        if dimension_names is not None and doc.get("dimension_names") != dimension_names:
+            lines.append(f"{path}: dimension_names {doc.get('dimension_names')}, expected {dimension_names}")
+    assert_none(lines)
 
 
 @for_writers(list(WRITERS))
 def test_the_backing_store_holds_only_shards_and_metadata(written):
-    files = list_files(written.store)
+    """Shards, zarr.json and, in array directories only, the repack lock file (part of a finished
+    store: made once per array written through a mount, never replaced)."""
+    files = all_files(written.store)
     nodes = backing_nodes(written.store)
     accounted = {os.path.join(path, "zarr.json") if path else "zarr.json" for path in nodes}
     for path, doc in nodes.items():
@@ -905,7 +961,7 @@ def test_zarr_python_3_and_tensorstore_read_the_backing_store(written):
                 failed[key] = f"{type(error).__name__}: {error}"
     assert not failed, failed
     keys = [k for k in written.expected.values if k.startswith("array:")]
-    assert not differences(got, written.expected.values, keys)
+    assert_none(differences(got, written.expected.values, keys))
 
 
 @for_writers([name for name in XARRAY_WRITERS if WRITERS[name].view == "v3"])
@@ -919,8 +975,22 @@ def test_xarray_and_consolidated_metadata_read_the_backing_store(written):
     reference = run_reader(written.python, written.writer, written.reference, written.work / "reference-c.npz",
                            dict(written.writer.read_options, consolidated=["xr.zarr"]))
     keys = [k for k in reference.values if not k.startswith("array:")]
-    assert not differences(backing.values, reference.values, keys)
-    assert not dataset_differences(backing.datasets, expected.datasets)
+    assert_none(differences(backing.values, reference.values, keys))
+    assert_none(dataset_differences(backing.datasets, expected.datasets))
+
+
+@for_writers([name for name in XARRAY_WRITERS if WRITERS[name].view == "v3"])
+def test_consolidated_metadata_in_the_backing_store_is_each_arrays_backing_zarr_json(written):
+    """A group zarr.json written through the v3 view with consolidated metadata is stored with
+    each array entry replaced by that array's backing (sharded) zarr.json."""
+    nodes = backing_nodes(written.store)
+    entries = {os.path.join(group, path) if group else path: entry
+               for group, doc in nodes.items()
+               for path, entry in ((doc.get("consolidated_metadata") or {}).get("metadata") or {}).items()
+               if entry.get("node_type") == "array"}
+    assert entries, "xarray consolidated nothing"
+    assert_none([f"{path}: consolidated as {entry}, stored as {nodes.get(path)}"
+                 for path, entry in sorted(entries.items()) if entry != nodes.get(path)])
 
 
 # --------------------------------------------------------------------------------------
@@ -930,10 +1000,14 @@ def test_xarray_and_consolidated_metadata_read_the_backing_store(written):
 # xarray 2024.11 (xarray/backends/zarr.py) with zarr-python 2: _get_open_params defaults
 # use_zarr_fill_value_as_mask to True unless the group is zarr_format 3 (never with zarr 2), and
 # ZarrStore.open_store_variable then sets attributes["_FillValue"] = zarr_array.fill_value whenever
-# it is not None (replacing any _FillValue attribute); CF decoding masks those values to NaN
-# (promoting integers to float). The newest xarray reads Zarr v3 without that: only a _FillValue
-# attribute masks. So a v2 view that shows a v3 array's fill_value as it is makes every element
-# equal to it (time[0] = 0.0 of time = arange(10), the zeros of an int array) NaN for xarray.
+# it is not None (replacing any _FillValue attribute; with fill_value null a _FillValue attribute
+# stays as it is, raw); CFMaskCoder.decode (xarray/coding/variables.py) masks those values to NaN,
+# promoting integers to float. Writing, ZarrStore.set_variables pops _FillValue into the zarr
+# fill_value (None without one). The newest xarray reads Zarr v3 without that: only a _FillValue
+# attribute (floats as base64 of a little-endian double) masks. So a v2 view that shows a v3
+# array's fill_value as it is makes every element equal to it (time[0] = 0.0 of time = arange(10),
+# the zeros of an int array) NaN for xarray; a view that shows another value instead changes
+# what zarr-python 2 reads for absent chunks.
 
 FILL_VALUE_WRITER = r'''
 import sys, warnings
@@ -991,11 +1065,30 @@ def corpus_arrays_with_dimension_names(corpus_store) -> list:
     return chosen
 
 
+def absent_elements(array_dir: Path, scratch: Path) -> np.ndarray:
+    """True where an array of a plain store has no chunk (an inner chunk absent from its shard):
+    zarr-python 3 reads two copies of the array that differ only in their fill value, and only
+    those elements differ."""
+    doc = read_json(array_dir / "zarr.json")
+    kind = np.dtype(doc["data_type"]).kind
+    reads = []
+    for fill in (1, 2):
+        copy = scratch / f"{array_dir.name}-fill-{fill}"
+        shutil.copytree(array_dir, copy)
+        doc["fill_value"] = {"b": fill == 2, "f": float(fill), "c": [float(fill), 0.0]}.get(kind, fill)
+        (copy / "zarr.json").write_text(json.dumps(doc))
+        reads.append(zarr.open_array(str(copy), mode="r")[...])
+    one, two = reads
+    return ~((one == two) | (np.isnan(one) & np.isnan(two))) if kind in "fc" else one != two
+
+
 @pytest.fixture(scope="module")
 def fill_value_store(tmp_path_factory, corpus_store, xarray_zarr3_python) -> SimpleNamespace:
     """A plain sharded store (group ``zarr3`` by zarr-python 3, ``xarray`` by xarray + zarr 3,
-    ``corpus``: copies of the corpus arrays with dimension names) and what the newest xarray
-    reads from it."""
+    ``corpus``: copies of the corpus arrays with dimension names), what the newest xarray reads
+    from it (``original``, through its consolidated metadata, with the arrays zarr-python 3 finds
+    through it: ``v3_options``), and where each of its arrays has no chunk (``absent``, keyed like
+    xarray's variables)."""
     work = tmp_path_factory.mktemp("fill-values")
     root = work / "store.zarr"
     cases = corpus_arrays_with_dimension_names(corpus_store)
@@ -1006,9 +1099,13 @@ def fill_value_store(tmp_path_factory, corpus_store, xarray_zarr3_python) -> Sim
     assert "written" in venv_run(xarray_zarr3_python, FILL_VALUE_WRITER, str(root))
     reader = Writer("newest-xarray", "xarray_zarr3_python", "v3", "", reader=READER)
     options = {"xarray": [["", group] for group in FILL_VALUE_GROUPS]}
-    original = run_reader(xarray_zarr3_python, reader, root, work / "original.npz", options)
+    v3_options = dict(options, consolidated=[""], open_zarr={"consolidated": True})
+    original = run_reader(xarray_zarr3_python, reader, root, work / "original.npz", v3_options)
     assert not original.errors, original.errors
-    return SimpleNamespace(root=root, work=work, original=original, options=options, reader=reader)
+    absent = {f"xarray::{group}:{array.parent.name}": absent_elements(array.parent, work / "absent" / group)
+              for group in FILL_VALUE_GROUPS for array in sorted((root / group).glob("*/zarr.json"))}
+    return SimpleNamespace(root=root, work=work, original=original, options=options, v3_options=v3_options,
+                           reader=reader, absent=absent)
 
 
 @pytest.fixture(scope="module")
@@ -1022,48 +1119,85 @@ def read_through_v2_view(fill_value_store, module_mount, xarray_zarr2_python) ->
 @pytest.mark.parametrize("group", FILL_VALUE_GROUPS)
 def test_xarray_on_zarr2_reads_the_v2_view_as_xarray_on_zarr3_reads_the_original(
         fill_value_store, read_through_v2_view, group):
-    """Item 12: float coordinates with fill_value 0.0 (time = arange(10)), integers with zeros."""
+    """Item 12: float coordinates with fill_value 0.0 (time = arange(10)), integers with zeros.
+
+    In chunks that are present only: the v2 view shows arrays with dimension names with the
+    ``_FillValue`` attribute as fill value, else NaN for floats and null (zarr-python 2: whatever
+    memory held) for the rest, so absent chunks read NaN where xarray reads floats, and anything
+    where it reads integers."""
     got, expected = read_through_v2_view, fill_value_store.original
     assert f"xarray::{group}" not in got.errors, got.errors[f"xarray::{group}"]
     names = sorted(expected.datasets[f":{group}"]["variables"])
     assert sorted(got.datasets[f":{group}"]["variables"]) == names
-    assert not differences(got.values, expected.values, [f"xarray::{group}:{name}" for name in names])
+    keys = [f"xarray::{group}:{name}" for name in names]
+    present, lines = dict(got.values), []
+    for key in keys:
+        absent, value = fill_value_store.absent[key], got.values.get(key)
+        if value is None or value.shape != absent.shape or not absent.any():
+            continue  # differences() names a missing value or another shape
+        if value.dtype.kind == "f" and not np.isnan(value[absent]).all():
+            lines.append(f"{key}: absent chunks read {value[absent][~np.isnan(value[absent])][:3]}, not NaN")
+        present[key] = value.copy()
+        present[key][absent] = expected.values[key][absent]
+    assert_none(lines + differences(present, expected.values, keys))
 
 
 @pytest.fixture(scope="module")
-def read_through_v3_view(fill_value_store, module_mount, xarray_zarr3_python) -> tuple:
-    """The newest xarray and zarr-python 3 (through the root group, consolidated metadata and all)
-    reading the v3 view, and the same reading the original."""
+def read_through_v3_view(fill_value_store, module_mount, xarray_zarr3_python) -> SimpleNamespace:
+    """The newest xarray and zarr-python 3 reading the v3 view: through the root group's
+    consolidated metadata (``consolidated``, as ``fill_value_store.original`` was read), and
+    xarray without it (``plain``)."""
     mnt = module_mount(fill_value_store.root, "--read-only")
-    options = dict(fill_value_store.options, consolidated=[""])
     reader, work = fill_value_store.reader, fill_value_store.work
-    got = run_reader(xarray_zarr3_python, reader, mnt.path, work / "v3.npz", options)
-    expected = run_reader(xarray_zarr3_python, reader, fill_value_store.root, work / "original-c.npz", options)
-    assert not expected.errors, expected.errors
-    return got, expected, mnt.path
+    consolidated, plain = run_scripts(
+        xarray_zarr3_python,
+        (reader.reader, [str(mnt.path), str(work / "v3.npz"), json.dumps(fill_value_store.v3_options)]),
+        (reader.reader, [str(mnt.path), str(work / "v3-plain.npz"),
+                         json.dumps(dict(fill_value_store.options, open_zarr={"consolidated": False}))]))
+    return SimpleNamespace(path=mnt.path, consolidated=reading(consolidated, work / "v3.npz"),
+                           plain=reading(plain, work / "v3-plain.npz"))
 
 
 @pytest.mark.parametrize("group", FILL_VALUE_GROUPS)
 def test_newest_xarray_reads_the_v3_view_without_consolidated_metadata(fill_value_store, read_through_v3_view,
-                                                                      xarray_zarr3_python, group):
+                                                                      group):
     """The same with ``consolidated=False``: tells the consolidated metadata from the arrays."""
-    mnt_path = read_through_v3_view[2]
-    options = {"xarray": [["", group]], "open_zarr": {"consolidated": False}}
-    got = run_reader(xarray_zarr3_python, fill_value_store.reader, mnt_path,
-                     fill_value_store.work / f"v3-{group}-plain.npz", options)
+    got, expected = read_through_v3_view.plain, fill_value_store.original
     assert not got.errors, got.errors
-    expected = fill_value_store.original
     keys = [k for k in expected.values if k.startswith(f"xarray::{group}:")]
     assert keys
-    assert not differences(got.values, expected.values, keys)
+    assert_none(differences(got.values, expected.values, keys))
 
 
 @pytest.mark.parametrize("group", FILL_VALUE_GROUPS)
-def test_newest_xarray_reads_the_v3_view_as_it_reads_the_original(read_through_v3_view, group):
+def test_newest_xarray_reads_the_v3_view_as_it_reads_the_original(fill_value_store, read_through_v3_view, group):
     """xarray consolidates the whole store into the root zarr.json, where the arrays are described
-    as they are stored (sharded); through the v3 view they are unsharded."""
-    got, expected, _ = read_through_v3_view
-    assert not {k: e for k, e in got.errors.items() if group in k}, got.errors
+    as they are stored (sharded); through the v3 view they are unsharded. xarray and zarr-python 3
+    read through that consolidated metadata (``consolidated=True``: no quiet fallback)."""
+    got, expected = read_through_v3_view.consolidated, fill_value_store.original
+    assert not {k: e for k, e in got.errors.items() if k in (f"xarray::{group}", "consolidated:")}, got.errors
     keys = [k for k in expected.values if k.startswith((f"xarray::{group}:", f"consolidated::{group}/"))]
     assert keys
-    assert not differences(got.values, expected.values, keys)
+    assert_none(differences(got.values, expected.values, keys))
+
+
+CONSOLIDATED_UNSHARDED = ("chunk_grid", "codecs")  # what the v3 view changes in a sharded array's metadata
+
+
+def test_the_v3_view_shows_consolidated_entries_of_sharded_arrays_unsharded(fill_value_store, read_through_v3_view):
+    """Each consolidated entry of a sharded array reads, through the v3 view, with the chunk grid
+    and codecs of that array's own zarr.json there (unsharded), and everything else as stored."""
+    stored = read_json(fill_value_store.root / "zarr.json")["consolidated_metadata"]["metadata"]
+    shown = read_json(read_through_v3_view.path / "zarr.json")["consolidated_metadata"]["metadata"]
+    assert sorted(shown) == sorted(stored)
+    arrays = [path for path, entry in sorted(stored.items()) if entry["node_type"] == "array"]
+    assert arrays and all(stored[path]["codecs"][0]["name"] == "sharding_indexed" for path in arrays)
+    lines = []
+    for path in arrays:
+        own = read_json(read_through_v3_view.path / path / "zarr.json")
+        lines += [f"{path}: consolidated {key} {shown[path].get(key)}, its zarr.json {own.get(key)}"
+                  for key in CONSOLIDATED_UNSHARDED if shown[path].get(key) != own.get(key)]
+        rest = {key: value for key, value in shown[path].items() if key not in CONSOLIDATED_UNSHARDED}
+        if rest != {key: value for key, value in stored[path].items() if key not in CONSOLIDATED_UNSHARDED}:
+            lines.append(f"{path}: consolidated as {shown[path]}, stored as {stored[path]}")
+    assert_none(lines)

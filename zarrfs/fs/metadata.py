@@ -42,10 +42,17 @@ class MetadataWriter:
         self.flusher = flusher
         self.chunks_per_shard = chunks_per_shard
         self.names = V3_NAMES if tree.views.view == "v3" else V2_NAMES
+        self._locks: dict[str, trio.Lock] = {}  # per directory
 
     # -- applying a written file ---------------------------------------------
 
     async def apply(self, dir_key: str, name: str, data: bytes) -> None:
+        """Apply a metadata file written into ``dir_key``; one at a time per directory
+        (zarr-python 3.0 writes .zarray and .zattrs from two threads at once)."""
+        async with self._locks.setdefault(dir_key, trio.Lock()):
+            await self._apply(dir_key, name, data)
+
+    async def _apply(self, dir_key: str, name: str, data: bytes) -> None:
         where = join(dir_key, name)
         content = _json(where, data)
         self._unhide(dir_key, name)

@@ -203,7 +203,7 @@ class Operations(pyfuse3.Operations):
             info.noflush = not writable
         # Sizes of these change behind the kernel's back (status; metadata the view rewrites).
         info.direct_io = isinstance(node, (StatusFile, MetadataFile)) or (
-            isinstance(node, Scratch) and os.path.basename(node.path) in self._metadata_names())
+            os.path.basename(node.path) in self._metadata_names())
         return info
 
     def _metadata_names(self):

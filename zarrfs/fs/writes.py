@@ -146,7 +146,7 @@ class Writer:
 
     def open(self, node: Node, flags: int):
         """A writable handle on an existing file."""
-        if isinstance(node, Plain):
+        if isinstance(node, Plain) and os.path.basename(node.path) not in self.metadata.names:
             return PlainWriter(os.open(self.tree.store.path(node.path), flags & ~os.O_CREAT | os.O_CLOEXEC))
         memfile = self._memfile_for(node)
         content = MemContent(memfile, writable=True)  # before O_TRUNC: what it held stays settled
@@ -170,11 +170,14 @@ class Writer:
             memfile.flushed_generation = memfile.generation  # same bytes as the shard
             self.overlay.bind(chunk_name(node.array, node.coords), memfile)
             return memfile
-        if isinstance(node, MetadataFile):
-            memfile = MemFile(bytearray(self.tree.open(node).read(0, 2**31)))
+        if isinstance(node, (MetadataFile, Scratch, Plain)) and os.path.basename(node.path) in self.metadata.names:
+            # Written from what the view shows there now, which may be nothing: the kernel
+            # keeps names of metadata that was applied (an empty .zattrs, not shown) or
+            # unlinked (zarr-python 3.0's mode="w" unlinks, then writes anew).
+            memfile = MemFile(bytearray(self._metadata_now(node.path)))
             self.overlay.bind(scratch_name(node.path), memfile)
             return memfile
-        if isinstance(node, Scratch):  # applied as metadata, or gone: the caller looks again
+        if isinstance(node, Scratch):  # gone: the caller looks again
             raise FileNotFoundError(errno.ENOENT, f"{node.path} is no longer a buffered file")
         raise OSError(errno.EPERM, node.path)
 
@@ -363,6 +366,19 @@ class Writer:
         self._bind(target, self._memfile_for(node))
         return self.node_of(target), True
 
+    def _metadata_now(self, path: str) -> bytes:
+        """What metadata file ``path`` holds now: the view's, a plain one's (a group's
+        zarr.json in the v3 view, a .zattrs waiting for its .zarray), or nothing."""
+        current = self.tree.resolve(path)
+        try:
+            if isinstance(current, MetadataFile):
+                return self.tree.open(current).read(0, 2**31)
+            if isinstance(current, Plain) and stat.S_ISREG(self.tree.store.lstat(path).st_mode):
+                return self.tree.store.read(path)
+        except FileNotFoundError:
+            pass
+        return b""
+
     def _content_of(self, node: Node) -> bytes:
         if isinstance(node, Plain):
             if not stat.S_ISREG(self.tree.store.lstat(node.path).st_mode):
@@ -425,8 +441,7 @@ class Writer:
         if memfile.generation != memfile.flushed_generation:  # (else it is in its shard already)
             self.flusher.changed(memfile)
         if memfile.handles == 1:
-            if isinstance(node, (Scratch, MetadataFile)) and os.path.basename(node.path) in self.metadata.names \
-                    and self.overlay.get(scratch_name(node.path)) is memfile:
+            if os.path.basename(node.path) in self.metadata.names and self.overlay.get(scratch_name(node.path)) is memfile:
                 self.overlay.forget(scratch_name(node.path))
                 await self.metadata.apply(os.path.dirname(node.path), os.path.basename(node.path), bytes(memfile.data))
 
