@@ -40,6 +40,7 @@ def main(argv=None) -> int:
                         "file's descriptor)")
     parser.add_argument("--out", type=Path, default=None, help="write each failure's replay here")
     parser.add_argument("--replay", type=Path, default=None, help="run a printed replay (view = ..., ops = [...])")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print how often each operation ran")
     parser.add_argument("--tmp", type=Path, default=None, help="where to make stores and mounts (default /tmp)")
     args = parser.parse_args(argv)
 
@@ -74,6 +75,8 @@ def main(argv=None) -> int:
                 done = len(ops)
                 rows.append((seed, view, done, 0 if failure is None else 1, seconds))
                 print(f"seed {seed} view {view}: {done} ops in {seconds:.0f} s: {failure or 'ok'}", flush=True)
+                if args.verbose:
+                    print("  " + ", ".join(f"{k}={v}" for k, v in sorted(world.stats.items())), flush=True)
                 if failure is not None:
                     if args.shrink_seconds > 0:
                         shrunk, shrunk_failure = runner.shrink(view, ops, failure, args.shrink_seconds)

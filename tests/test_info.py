@@ -23,6 +23,7 @@ from conftest import list_files
 from helpers import v2_prototype_array
 from zarrfs import info
 from zarrfs.info import Progress, format_text, run_info, summarize
+from zarrfs.store.local import temporary_name
 
 CORRUPT_CASE = "zarr_2d_end_crc_default_slash"  # 2-D, index at the end, [bytes, crc32c]
 
@@ -252,9 +253,9 @@ def test_stray_files_are_counted_where_the_view_shows_them(store_copy, mount):
     (root / case.path / "README.txt").write_text("shown as it is")  # not a chunk key
     (root / case.path / "c" / "9").mkdir()
     (root / case.path / "c" / "9" / "9").write_bytes(b"a shard outside the grid: hidden")
-    (root / case.path / ".zarrfs-scratch").write_bytes(b"zarrfs's own: hidden")
-    (root / ".zarrfs-tmp").mkdir()
-    (root / ".zarrfs-tmp" / "x").write_bytes(b"zarrfs's own: hidden")
+    (root / case.path / temporary_name("c")).write_bytes(b"zarrfs's own temporary: hidden")
+    (root / "sub").mkdir()
+    (root / "sub" / ".zarrfs-tmp-notes").write_bytes(b"a user's file that looks like ours: shown")
     after = info_json(root)
     old, new = by_path(before)[case.path], by_path(after)[case.path]
     assert new["backing_files"] == old["backing_files"] + 2
@@ -262,7 +263,7 @@ def test_stray_files_are_counted_where_the_view_shows_them(store_copy, mount):
     assert (new["shards"], new["chunks"]) == (old["shards"], old["chunks"])
     totals = after["totals"]
     assert totals["backing_files"] == before["totals"]["backing_files"] + 4 == len(list_files(root))
-    assert totals["view_files"] == before["totals"]["view_files"] + 1 == len(list_files(mount(root).path))
+    assert totals["view_files"] == before["totals"]["view_files"] + 2 == len(list_files(mount(root).path))
 
 
 def test_malformed_metadata_is_skipped_with_its_reason(tmp_path):

@@ -9,8 +9,8 @@ import sys
 
 from . import __version__
 from .check import run_check
-from .daemon import (DEFAULT_FLUSH_AFTER, DEFAULT_MAX_DIRTY_MIB, DEFAULT_SHARDS, DEFAULT_TIMEOUT, MountError,
-                     MountOptions, mount, read_status, umount)
+from .daemon import (DEFAULT_FLUSH_AFTER, DEFAULT_MAX_DIRTY_MIB, DEFAULT_MAX_SCRATCH_MIB, DEFAULT_SHARDS,
+                     DEFAULT_TIMEOUT, MountError, MountOptions, mount, read_status, umount)
 from .info import DEFAULT_JOBS, run_info
 
 COMMANDS = ("mount", "umount", "status", "info", "check")
@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     mount_cmd.add_argument("--max-dirty", type=_mebibytes, default=DEFAULT_MAX_DIRTY_MIB, metavar="MiB",
                            help="written data held in memory before writers wait for repacks "
                                 f"(default {DEFAULT_MAX_DIRTY_MIB})")
+    mount_cmd.add_argument("--max-scratch", type=_mebibytes, default=DEFAULT_MAX_SCRATCH_MIB, metavar="MiB",
+                           help="memory each user's scratch files (temporaries, locks) may hold; past "
+                                f"it their writes fail with EDQUOT (default {DEFAULT_MAX_SCRATCH_MIB})")
     mount_cmd.add_argument("--view", choices=["v3", "v2"], default="v3",
                            help="what readers see: v3 = unsharded Zarr v3 arrays (default); "
                                 "v2 = Zarr v2 metadata and chunk keys, for zarr-python 2 and other legacy readers")
@@ -140,7 +143,8 @@ def _own_option(name: str, value: str):
     name = name.replace("-", "_")
     if name == "view" and value not in ("v3", "v2"):
         raise SystemExit(f"zarrfs: error: -o view={value}: choose v3 or v2")
-    converters = {"shards": _positive_int, "flush_after": _seconds, "max_dirty": _mebibytes, "attr_timeout": _seconds,
+    converters = {"shards": _positive_int, "flush_after": _seconds, "max_dirty": _mebibytes,
+                  "max_scratch": _mebibytes, "attr_timeout": _seconds,
                   "log_level": str.upper}
     try:
         return converters.get(name, str)(value)
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # zarrfs's own options may also come as -o NAME=VALUE (fstab lines, mount -t fuse.zarrfs).
 OWN_OPTIONS = {"view": "view", "shards": "shards", "flush_after": "flush_after", "max_dirty": "max_dirty",
-               "attr_timeout": "attr_timeout", "log_level": "log_level", "log_file": "log_file"}
+               "max_scratch": "max_scratch", "attr_timeout": "attr_timeout", "log_level": "log_level", "log_file": "log_file"}
 
 
 def _mount_options(args) -> MountOptions:
@@ -197,6 +201,7 @@ def _mount_options(args) -> MountOptions:
         shards=args.shards,
         flush_after=args.flush_after,
         max_dirty_mib=args.max_dirty,
+        max_scratch_mib=args.max_scratch,
         fuse_options=fuse_options,
         timeout=args.attr_timeout,
         log_level=args.log_level,

@@ -12,6 +12,7 @@ import errno
 import logging
 import logging.handlers
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -43,6 +44,7 @@ DEFAULT_TIMEOUT = 60.0  # seconds the kernel may cache names, attributes and pag
 DEFAULT_SHARDS = 8  # inner chunks per shard along every axis, for arrays created through the mount
 DEFAULT_FLUSH_AFTER = 5.0  # seconds of quiet before a changed shard is repacked
 DEFAULT_MAX_DIRTY_MIB = 256
+DEFAULT_MAX_SCRATCH_MIB = 1024  # per user: temporaries and locks held in memory
 EXIT_WARNING_SECONDS = 60.0  # how often an exiting daemon that cannot flush says so
 
 
@@ -60,6 +62,7 @@ class MountOptions:
     shards: int = DEFAULT_SHARDS
     flush_after: float = DEFAULT_FLUSH_AFTER
     max_dirty_mib: float = DEFAULT_MAX_DIRTY_MIB
+    max_scratch_mib: float = DEFAULT_MAX_SCRATCH_MIB
     fuse_options: list[str] = field(default_factory=list)
     timeout: float = DEFAULT_TIMEOUT
     log_level: str = "INFO"
@@ -202,6 +205,7 @@ class _JournalFormatter(logging.Formatter):
 
 def serve(options: MountOptions, on_ready) -> int:
     """Mount, serve until unmounted or signalled, unmount. Returns an exit code."""
+    _raise_open_file_limit()
     # Stats of metadata and shards serve a second (never longer than the kernel caches
     # attributes); descriptors of the shards read last stay open.
     store = LocalStore(options.store, reuse_stats_for=min(1.0, options.timeout), keep_open=64)
@@ -214,7 +218,7 @@ def serve(options: MountOptions, on_ready) -> int:
             log.warning("%s: repacks of a shard cannot exclude other nodes' mounts of this store; mount it "
                         "writable on one node only (docs/hpc-admin.md, \"Two nodes, one store\")", problem)
         flusher = Flusher(tree, options.flush_after, int(options.max_dirty_mib * 2**20))
-        writer = Writer(tree, flusher, options.shards)
+        writer = Writer(tree, flusher, options.shards, int(options.max_scratch_mib * 2**20))
     operations = Operations(tree, options.timeout, writer)
     tree.status_text = lambda: _status_text(options, operations, started)
     try:
@@ -228,6 +232,15 @@ def serve(options: MountOptions, on_ready) -> int:
     finally:
         unmount()
     return 0 if clean else 1
+
+
+def _raise_open_file_limit() -> None:
+    """Readers hold descriptors of shards through their open files: raise the soft limit
+    on open files to the hard one, as other file servers do (docs/hpc-admin.md, limits)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.debug("open file limit raised from %d to %d", soft, hard)
 
 
 class _Unmount:

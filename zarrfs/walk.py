@@ -27,9 +27,8 @@ from typing import Callable, Iterable, Iterator, TextIO
 from .format.keys import ChunkKeyEncoding
 from .format.metadata import ArrayLayout, MetadataError, parse_array_document, parse_v2_sharded
 from .fs.shards import join
-from .fs.tree import RESERVED_PREFIX
 from .fs.views import V2_ARRAY, V3_METADATA
-from .store.local import LocalStore
+from .store.local import LocalStore, zarrfs_own
 
 V2_GROUP = ".zgroup"
 
@@ -164,7 +163,7 @@ class StoreWalker:
     def _plain(self, dir_key: str, entries: list[os.DirEntry]) -> None:
         """A directory the view shows as it is (a group, or no Zarr node at all)."""
         for entry in entries:
-            if entry.name.startswith(RESERVED_PREFIX):
+            if zarrfs_own(entry.name):
                 self._scratch(dir_key, entry)
             elif entry.is_dir(follow_symlinks=False):
                 self.walk(join(dir_key, entry.name))
@@ -201,7 +200,7 @@ class StoreWalker:
         keys = layout.key_encoding
         for entry in entries:
             is_dir = entry.is_dir(follow_symlinks=False)
-            if entry.name.startswith(RESERVED_PREFIX):
+            if zarrfs_own(entry.name):
                 self._scratch(dir_key, entry)
                 continue
             if keys.decode_prefix((entry.name,), layout.ndim) is None:

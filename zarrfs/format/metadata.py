@@ -20,6 +20,11 @@ from .keys import ChunkKeyEncoding, KeyEncodingError
 from .shard_index import IndexFormat
 
 SHARDING = "sharding_indexed"
+# Limits no real array reaches, checked before anything is allocated for an array: past
+# them its directory shows as plain files (SPEC §7). An index of 2**22 entries is 64 MiB,
+# the size of the whole index cache.
+MAX_DIMENSIONS = 32
+MAX_CHUNKS_PER_SHARD = 1 << 22
 
 
 class MetadataError(ValueError):
@@ -115,12 +120,14 @@ def parse_array_document(doc: object) -> ArrayLayout | None:
     if doc.get("node_type") != "array":
         raise MetadataError(f"node_type {doc.get('node_type')!r} is neither array nor group")
     shape = _int_tuple(doc.get("shape"), "shape")
+    _check_limits(shape)
     chunk_shape = _regular_chunk_shape(doc.get("chunk_grid"), len(shape))
     codecs = _codec_list(doc.get("codecs"), "codecs")
     key_encoding = _key_encoding(doc.get("chunk_key_encoding", "default"))
     if not any(name == SHARDING for name, _ in codecs):
         return ArrayLayout(shape, chunk_shape, chunk_shape, (), key_encoding, doc)
     levels, inner_shape, inner_codecs = _sharding_levels(codecs, chunk_shape)
+    _check_limits(shape, levels)
     view = copy.deepcopy(doc)
     view["chunk_grid"] = {"name": "regular", "configuration": {"chunk_shape": list(inner_shape)}}
     view["codecs"] = inner_codecs
@@ -174,8 +181,17 @@ def parse_v2_sharded(zarray: object) -> ArrayLayout | None:
     key_encoding = _key_encoding({"name": "v2", "configuration": {"separator": separator}})
     view = {k: v for k, v in zarray.items() if k not in PROTOTYPE_KEYS}
     level = IndexFormat(per_shard, "little", False, "end")
+    _check_limits(shape, (level,))
     shard_shape = tuple(c * n for c, n in zip(chunks, per_shard))
     return ArrayLayout(shape, shard_shape, chunks, (level,), key_encoding, view)
+
+
+def _check_limits(shape: tuple[int, ...], levels: tuple[IndexFormat, ...] = ()) -> None:
+    if len(shape) > MAX_DIMENSIONS:
+        raise MetadataError(f"{len(shape)} dimensions: more than the {MAX_DIMENSIONS} zarrfs serves")
+    per_shard = math.prod(level.n_chunks for level in levels)
+    if per_shard > MAX_CHUNKS_PER_SHARD:
+        raise MetadataError(f"{per_shard} chunks per shard: more than the {MAX_CHUNKS_PER_SHARD} zarrfs serves")
 
 
 def _key_encoding(doc) -> ChunkKeyEncoding:

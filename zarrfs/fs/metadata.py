@@ -21,6 +21,7 @@ import trio
 
 from ..format.metadata import MetadataError, json_bytes, parse_array_document, shard_document, with_consolidated
 from ..format.v2 import NoV2Equivalent, v2_to_v3
+from ..store.local import zarrfs_own
 from .overlay import MemFile, chunk_name, relative_parts, scratch_name
 from .shards import join
 
@@ -279,7 +280,7 @@ class MetadataWriter:
         if any(f is not None for f in self.tree.overlay.chunks_of(dir_key).values()):
             return True
         for _, _, files in os.walk(self.store.path(dir_key)):
-            if any(f not in ("zarr.json", ".zattrs") and not f.startswith(".zarrfs") for f in files):
+            if any(f not in ("zarr.json", ".zattrs") and not zarrfs_own(f) for f in files):
                 return True
         return False
 

@@ -31,13 +31,12 @@ import crc32c
 
 from ..format.keys import parse_index
 from ..format.shard_index import CHECKSUM_NBYTES, CorruptShard
-from ..store.local import FileChanged, LocalStore
+from ..store.local import FileChanged, LocalStore, SharedFile, zarrfs_own
 from .overlay import MemFile, Overlay, chunk_name, scratch_name
 from .shards import ChunkLocation, Shards, join, version
 from .views import DirView, Views
 
-RESERVED_PREFIX = ".zarrfs"  # our control directory and scratch files: never listed
-CONTROL_DIR = ".zarrfs"
+CONTROL_DIR = ".zarrfs"  # at the mount root: shadows a store's own .zarrfs there (documented)
 STATUS_FILE = "status"
 STATUS_PAGE = 4096
 
@@ -122,17 +121,22 @@ Entry = tuple  # (name, Node, Attributes | None): one directory entry
 
 
 class FileRange:
-    """An open chunk or plain file: a byte range of a backing file."""
+    """An open chunk or plain file: a byte range of one version of a backing file, read
+    through a descriptor shared by every open file of that version (LocalStore.share)."""
 
-    def __init__(self, fd: int, offset: int, length: int, version: tuple):
-        self.fd, self.offset, self.length, self.version = fd, offset, length, version
+    def __init__(self, shared: SharedFile, offset: int, length: int, version: tuple):
+        self.shared, self.offset, self.length, self.version = shared, offset, length, version
+
+    @property
+    def fd(self) -> int:
+        return self.shared.fd
 
     def read(self, offset: int, size: int) -> bytes:
         size = max(0, min(size, self.length - offset))
-        return os.pread(self.fd, size, self.offset + offset) if size else b""
+        return os.pread(self.shared.fd, size, self.offset + offset) if size else b""
 
     def close(self) -> None:
-        os.close(self.fd)
+        self.shared.release()
 
 
 class Bytes:
@@ -191,7 +195,7 @@ class ViewTree:
             return ControlDir(CONTROL_DIR)
         if isinstance(parent, ControlDir):
             return StatusFile(join(parent.path, STATUS_FILE)) if name == STATUS_FILE else None
-        if name.startswith(RESERVED_PREFIX):
+        if zarrfs_own(name):
             return None
         scratch_path = join(parent.path, name)
         if scratch_path in self.overlay.scratch:
@@ -235,7 +239,8 @@ class ViewTree:
             view = self._array_view(node.array)
             return (self._key_children(node.array, view, node.parts) if view else []) + scratch
         view = self.views.of(node.path)
-        names = [n for n in self.store.listdir(node.path) if not n.startswith(RESERVED_PREFIX)]
+        names = [n for n in self.store.listdir(node.path)
+                 if not zarrfs_own(n) and not (n == CONTROL_DIR and node.path == "")]
         if view is None:
             return [(n, Plain(join(node.path, n)), None) for n in names] + scratch
         entries = [(n, Plain(join(node.path, n)), None)
@@ -428,9 +433,8 @@ class ViewTree:
         if isinstance(node, StatusFile):
             return Bytes(self._status_bytes(), ())
         if isinstance(node, Plain):
-            fd = self.store.open(node.path)
-            st = os.fstat(fd)
-            return FileRange(fd, 0, 2**63 - 1, version(st))
+            shared = self.store.share(node.path)
+            return FileRange(shared, 0, 2**63 - 1, shared.version)
         raise OSError(errno.EISDIR, node.path)
 
     def read(self, node: Node, offset: int, size: int) -> bytes:
@@ -465,10 +469,10 @@ class ViewTree:
             return self._verified_without_crc(node)
         for _ in range(3):
             view, location = self._locate_or_gone(node)
-            fd = self.store.open(location.shard_key)  # the reader's own: it keeps this version
-            if version(os.fstat(fd)) == version(location.shard_stat):
-                return FileRange(fd, location.offset, location.length, location.version)
-            os.close(fd)  # replaced since we last looked: look again
+            shared = self.store.share(location.shard_key)  # the reader keeps this version
+            if shared.version == version(location.shard_stat):
+                return FileRange(shared, location.offset, location.length, location.version)
+            shared.release()  # replaced since we last looked: look again
             self.store.forget_recent(location.shard_key)
         raise OSError(errno.EAGAIN, f"shard {location.shard_key} keeps changing")
 

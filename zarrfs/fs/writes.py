@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 import trio
 
-from .metadata import MetadataWriter
+from .metadata import MetadataWriter, refuse
 from .overlay import MemFile, chunk_name, scratch_name
 from .shards import join
-from .tree import RESERVED_PREFIX, Chunk, KeyDir, MemContent, MetadataFile, Node, Plain, Scratch, ViewTree
+from ..store.local import zarrfs_own
+from .tree import CONTROL_DIR, Chunk, KeyDir, MemContent, MetadataFile, Node, Plain, Scratch, ViewTree
 
 log = logging.getLogger("zarrfs")
 
@@ -70,19 +71,21 @@ class PlainWriter:
 
 
 class Writer:
-    def __init__(self, tree: ViewTree, flusher, chunks_per_shard: int):
+    def __init__(self, tree: ViewTree, flusher, chunks_per_shard: int, max_scratch: int = 1 << 30):
         self.tree = tree
         self.overlay = tree.overlay
         self.flusher = flusher
         self.metadata = MetadataWriter(tree, flusher, chunks_per_shard)
         self._pending_estimate = 0  # bytes in pending files, at least (see spill_pending)
+        self.max_scratch = max_scratch  # bytes of scratch files per user
+        self._scratch_written: dict[int, int] = {}  # uid -> bytes written since its last count
 
     # -- naming -------------------------------------------------------------
 
     def target(self, parent: Node, name: str, quiet: bool = False) -> Target:
         """What writing ``name`` in ``parent`` means. Raises OSError for names that cannot be written."""
-        if name.startswith(RESERVED_PREFIX):
-            raise OSError(errno.EPERM, f"{name}: names starting with {RESERVED_PREFIX} are zarrfs's own")
+        if zarrfs_own(name) or (name == CONTROL_DIR and parent.path == ""):
+            raise OSError(errno.EPERM, f"{name}: a name zarrfs keeps for itself (docs/hpc-admin.md)")
         path = join(parent.path, name)
         if isinstance(parent, Plain) and name in self.metadata.names:
             return Target("metadata", path, parent.path)
@@ -182,12 +185,28 @@ class Writer:
         raise OSError(errno.EPERM, node.path)
 
     def write(self, content, offset: int, data: bytes) -> int:
+        if isinstance(content, MemContent) and not any(n[0] == "chunk" for n in content.memfile.names):
+            self._check_scratch_room(content.memfile, offset + len(data))
         written = content.write(offset, data) if isinstance(content, PlainWriter) else content.memfile.write(offset, data)
         if isinstance(content, MemContent):
             self.flusher.changed(content.memfile, len(data))
             if content.memfile.pending:
                 self._pending_estimate += len(data)
         return written
+
+    def _check_scratch_room(self, memfile: MemFile, end: int) -> None:
+        """Scratch files live in memory: each user's are bounded by ``--max-scratch``, so
+        one user cannot take the daemon's memory from the others (SPEC §8)."""
+        grows = max(0, end - len(memfile.data))
+        written = self._scratch_written.get(memfile.uid, 0) + grows
+        if written > self.max_scratch // 8:  # count again now and then, not on every write
+            written = sum(len(f.data) for f in self.overlay.scratch.values() if f.uid == memfile.uid) + grows
+            if written > self.max_scratch:
+                log.warning("uid %d: scratch files would pass --max-scratch (%d MiB); write refused",
+                            memfile.uid, self.max_scratch >> 20)
+                raise OSError(errno.EDQUOT, "scratch files of this user are over --max-scratch")
+            written = 0
+        self._scratch_written[memfile.uid] = written
 
     def truncate(self, node: Node, size: int) -> None:
         if isinstance(node, Plain):
@@ -258,13 +277,13 @@ class Writer:
         if self.tree.lookup(parent, name) is not None:
             raise OSError(errno.EEXIST, target.path)
         if target.kind != "scratch":  # a chunk key or a metadata name cannot be a directory
-            raise OSError(errno.EINVAL, target.path)
+            raise refuse(target.path, "a chunk key or metadata name cannot be a directory")
         self.overlay.directories.add(target.path)
         self.overlay.restore_directories(target.path)
         node = self.tree.lookup(parent, name)
         if not isinstance(node, KeyDir):
             self.overlay.directories.discard(target.path)
-            raise OSError(errno.EINVAL, f"{target.path} is not a chunk key directory of {target.array}")
+            raise refuse(target.path, f"only chunk key directories can be made inside array {target.array}")
         return node
 
     async def rmdir(self, parent: Node, name: str) -> None:

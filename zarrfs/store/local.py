@@ -16,6 +16,8 @@ import ctypes
 import errno
 import fcntl
 import os
+import re
+import secrets
 import socket
 import stat
 import struct
@@ -41,6 +43,24 @@ class FileChanged(Exception):
     """The file is no longer the version the caller knows (it was replaced): look again."""
 
 
+class SharedFile:
+    """A read-only descriptor of one version of a file, shared by all who opened that
+    version: open files cost the daemon one descriptor per file version, not per handle."""
+
+    def __init__(self, table: dict, key: tuple, fd: int):
+        self.table, self.key, self.fd, self.users = table, key, fd, 1
+
+    @property
+    def version(self) -> tuple:
+        return self.key[1]
+
+    def release(self) -> None:
+        self.users -= 1
+        if not self.users:
+            del self.table[self.key]
+            os.close(self.fd)
+
+
 class LocalStore:
     def __init__(self, root: str, reuse_stats_for: float = 0.0, keep_open: int = 0):
         """``reuse_stats_for`` (see recent_stat) and ``keep_open`` (see pread_version)
@@ -52,6 +72,7 @@ class LocalStore:
         self._generation = 0  # of changes through the mount
         self._changing = 0  # changes under way
         self._open: OrderedDict[str, tuple[int, tuple]] = OrderedDict()  # key -> (fd, its version)
+        self._shared: dict[tuple, SharedFile] = {}  # (key, version) -> the descriptor open files share
 
     def path(self, key: str) -> str:
         return os.path.join(self.root, key) if key else self.root
@@ -139,6 +160,18 @@ class LocalStore:
             raise OSError(errno.EIO, "not a regular file", key)
         return fd
 
+    def share(self, key: str) -> SharedFile:
+        """The current version of ``key``, open for reading; ``release()`` it when done."""
+        fd = self.open(key)
+        name = (key, file_version(os.fstat(fd)))
+        shared = self._shared.get(name)
+        if shared is None:
+            shared = self._shared[name] = SharedFile(self._shared, name, fd)
+        else:
+            os.close(fd)
+            shared.users += 1
+        return shared
+
     def pread_version(self, key: str, version: tuple, size: int, offset: int) -> bytes:
         """Bytes of ``key`` in the given ``file_version``. Raises FileChanged if it has
         been replaced. Descriptors of the last ``keep_open`` files read stay open: a
@@ -194,8 +227,6 @@ class LocalStore:
         dir_fd = self._directory(directory, create=True)
         try:
             temporary = temporary_name(name)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary, dir_fd=dir_fd)  # ours by name: a dead process with our pid left it
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
                          dir_fd=dir_fd)
             try:
@@ -318,7 +349,7 @@ class LocalStore:
         for directory, _, files in os.walk(root):
             for name in files:
                 parts = tuple(os.path.relpath(os.path.join(directory, name), root).split(os.sep))
-                if name.startswith(".zarrfs") or not is_chunk_key(parts):
+                if zarrfs_own(name) or not is_chunk_key(parts):
                     continue
                 os.rename(os.path.join(directory, name), os.path.join(directory, STAGED_PREFIX + name))
                 staged.append((join_key(array_key, *parts[:-1], STAGED_PREFIX + name), parts))
@@ -385,8 +416,11 @@ class LocalStore:
         staged.setdefault(array_key, []).append((key, parts))
 
     def _remove_if_abandoned(self, directory: str, name: str, metadata_names) -> bool:
+        ours = TEMPORARY.fullmatch(name)
+        if ours is None:
+            return False  # a user's file that merely looks like ours
         path = os.path.join(directory, name)
-        owner, target_name = name[len(TEMPORARY_PREFIX):].partition("-")[::2]
+        owner, target_name = ours.groups()
         target = os.path.relpath(os.path.join(directory, target_name), self.root)
         metadata = _array_metadata_above(self.root, directory, metadata_names)
         try:
@@ -440,9 +474,18 @@ def _host_tag() -> str:
 
 
 def temporary_name(name: str, pid: int | None = None) -> str:
-    """``.zarrfs-tmp-<host><pid>-<name>``: says who writes it, so that a later
-    mount on the same node can tell a dead writer's leftovers at once."""
-    return f"{TEMPORARY_PREFIX}{_host_tag()}{os.getpid() if pid is None else pid:08x}-{name}"
+    """``.zarrfs-tmp-<host><pid>-<token>-<name>``: says who writes it, so that a later
+    mount on the same node can tell a dead writer's leftovers at once, and is
+    recognisable beyond doubt (a user's own ``.zarrfs-tmp-notes`` is never touched)."""
+    return f"{TEMPORARY_PREFIX}{_host_tag()}{os.getpid() if pid is None else pid:08x}-{secrets.token_hex(4)}-{name}"
+
+
+TEMPORARY = re.compile(re.escape(TEMPORARY_PREFIX) + r"([0-9a-f]{12})-[0-9a-f]{8}-(.+)", re.DOTALL)
+
+
+def zarrfs_own(name: str) -> bool:
+    """Whether a backing file name is one of zarrfs's own (never shown, never a user's)."""
+    return name == LOCK_FILE or name.startswith(STAGED_PREFIX) or TEMPORARY.fullmatch(name) is not None
 
 
 def _owner_is_gone(owner: str) -> bool:
