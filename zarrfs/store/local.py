@@ -73,6 +73,7 @@ class LocalStore:
         self._changing = 0  # changes under way
         self._open: OrderedDict[str, tuple[int, tuple]] = OrderedDict()  # key -> (fd, its version)
         self._shared: dict[tuple, SharedFile] = {}  # (key, version) -> the descriptor open files share
+        self._root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # what keys resolve beneath
 
     def path(self, key: str) -> str:
         return os.path.join(self.root, key) if key else self.root
@@ -154,7 +155,7 @@ class LocalStore:
         followed (a symlink is the kernel's to follow, in the reader's context); the
         open does not wait (a FIFO); anything but a regular file is refused with EIO.
         """
-        fd = open_beneath(self.root, key, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_beneath(self._root_fd, key, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise OSError(errno.EIO, "not a regular file", key)
@@ -271,7 +272,7 @@ class LocalStore:
 
     def _lstat_beneath(self, key: str) -> os.stat_result | None:
         try:
-            fd = open_beneath(self.root, key, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = open_beneath(self._root_fd, key, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             return None
         try:
@@ -561,38 +562,37 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
-def open_beneath(root: str, key: str, flags: int) -> int:
-    """``os.open(root/key, flags)``, resolved beneath ``root``: a symlink (or ``..``) that
-    leads out of it fails with EXDEV, as with ``openat2(RESOLVE_BENEATH)``; where the
-    kernel lacks openat2, every component is opened with O_NOFOLLOW instead."""
+def open_beneath(root_fd: int, key: str, flags: int) -> int:
+    """``os.open(key, flags)`` relative to the directory ``root_fd``, resolved beneath it:
+    a symlink (or ``..``) that leads out of it fails with EXDEV, as with
+    ``openat2(RESOLVE_BENEATH)``; where the kernel lacks openat2, every component is
+    opened with O_NOFOLLOW instead."""
     if not key:
-        return os.open(root, flags)
+        return os.open(".", flags, dir_fd=root_fd)
     global _SYS_OPENAT2
     if _SYS_OPENAT2 is not None:
-        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            how = _OpenHow(flags, 0, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
-            fd = _libc.syscall(_SYS_OPENAT2, root_fd, os.fsencode(key), ctypes.byref(how), ctypes.sizeof(how))
-        finally:
-            os.close(root_fd)
+        how = _OpenHow(flags, 0, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
+        fd = _libc.syscall(_SYS_OPENAT2, root_fd, os.fsencode(key), ctypes.byref(how), ctypes.sizeof(how))
         if fd >= 0:
             return fd
         error = ctypes.get_errno()
         if error != errno.ENOSYS:
             raise OSError(error, os.strerror(error), key)
         _SYS_OPENAT2 = None
-    return _open_component_by_component(root, key, flags)
+    return _open_component_by_component(root_fd, key, flags)
 
 
-def _open_component_by_component(root: str, key: str, flags: int) -> int:
+def _open_component_by_component(root_fd: int, key: str, flags: int) -> int:
     *directories, name = key.split("/")
-    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.dup(root_fd)
     try:
         for part in directories:
             if part in ("", ".", ".."):
                 raise OSError(errno.EXDEV, "path leads out of the store", key)
             parent, fd = fd, os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             os.close(parent)
+        if name in (".", ".."):
+            raise OSError(errno.EXDEV, "path leads out of the store", key)
         return os.open(name, flags | os.O_NOFOLLOW, dir_fd=fd)
     finally:
         os.close(fd)
