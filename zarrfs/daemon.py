@@ -179,14 +179,14 @@ def _detach_stdio() -> None:
 
 def configure_logging(options: MountOptions, daemonized: bool) -> None:
     if options.log_file:
-        handler: logging.Handler = logging.FileHandler(options.log_file)
+        handler: logging.Handler = logging.FileHandler(options.log_file, encoding="utf-8", errors="backslashreplace")
     elif daemonized and os.path.exists("/dev/log"):
         handler = logging.handlers.SysLogHandler(address="/dev/log")
     else:
         handler = logging.StreamHandler(sys.stderr)
     timestamp = "%(asctime)s " if options.log_file else ""
     formatter = _JournalFormatter if isinstance(handler, logging.StreamHandler) and os.environ.get(
-        "JOURNAL_STREAM") and not options.log_file else logging.Formatter
+        "JOURNAL_STREAM") and not options.log_file else _SafeFormatter
     handler.setFormatter(formatter(timestamp + "zarrfs[%(process)d] %(levelname)s: %(message)s"))
     root = logging.getLogger("zarrfs")
     root.handlers[:] = [handler]
@@ -194,7 +194,16 @@ def configure_logging(options: MountOptions, daemonized: bool) -> None:
     root.propagate = False
 
 
-class _JournalFormatter(logging.Formatter):
+class _SafeFormatter(logging.Formatter):
+    """Names in the store are a user's: a newline or non-UTF-8 bytes in one must not
+    forge a log line or lose one, so messages show them escaped (\\n, \\udcff)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in record.message)
+        return super().formatMessage(record)
+
+
+class _JournalFormatter(_SafeFormatter):
     """Under systemd, stderr lines carry their priority (<3> error ... <7> debug) for journald."""
 
     PRIORITIES = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}

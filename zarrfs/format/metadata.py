@@ -25,6 +25,7 @@ SHARDING = "sharding_indexed"
 # the size of the whole index cache.
 MAX_DIMENSIONS = 32
 MAX_CHUNKS_PER_SHARD = 1 << 22
+MAX_EXTENT = 1 << 62  # coordinates stay numpy int64
 
 
 class MetadataError(ValueError):
@@ -108,9 +109,18 @@ def json_bytes(doc) -> bytes:
 def parse_array_document(doc: object) -> ArrayLayout | None:
     """Interpret a parsed ``zarr.json``: an array's layout, or None for a group.
 
-    Raises MetadataError when the document is malformed, or sharded in a way
-    zarrfs cannot serve.
+    Raises MetadataError when the document is malformed (of whatever wrong types),
+    or sharded in a way zarrfs cannot serve.
     """
+    try:
+        return _parse_array_document(doc)
+    except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as error:
+        if isinstance(error, MetadataError):
+            raise
+        raise MetadataError(f"malformed metadata ({type(error).__name__}: {error})") from None
+
+
+def _parse_array_document(doc: object) -> ArrayLayout | None:
     if not isinstance(doc, dict):
         raise MetadataError("zarr.json is not a JSON object")
     if doc.get("zarr_format") != 3:
@@ -168,6 +178,15 @@ def parse_v2_sharded(zarray: object) -> ArrayLayout | None:
     ``"shards"`` (chunks per shard); each shard ends with an index of
     little-endian uint64 (offset, nbytes) pairs in C order, without checksum.
     """
+    try:
+        return _parse_v2_sharded(zarray)
+    except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as error:
+        if isinstance(error, MetadataError):
+            raise
+        raise MetadataError(f"malformed metadata ({type(error).__name__}: {error})") from None
+
+
+def _parse_v2_sharded(zarray: object) -> ArrayLayout | None:
     if not isinstance(zarray, dict) or "shard_format" not in zarray:
         return None
     if zarray["shard_format"] != "indexed":
@@ -189,6 +208,8 @@ def parse_v2_sharded(zarray: object) -> ArrayLayout | None:
 def _check_limits(shape: tuple[int, ...], levels: tuple[IndexFormat, ...] = ()) -> None:
     if len(shape) > MAX_DIMENSIONS:
         raise MetadataError(f"{len(shape)} dimensions: more than the {MAX_DIMENSIONS} zarrfs serves")
+    if any(n > MAX_EXTENT for n in shape):
+        raise MetadataError(f"shape {shape}: an extent past 2**62")
     per_shard = math.prod(level.n_chunks for level in levels)
     if per_shard > MAX_CHUNKS_PER_SHARD:
         raise MetadataError(f"{per_shard} chunks per shard: more than the {MAX_CHUNKS_PER_SHARD} zarrfs serves")

@@ -15,7 +15,6 @@ import copy
 import errno
 import json
 import logging
-import os
 
 import trio
 
@@ -212,7 +211,7 @@ class MetadataWriter:
         removed = self.tree.views.removed.setdefault(dir_key, set())
         doc = self._backing_doc(dir_key)
         if name == ".zattrs" and doc is None:
-            os.unlink(self.store.path(join(dir_key, ".zattrs")))
+            self.store.unlink(join(dir_key, ".zattrs"))
         elif name == ".zattrs" and not removed:
             doc = dict(doc, attributes={})
             doc.pop("dimension_names", None)
@@ -229,7 +228,7 @@ class MetadataWriter:
         await self.flusher.flush_array(dir_key)
         for name in ("zarr.json", ".zattrs"):
             try:
-                os.unlink(self.store.path(join(dir_key, name)))
+                self.store.unlink(join(dir_key, name))
             except FileNotFoundError:
                 pass
         self.store.remove_lock_file(dir_key)
@@ -272,17 +271,15 @@ class MetadataWriter:
 
     def _drop_pending_attributes(self, dir_key: str) -> None:
         try:
-            os.unlink(self.store.path(join(dir_key, ".zattrs")))
+            self.store.unlink(join(dir_key, ".zattrs"))
         except FileNotFoundError:
             pass
 
     def _holds_chunks(self, dir_key: str) -> bool:
         if any(f is not None for f in self.tree.overlay.chunks_of(dir_key).values()):
             return True
-        for _, _, files in os.walk(self.store.path(dir_key)):
-            if any(f not in ("zarr.json", ".zattrs") and not zarrfs_own(f) for f in files):
-                return True
-        return False
+        return any(parts[-1] not in ("zarr.json", ".zattrs") and not zarrfs_own(parts[-1])
+                   for parts in self.store.files_below(dir_key))
 
     async def _trim(self, dir_key: str, old, new) -> None:
         """After a shrink: shards with chunks outside the new grid are repacked without them."""
@@ -297,16 +294,13 @@ class MetadataWriter:
     def _shards_beyond(self, dir_key: str, old, new) -> list[tuple[int, ...]]:
         """Shards of the old layout that reach past the new chunk grid (a worker thread)."""
         found = []
-        root = self.store.path(dir_key)
-        for directory, _, files in os.walk(root):
-            for f in files:
-                key = os.path.relpath(os.path.join(directory, f), root)
-                shard = old.key_encoding.decode_prefix(tuple(key.split("/")), old.ndim)
-                if shard is None or len(shard) != old.ndim:
-                    continue
-                last = [(s + 1) * n for s, n in zip(shard, old.chunks_per_shard)]
-                if any(end > g for end, g in zip(last, new.chunk_grid)):
-                    found.append(tuple(shard))
+        for parts in self.store.files_below(dir_key):
+            shard = old.key_encoding.decode_prefix(parts, old.ndim)
+            if shard is None or len(shard) != old.ndim:
+                continue
+            last = [(s + 1) * n for s, n in zip(shard, old.chunks_per_shard)]
+            if any(end > g for end, g in zip(last, new.chunk_grid)):
+                found.append(tuple(shard))
         return found
 
 

@@ -23,6 +23,7 @@ import functools
 import itertools
 import logging
 import os
+import stat
 from dataclasses import replace
 
 import pyfuse3
@@ -159,12 +160,15 @@ class Operations(pyfuse3.Operations):
         listing = self._handles[fh].listing
         for position in range(start_id, len(listing)):
             name, node, attributes = listing[position]
+            inode = self.inodes.inode_of(node)
             try:
-                attributes = attributes or self.tree.attributes(node)
+                entry = self._entry(node, attributes or self.tree.attributes(node), inode)
             except FileNotFoundError:
                 continue  # gone since opendir
-            inode = self.inodes.inode_of(node)
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(node, attributes, inode), position + 1):
+            except CorruptShard:  # listed, so that cp -r fails; not cached, so that stat is EIO too
+                entry = self._entry(node, Attributes(stat.S_IFREG | 0o444, 1, 0, 0, 0, 0, 0, 0, 0), inode)
+                entry.entry_timeout = entry.attr_timeout = 0
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), entry, position + 1):
                 return
             self.inodes.remember(node, inode)
 

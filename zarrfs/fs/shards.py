@@ -47,6 +47,7 @@ class ShardListing:
     coords: np.ndarray  # (n, ndim) global chunk coordinates
     nbytes: np.ndarray  # (n,) stored size of each chunk
     shard_stat: os.stat_result | None
+    corrupt: bool = False  # every chunk it may hold is listed; reading them is EIO
 
 
 class Shards:
@@ -56,6 +57,7 @@ class Shards:
         self.store = store
         self._indexes: LRU[ShardIndex | CorruptShard] = LRU(cache_bytes, weight=_cache_weight)
         self._located: LRU[tuple[ArrayLayout, ChunkLocation]] = LRU(LOCATIONS_KEPT)
+        self._unusable: set[str] = set()  # shard keys that cannot be reached, logged once each
 
     @property
     def cache(self) -> LRU:
@@ -70,8 +72,14 @@ class Shards:
         reading its index fails, and its chunks are EIO, not absent (SPEC §7)."""
         try:
             return self.store.recent_stat(shard_key)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as error:  # e.g. a path through a symlink out of the store
+            if shard_key not in self._unusable:
+                self._unusable.add(shard_key)
+                log.error("shard %s is corrupt: it cannot be reached (%s); its chunks read as EIO",
+                          shard_key, error.strerror)
+            raise CorruptShard(f"{shard_key} cannot be reached ({error.strerror})") from None
 
     def locate(self, array_key: str, array: ArrayLayout, coords: tuple[int, ...]) -> ChunkLocation | None:
         """Where the chunk's bytes are, or None if it is absent. Raises CorruptShard."""
@@ -115,8 +123,14 @@ class Shards:
         so that reading it fails loudly (EIO) instead of looking absent.
         """
         shard_key = self.shard_key(array_key, array, shard_coords)
+        corrupt = False
         for _ in range(3):
-            st = self.stat_shard(shard_key)
+            try:
+                st = self.stat_shard(shard_key)
+            except CorruptShard:
+                local = _all_local(array.chunks_per_shard)
+                st, nbytes, corrupt = None, np.zeros(len(local), dtype=np.int64), True
+                break
             if st is None:
                 return ShardListing(np.empty((0, array.ndim), dtype=np.int64), np.empty(0, dtype=np.int64), None)
             try:
@@ -127,13 +141,14 @@ class Shards:
             except CorruptShard:
                 local = _all_local(array.chunks_per_shard)
                 nbytes = np.zeros(len(local), dtype=np.int64)
+                corrupt = True
                 break
         else:
             raise OSError(errno.EAGAIN, f"shard {shard_key} keeps changing")
         origin = np.array(shard_coords, dtype=np.int64) * array.chunks_per_shard
         coords = local + origin
         inside = np.all(coords < np.array(array.chunk_grid, dtype=np.int64), axis=1)
-        return ShardListing(coords[inside], nbytes[inside], st)
+        return ShardListing(coords[inside], nbytes[inside], st, corrupt)
 
     def _present_below(self, shard_key, st, array, depth, region) -> tuple[np.ndarray, np.ndarray]:
         """Local coordinates and sizes of the innermost chunks below ``region``."""

@@ -36,6 +36,7 @@ from .overlay import MemFile, Overlay, chunk_name, scratch_name
 from .shards import ChunkLocation, Shards, join, version
 from .views import DirView, Views
 
+UNREACHABLE_LISTED = 1 << 16  # indices listed for a key directory that cannot be read
 CONTROL_DIR = ".zarrfs"  # at the mount root: shadows a store's own .zarrfs there (documented)
 STATUS_FILE = "status"
 STATUS_PAGE = 4096
@@ -303,8 +304,10 @@ class ViewTree:
     def _is_backing_dir(self, key: str) -> bool:
         try:
             return stat.S_ISDIR(self.store.recent_stat(key).st_mode)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return False
+        except OSError:  # there but unreachable (a symlink out of the store): its chunks are EIO
+            return True
 
     def _written_under(self, array_key: str, prefix: tuple[int, ...]) -> list[tuple[int, ...]]:
         """Coordinates of chunks in the write buffer under a coordinate prefix."""
@@ -352,16 +355,18 @@ class ViewTree:
             entries.append((parts[-1], Chunk(join(array_key, *parts), array_key, coords), Attributes.of_memfile(memfile)))
         for shard_coords in shards:
             listing = self.shards.shard_listing(array_key, view.array, shard_coords)
-            if listing.shard_stat is None:
+            if listing.shard_stat is None and not listing.corrupt:
                 continue
-            shard_attributes = Attributes.of(listing.shard_stat)
+            shard_attributes = listing.shard_stat and Attributes.of(listing.shard_stat)
             for coords, nbytes in zip(listing.coords.tolist(), listing.nbytes.tolist()):
                 coords = tuple(coords)
                 if coords in written or (leaf_of is not None and coords[: len(leaf_of)] != leaf_of):
                     continue
                 parts = view.keys.components(coords)
                 node = Chunk(join(array_key, *parts), array_key, coords)
-                entries.append((parts[-1], node, shard_attributes.as_file(max(nbytes - crc, 0))))
+                # (a corrupt shard's chunks are listed without attributes: looking them up is EIO)
+                attributes = None if listing.corrupt else shard_attributes.as_file(max(nbytes - crc, 0))
+                entries.append((parts[-1], node, attributes))
         return entries
 
     def _flat_shards(self, array_key: str, view: DirView) -> list[tuple[int, ...]]:
@@ -384,6 +389,10 @@ class ViewTree:
             listed = self.store.listdir(key)
         except (FileNotFoundError, NotADirectoryError):
             return []
+        except OSError:  # unreachable (a symlink out of the store): every shard may be there, and is EIO
+            if bound > UNREACHABLE_LISTED:
+                raise
+            return list(range(bound))
         return sorted(i for i in map(parse_index, listed) if i is not None and i < bound)
 
     def _shard_dir(self, array_key: str, view: DirView, coords: tuple[int, ...]) -> str:

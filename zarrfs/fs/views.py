@@ -88,6 +88,8 @@ class Views:
                 st = self.store.recent_stat(f"{dir_key}/{name}" if dir_key else name)
             except (FileNotFoundError, NotADirectoryError):
                 continue
+            except OSError as error:  # there, but unusable (a symlink out of the store): _build says so
+                return (name, ("unusable", error.errno))
             return (name, file_version(st))
         return None
 
@@ -97,10 +99,12 @@ class Views:
             doc = json.loads(self.store.read(meta_key, limit=METADATA_LIMIT))
             if name == V2_ARRAY:
                 return _prototype_view(parse_v2_sharded(doc))
-            layout = parse_array_document(doc)
-        except (ValueError, UnicodeDecodeError, MetadataError, OSError, RecursionError) as error:
+            return self._view_of(dir_key, doc, parse_array_document(doc))
+        except Exception as error:  # noqa: BLE001 - any malformed metadata: plain files, logged once (cached)
             log.warning("%s: %s; showing its directory as plain files", meta_key, error)
             return None
+
+    def _view_of(self, dir_key: str, doc: dict, layout: ArrayLayout | None) -> DirView | None:
         if layout is None:
             return _v2_group_view(doc) if self.view == "v2" else _v3_group_view(doc)
         if self.view == "v2":
@@ -133,10 +137,10 @@ def _v2_array_view(where: str, layout: ArrayLayout) -> DirView:
     keys = ChunkKeyEncoding("v2", layout.key_encoding.separator)
     try:
         zarray, zattrs, strip_crc = v3_to_v2(layout.view_document, keys.separator)
-    except NoV2Equivalent as error:
+    except (NoV2Equivalent, TypeError, ValueError, AttributeError, KeyError, OverflowError) as error:
         log.warning("%s: no exact Zarr v2 equivalent (%s); shown without .zarray", where, error)
         attributes = layout.view_document.get("attributes") or {}
-        files = {".zattrs": dumps(attributes)} if attributes else {}
+        files = {".zattrs": dumps(attributes)} if isinstance(attributes, dict) and attributes else {}
         return DirView(files, frozenset({V3_METADATA}), layout, keys, problem=str(error))
     files = {V2_ARRAY: dumps(zarray)}
     if zattrs:

@@ -78,7 +78,8 @@ class Writer:
         self.metadata = MetadataWriter(tree, flusher, chunks_per_shard)
         self._pending_estimate = 0  # bytes in pending files, at least (see spill_pending)
         self.max_scratch = max_scratch  # bytes of scratch files per user
-        self._scratch_written: dict[int, int] = {}  # uid -> bytes written since its last count
+        self._scratch_bytes: dict[int, int] = {}  # uid -> bytes in scratch files, at least
+        self._over_scratch: set[int] = set()  # uids refused since their last accepted write
 
     # -- naming -------------------------------------------------------------
 
@@ -135,7 +136,7 @@ class Writer:
         """A new (or, without O_EXCL, existing) file; returns its node and a writable handle."""
         target = self.target(parent, name)
         if target.kind == "plain":
-            fd = os.open(self.tree.store.path(target.path), flags | os.O_CREAT | os.O_CLOEXEC, mode)
+            fd = self.tree.store.create(target.path, flags | os.O_CREAT, mode)
             self.tree.store.chown_to(target.path, *owner)
             return self.node_of(target), PlainWriter(fd)
         existing = self.tree.lookup(parent, name)
@@ -150,7 +151,7 @@ class Writer:
     def open(self, node: Node, flags: int):
         """A writable handle on an existing file."""
         if isinstance(node, Plain) and os.path.basename(node.path) not in self.metadata.names:
-            return PlainWriter(os.open(self.tree.store.path(node.path), flags & ~os.O_CREAT | os.O_CLOEXEC))
+            return PlainWriter(self.tree.store.create(node.path, flags & ~os.O_CREAT, 0))
         memfile = self._memfile_for(node)
         content = MemContent(memfile, writable=True)  # before O_TRUNC: what it held stays settled
         if flags & os.O_TRUNC and memfile.data:
@@ -196,21 +197,27 @@ class Writer:
 
     def _check_scratch_room(self, memfile: MemFile, end: int) -> None:
         """Scratch files live in memory: each user's are bounded by ``--max-scratch``, so
-        one user cannot take the daemon's memory from the others (SPEC §8)."""
+        one user cannot take the daemon's memory from the others (SPEC §8). A running
+        tally (that only grows) is counted exactly again whenever it reaches the limit."""
         grows = max(0, end - len(memfile.data))
-        written = self._scratch_written.get(memfile.uid, 0) + grows
-        if written > self.max_scratch // 8:  # count again now and then, not on every write
-            written = sum(len(f.data) for f in self.overlay.scratch.values() if f.uid == memfile.uid) + grows
-            if written > self.max_scratch:
-                log.warning("uid %d: scratch files would pass --max-scratch (%d MiB); write refused",
-                            memfile.uid, self.max_scratch >> 20)
+        if not grows:
+            return
+        uid = memfile.uid
+        tally = self._scratch_bytes.get(uid)
+        if tally is None or tally + grows > self.max_scratch:
+            tally = sum(len(f.data) for f in self.overlay.scratch.values() if f.uid == uid)
+            if tally + grows > self.max_scratch:
+                if uid not in self._over_scratch:  # once, not per refused write
+                    log.warning("uid %d: scratch files would pass --max-scratch (%d MiB); writes refused",
+                                uid, self.max_scratch >> 20)
+                    self._over_scratch.add(uid)
                 raise OSError(errno.EDQUOT, "scratch files of this user are over --max-scratch")
-            written = 0
-        self._scratch_written[memfile.uid] = written
+        self._over_scratch.discard(uid)
+        self._scratch_bytes[uid] = tally + grows
 
     def truncate(self, node: Node, size: int) -> None:
         if isinstance(node, Plain):
-            os.truncate(self.tree.store.path(node.path), size)
+            self.tree.store.truncate(node.path, size)
             return
         self.truncate_memfile(self._memfile_for(node), size)
 
@@ -221,14 +228,11 @@ class Writer:
     def set_attributes(self, node: Node, mode=None, uid=None, gid=None, atime_ns=None, mtime_ns=None) -> None:
         """chmod, chown, utimes. A chunk's mode and times are those of its shard: accepted, not kept."""
         if isinstance(node, Plain):
-            path = self.tree.store.path(node.path)
-            if mode is not None:
-                os.chmod(path, stat.S_IMODE(mode), follow_symlinks=False)
-            if uid is not None or gid is not None:
-                os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid, follow_symlinks=False)
+            times = None
             if atime_ns is not None or mtime_ns is not None:
-                st = os.lstat(path)
-                os.utime(path, ns=(atime_ns or st.st_atime_ns, mtime_ns or st.st_mtime_ns), follow_symlinks=False)
+                st = self.tree.store.lstat(node.path)
+                times = (atime_ns or st.st_atime_ns, mtime_ns or st.st_mtime_ns)
+            self.tree.store.set_attributes(node.path, None if mode is None else stat.S_IMODE(mode), uid, gid, times)
             return
         memfile = self.tree._memfile(node)
         if memfile is None:
@@ -253,7 +257,7 @@ class Writer:
         if isinstance(node, MetadataFile):
             await self.metadata.remove(node.dir, node.name)
         elif isinstance(node, Plain):
-            os.unlink(self.tree.store.path(node.path))
+            self.tree.store.unlink(node.path)
         elif isinstance(node, Chunk):
             self.overlay.unbind(chunk_name(node.array, node.coords))
             self.flusher.chunk_changed(node.array, node.coords)
@@ -271,7 +275,7 @@ class Writer:
     def mkdir(self, parent: Node, name: str, mode: int, owner: tuple[int, int] = (0, 0)) -> Node:
         target = self.target(parent, name)
         if target.kind in ("plain", "pending"):  # directories outside arrays are the store's
-            os.mkdir(self.tree.store.path(target.path), mode)
+            self.tree.store.mkdir(target.path, mode)
             self.tree.store.chown_to(target.path, *owner)
             return Plain(target.path)
         if self.tree.lookup(parent, name) is not None:
@@ -300,7 +304,7 @@ class Writer:
             if self.tree.children(node):
                 raise OSError(errno.ENOTEMPTY, node.path)
             await self.metadata.finalize(node.path)
-            os.rmdir(self.tree.store.path(node.path))
+            self.tree.store.rmdir(node.path)
             self.overlay.forget_removed_directories(node.path)
             return
         raise OSError(errno.ENOTDIR, node.path)
@@ -322,11 +326,11 @@ class Writer:
                 self.overlay.move_tree(source.path, target.path)
                 self.flusher.move_tree(source.path, target.path)
                 self.tree.views.move_tree(source.path, target.path)
-                os.rename(self.tree.store.path(source.path), self.tree.store.path(target.path))
+                self.tree.store.rename(source.path, target.path)
                 return True
-            os.rename(self.tree.store.path(source.path), self.tree.store.path(target.path))
+            self.tree.store.rename(source.path, target.path)
             return False
-        if isinstance(source, KeyDir) or (isinstance(source, Plain) and os.path.isdir(self.tree.store.path(source.path))):
+        if isinstance(source, KeyDir) or (isinstance(source, Plain) and stat.S_ISDIR(self.tree.store.lstat(source.path).st_mode)):
             raise OSError(errno.EXDEV, "directories move only outside arrays")
         memfile = self._detach(source)
         await self._place(target, memfile)
@@ -335,10 +339,8 @@ class Writer:
     def _detach(self, node: Node) -> MemFile:
         """Take the file at ``node`` away from its name, as a MemFile."""
         if isinstance(node, Plain):
-            path = self.tree.store.path(node.path)
-            with open(path, "rb") as f:
-                memfile = MemFile(bytearray(f.read()), mode=os.stat(path).st_mode)
-            os.unlink(path)
+            memfile = MemFile(bytearray(self._content_of(node)), mode=self.tree.store.lstat(node.path).st_mode)
+            self.tree.store.unlink(node.path)
             return memfile
         memfile = self._memfile_for(node)
         name = memfile_name(node)
@@ -372,7 +374,7 @@ class Writer:
         if self.tree.lookup(new_parent, new) is not None:
             raise OSError(errno.EEXIST, target.path)  # zarr-python 3's set_if_not_exists relies on it
         if isinstance(node, Plain) and target.kind == "plain":
-            os.link(self.tree.store.path(node.path), self.tree.store.path(target.path))
+            self.tree.store.link(node.path, target.path)
             return self.node_of(target), True
         if target.kind in ("plain", "metadata"):
             # zarr-python 3.1 writes a new node's zarr.json as a temporary file, then link()s it
@@ -409,7 +411,7 @@ class Writer:
         target = self.target(parent, name)
         if target.kind != "plain":
             raise OSError(errno.EPERM, f"{target.path}: symbolic links belong outside arrays")
-        os.symlink(target_text, self.tree.store.path(target.path))
+        self.tree.store.symlink(target_text, target.path)
         self.tree.store.chown_to(target.path, *owner)
         return self.node_of(target)
 

@@ -78,11 +78,95 @@ class LocalStore:
     def path(self, key: str) -> str:
         return os.path.join(self.root, key) if key else self.root
 
+    # -- every path resolves beneath the store root ------------------------------
+    # A daemon running as root for many users must never act outside the store,
+    # whatever symlinks a user plants (or swaps for directories it is working in):
+    # keys are resolved with openat2(RESOLVE_BENEATH) (symlinks that stay inside the
+    # store are followed, others fail), and the last component is acted on relative
+    # to its parent's descriptor, without following it unless asked.
+
     def stat(self, key: str) -> os.stat_result:
-        return os.stat(self.path(key))
+        """``key``'s attributes, following a last symlink only if it stays in the store."""
+        fd = self._beneath(key, os.O_PATH | os.O_CLOEXEC)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
 
     def lstat(self, key: str) -> os.stat_result:
-        return os.lstat(self.path(key))
+        fd = self._beneath(key, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    def _beneath(self, key: str, flags: int) -> int:
+        """open_beneath, with a path that leads out of the store reported as EIO."""
+        try:
+            return open_beneath(self._root_fd, key, flags)
+        except OSError as error:
+            if error.errno == errno.EXDEV:
+                raise OSError(errno.EIO, "leads out of the store", key) from None
+            raise
+
+    @contextlib.contextmanager
+    def _parent(self, key: str):
+        """``(descriptor of the parent directory, last name)`` of ``key``."""
+        directory, name = split_key(key)
+        fd = self._beneath(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            yield fd, name
+        finally:
+            os.close(fd)
+
+    def create(self, key: str, flags: int, mode: int) -> int:
+        """Open (or create) a plain file for writing; never through a last symlink."""
+        with self._parent(key) as (fd, name):
+            return os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=fd)
+
+    def mkdir(self, key: str, mode: int) -> None:
+        with self._parent(key) as (fd, name):
+            os.mkdir(name, mode, dir_fd=fd)
+
+    def rmdir(self, key: str) -> None:
+        with self._parent(key) as (fd, name):
+            os.rmdir(name, dir_fd=fd)
+
+    def unlink(self, key: str) -> None:
+        with self._parent(key) as (fd, name):
+            os.unlink(name, dir_fd=fd)
+
+    def symlink(self, target: str, key: str) -> None:
+        with self._parent(key) as (fd, name):
+            os.symlink(target, name, dir_fd=fd)
+
+    def rename(self, old: str, new: str) -> None:
+        with self._parent(old) as (old_fd, old_name), self._parent(new) as (new_fd, new_name):
+            os.rename(old_name, new_name, src_dir_fd=old_fd, dst_dir_fd=new_fd)
+
+    def link(self, old: str, new: str) -> None:
+        with self._parent(old) as (old_fd, old_name), self._parent(new) as (new_fd, new_name):
+            os.link(old_name, new_name, src_dir_fd=old_fd, dst_dir_fd=new_fd, follow_symlinks=False)
+
+    def truncate(self, key: str, size: int) -> None:
+        fd = self._beneath(key, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+
+    def set_attributes(self, key: str, mode=None, uid=None, gid=None, times_ns=None) -> None:
+        """chmod, chown, utimes of ``key`` itself (a symlink's own, where that exists)."""
+        with self._parent(key) as (fd, name):
+            if mode is not None:
+                if stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                    raise OSError(errno.EOPNOTSUPP, "symlinks have no mode of their own", key)
+                os.chmod(name, mode, dir_fd=fd)
+            if uid is not None or gid is not None:
+                os.chown(name, -1 if uid is None else uid, -1 if gid is None else gid, dir_fd=fd,
+                         follow_symlinks=False)
+            if times_ns is not None:
+                os.utime(name, ns=times_ns, dir_fd=fd, follow_symlinks=False)
 
     # -- stat results reused between changes -----------------------------------
     # A reader walking an array asks for the same metadata file and shard dozens
@@ -101,7 +185,7 @@ class LocalStore:
             st = remembered[2]
         else:
             try:
-                st = os.stat(self.path(key))
+                st = self.stat(key)
             except (FileNotFoundError, NotADirectoryError):
                 st = None
             if self.reuse_stats_for > 0:
@@ -128,7 +212,11 @@ class LocalStore:
             self._generation += 1
 
     def listdir(self, key: str) -> list[str]:
-        return sorted(os.listdir(self.path(key)))
+        fd = self._beneath(key, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
 
     def read(self, key: str, limit: int | None = None) -> bytes:
         """The whole regular file ``key``; more than ``limit`` bytes raise TooLarge
@@ -155,8 +243,10 @@ class LocalStore:
         followed (a symlink is the kernel's to follow, in the reader's context); the
         open does not wait (a FIFO); anything but a regular file is refused with EIO.
         """
-        fd = open_beneath(self._root_fd, key, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        if not stat.S_ISREG(self.lstat(key).st_mode):  # FIFOs, sockets, devices are never opened
+            raise OSError(errno.EIO, "not a regular file", key)
+        fd = self._beneath(key, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since the look: it cannot block us
             os.close(fd)
             raise OSError(errno.EIO, "not a regular file", key)
         return fd
@@ -209,10 +299,11 @@ class LocalStore:
             os.close(cached[0])
 
     def readlink(self, key: str) -> str:
-        return os.readlink(self.path(key))
+        with self._parent(key) as (fd, name):
+            return os.readlink(name, dir_fd=fd)
 
     def statvfs(self) -> os.statvfs_result:
-        return os.statvfs(self.root)
+        return os.fstatvfs(self._root_fd)
 
     # -- durable writes ------------------------------------------------------
 
@@ -272,18 +363,14 @@ class LocalStore:
 
     def _lstat_beneath(self, key: str) -> os.stat_result | None:
         try:
-            fd = open_beneath(self._root_fd, key, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            return self.lstat(key)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        try:
-            return os.fstat(fd)
-        finally:
-            os.close(fd)
 
     def chown_to(self, key: str, uid: int, gid: int) -> None:
         """Files made through an ``allow_other`` mount belong to the caller, not the daemon."""
         if os.geteuid() == 0 and (uid, gid) != (0, 0):
-            os.chown(self.path(key), uid, gid, follow_symlinks=False)
+            self.set_attributes(key, uid=uid, gid=gid)
 
     def remove_durably(self, key: str, up_to: str) -> None:
         """Delete ``key``, then its parent directories while empty, up to ``up_to``."""
@@ -340,23 +427,39 @@ class LocalStore:
         finally:
             os.close(fd)  # releases the lock
 
+    def files_below(self, key: str):
+        """Key parts (relative to ``key``) of every file below directory ``key``; no
+        symlink is followed (a worker thread: this walks)."""
+        try:
+            top = self._beneath(key, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        try:
+            for directory, _, files, _ in os.fwalk(".", dir_fd=top):
+                below = () if directory == "." else tuple(directory[2:].split("/"))
+                for name in files:
+                    yield below + (name,)
+        finally:
+            os.close(top)
+
     def stage_chunk_files(self, array_key: str, is_chunk_key) -> list[tuple[str, tuple[str, ...]]]:
         """Rename the files below ``array_key`` whose key parts (relative to the array)
         ``is_chunk_key`` accepts to hidden staging names beside them; returns
         ``(staged key, key parts)`` of each. A shard written at a key then never meets
         a chunk file of the same name, and a crash leaves them to adopt again."""
-        root = self.path(array_key)
-        staged, directories = [], set()
-        for directory, _, files in os.walk(root):
-            for name in files:
-                parts = tuple(os.path.relpath(os.path.join(directory, name), root).split(os.sep))
-                if zarrfs_own(name) or not is_chunk_key(parts):
-                    continue
-                os.rename(os.path.join(directory, name), os.path.join(directory, STAGED_PREFIX + name))
-                staged.append((join_key(array_key, *parts[:-1], STAGED_PREFIX + name), parts))
-                directories.add(directory)
-        for directory in directories:
-            _fsync_directory(directory)
+        staged = []
+        for parts in list(self.files_below(array_key)):
+            if zarrfs_own(parts[-1]) or not is_chunk_key(parts):
+                continue
+            key = join_key(array_key, *parts[:-1], STAGED_PREFIX + parts[-1])
+            self.rename(join_key(array_key, *parts), key)
+            staged.append((key, parts))
+        for directory in {split_key(key)[0] for key, _ in staged}:
+            fd = self._beneath(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         return staged
 
     def remove_staged(self, keys: list[str]) -> None:
