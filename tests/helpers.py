@@ -8,6 +8,7 @@ and checking shard files byte by byte.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -61,6 +62,11 @@ def processes_naming(path: Path) -> list[int]:
     """Pids of processes (not this one) that have ``path`` as an argument: daemons left behind."""
     return [int(entry) for entry in os.listdir("/proc")
             if entry.isdigit() and int(entry) != os.getpid() and str(path) in cmdline(int(entry))]
+
+
+# What every request on the mount of a daemon that died gets: ENOTCONN, or ECONNABORTED
+# when the kernel had it in flight as the connection went.
+DEAD_MOUNT_ERRORS = (errno.ENOTCONN, errno.ECONNABORTED)
 
 
 def read_status(mnt: Path) -> dict:

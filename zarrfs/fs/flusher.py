@@ -250,7 +250,8 @@ class Flusher:
                     self.overlay.forget(name)
                 continue
             memfile.flushed_generation = max(memfile.flushed_generation, generation)
-            if current is memfile and memfile.generation == generation and memfile.handles == 0:
+            if current is memfile and memfile.generation == generation and memfile.handles == 0 \
+                    and len(memfile.names) == 1:  # (hard links keep their names)
                 self.overlay.forget(name)
         if not self._snapshot(array_key, layout, shard):
             self.dirty.pop((array_key, shard), None)

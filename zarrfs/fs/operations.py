@@ -128,6 +128,8 @@ class Operations(pyfuse3.Operations):
                 return Attributes.of_memfile(content.memfile)
             if isinstance(content, FileRange):
                 return replace(Attributes.of(os.fstat(content.fd)).as_file(content.length), nlink=0)
+            if hasattr(content, "fd"):  # a plain file open for writing: its own attributes
+                return Attributes.of(os.fstat(content.fd))
         raise OSError(errno.ENOENT, "no such file")
 
     @_kernel_errors
@@ -347,8 +349,8 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         writer = self._writer()
         handle = self._handles.get(fh) if fh is not None else None
-        if fields.update_size and handle is not None and isinstance(handle.content, MemContent):
-            writer.truncate_memfile(handle.content.memfile, attr.st_size)  # ftruncate, maybe unlinked
+        if fields.update_size and handle is not None and not isinstance(handle.content, FileRange):
+            writer.truncate_open(handle.content, attr.st_size)  # ftruncate, maybe unlinked
         elif fields.update_size:
             writer.truncate(node, attr.st_size)
         writer.set_attributes(

@@ -507,7 +507,8 @@ class ViewTree:
 
     def forget_clean(self, memfile: MemFile) -> None:
         """A buffered chunk nobody holds open whose bytes are in its shard needs no memory."""
-        if memfile.handles == 0 and memfile.generation == memfile.flushed_generation:
+        # (a file with several names keeps them all: they are hard links of one file)
+        if memfile.handles == 0 and memfile.generation == memfile.flushed_generation and len(memfile.names) == 1:
             for name in [n for n in memfile.names if n[0] == "chunk"]:
                 self.overlay.forget(name)
 

@@ -66,6 +66,9 @@ class PlainWriter:
     def write(self, offset: int, data: bytes) -> int:
         return os.pwrite(self.fd, data, offset)
 
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+
     def close(self) -> None:
         os.close(self.fd)
 
@@ -220,6 +223,13 @@ class Writer:
             self.tree.store.truncate(node.path, size)
             return
         self.truncate_memfile(self._memfile_for(node), size)
+
+    def truncate_open(self, content, size: int) -> None:
+        """ftruncate of an open file, whatever its name is now (or if it has none)."""
+        if isinstance(content, PlainWriter):
+            content.truncate(size)
+        else:
+            self.truncate_memfile(content.memfile, size)
 
     def truncate_memfile(self, memfile: MemFile, size: int) -> None:
         memfile.truncate(size)
