@@ -68,6 +68,9 @@ class InodeTable:
         known = self._by_path.get(node.path)
         if known is not None:
             return known
+        linked = self._tree.link_inode(node)  # a name of a hard-linked buffered file
+        if linked is not None:
+            return linked
         if isinstance(node, Chunk):
             number = self._chunk_number(node)
             if number is not None and (number not in self._nodes or self._nodes[number].path == node.path):
@@ -80,8 +83,9 @@ class InodeTable:
     def remember(self, node: Node, inode: int | None = None) -> int:
         """Count one kernel reference to ``node`` (whose ``inode_of`` may be given); returns its inode."""
         inode = self.inode_of(node) if inode is None else inode
-        if inode == pyfuse3.ROOT_INODE or (inode & CHUNK_INODE and inode not in self._nodes):
-            return inode  # computed again when asked for
+        if inode == pyfuse3.ROOT_INODE or (inode & CHUNK_INODE and inode not in self._nodes
+                                           and self._tree.link_inode(node) is None):
+            return inode  # computed again when asked for (a hard link's number is another name's)
         self._nodes[inode] = node  # the newest meaning of the path
         self._lookups[inode] = self._lookups.get(inode, 0) + 1
         if inode != path_inode(node.path):
@@ -123,6 +127,7 @@ class InodeTable:
         self._lookups[inode] = self._lookups.get(inode, 0) + 1
         self._by_path[node.path] = inode
         self._links.setdefault(inode, {source.path}).add(node.path)
+        self._tree.set_link_inode(node, inode)
         return inode
 
     def unlinked(self, node: Node, resolve) -> None:

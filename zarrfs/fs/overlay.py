@@ -40,6 +40,7 @@ class MemFile:
     settled: bytes | None = None  # content at the last close or fsync while writers > 0
     settled_generation: int = -1
     pending: bool = False  # a chunk-like file outside any array: a chunk once its metadata arrives
+    inode: int | None = None  # the one inode number of its names, once hard-linked
 
     def open_for_writing(self, created: bool = False) -> None:
         """A writable handle opens; a file just created has no settled content yet."""

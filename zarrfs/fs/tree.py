@@ -519,6 +519,16 @@ class ViewTree:
             return self.overlay.get(scratch_name(node.path))
         return None
 
+    def link_inode(self, node: Node) -> int | None:
+        """The inode number all names of a hard-linked buffered file share, if ``node`` is one."""
+        memfile = self._memfile(node)
+        return memfile.inode if memfile is not None and len(memfile.names) > 1 else None
+
+    def set_link_inode(self, node: Node, inode: int) -> None:
+        memfile = self._memfile(node)
+        if memfile is not None:
+            memfile.inode = inode
+
     def chunk_grid(self, array_key: str) -> tuple[int, ...] | None:
         """Chunks per axis of the array at ``array_key``, if it is one the view presents."""
         view = self._array_view(array_key)
