@@ -129,6 +129,13 @@ class Flusher:
             for array_key, shard in [k for k in table if is_below(k[0], old)]:
                 table[(moved_path(array_key, old, new), shard)] = table.pop((array_key, shard))
 
+    def drop_tree(self, directory: str) -> None:
+        """Arrays below ``directory`` are gone (an empty directory replaced by a rename)."""
+        for table in (self.dirty, self.failures):
+            for shard_id in [k for k in table if is_below(k[0], directory)]:
+                del table[shard_id]
+        self._trimmed = {k for k in self._trimmed if not is_below(k[0], directory)}
+
     def drop_orphans(self) -> None:
         """Forget dirty shards of arrays that are gone (their metadata was removed
         outside the mount): nothing can store them, and the exit must not wait forever."""

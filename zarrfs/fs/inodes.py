@@ -24,7 +24,7 @@ import pyfuse3
 
 from .lru import LRU
 from .overlay import is_below, moved_path
-from .tree import Chunk, Node
+from .tree import Chunk, Node, Replaced
 
 FIRST_FREE_INODE = pyfuse3.ROOT_INODE + 1
 CHUNK_INODE = 1 << 62  # set in chunk numbers; path hashes stay below it (and all fit in int64)
@@ -73,10 +73,12 @@ class InodeTable:
             return linked
         if isinstance(node, Chunk):
             number = self._chunk_number(node)
-            if number is not None and (number not in self._nodes or self._nodes[number].path == node.path):
+            taken = self._nodes.get(number)
+            if number is not None and (taken is None or (taken.path == node.path and not isinstance(taken, Replaced))):
                 return number  # (a number a rename gave another name is taken: hash the path instead)
         inode = path_inode(node.path)
-        while inode in self._nodes and self._nodes[inode].path != node.path:
+        while inode in self._nodes and (self._nodes[inode].path != node.path
+                                        or isinstance(self._nodes[inode], Replaced)):
             inode += 1
         return inode
 
@@ -113,6 +115,13 @@ class InodeTable:
             self._lookups.setdefault(inode, 1)
             self._versions.pop(inode)
             self._by_path[moved.path] = inode
+
+    def replaced(self, node: Node) -> None:
+        """A rename put another file at ``node``'s name: the kernel's inode of the old
+        file (open somewhere, perhaps) no longer means that name."""
+        inode = self._by_path.pop(node.path, None) or self.inode_of(node)
+        self._nodes[inode] = Replaced(node.path)
+        self._lookups.setdefault(inode, 1)
 
     def replace(self, inode: int, node: Node) -> None:
         """``inode`` now means ``node`` (its path changed kind under the kernel)."""

@@ -31,7 +31,7 @@ import trio
 
 from ..format.shard_index import CorruptShard
 from .inodes import InodeTable
-from .tree import Attributes, FileRange, MemContent, MetadataFile, Node, Scratch, StatusFile, ViewTree
+from .tree import Attributes, FileRange, MemContent, MetadataFile, Node, Replaced, Scratch, StatusFile, ViewTree
 from .writes import Writer
 
 log = logging.getLogger("zarrfs")
@@ -115,7 +115,7 @@ class Operations(pyfuse3.Operations):
         """What the path of a node that is gone means now: a name can change kind under
         the kernel's inode (a scratch ``.zgroup`` applied as metadata becomes the
         view's file, a pending ``.zattrs`` too). Raises FileNotFoundError if nothing."""
-        fresh = self.tree.resolve(node.path)
+        fresh = None if isinstance(node, Replaced) else self.tree.resolve(node.path)
         if fresh is None or fresh == node:
             raise FileNotFoundError(errno.ENOENT, f"{node.path} is gone")
         self.inodes.replace(inode, fresh)
@@ -336,8 +336,11 @@ class Operations(pyfuse3.Operations):
         old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
         old, new = os.fsdecode(name_old), os.fsdecode(name_new)
         source = self.tree.lookup(old_parent, old)
+        replaced = self.tree.lookup(new_parent, new)
         directory = await self._writer().rename(old_parent, old, new_parent, new, flags)
         moved = self.tree.lookup(new_parent, new)
+        if replaced is not None and source is not None and replaced.path != source.path:
+            self.inodes.replaced(replaced)
         if source is not None and moved is not None:
             self.inodes.rename(source, moved)
             if directory:

@@ -190,6 +190,19 @@ class Overlay:
         """A new array at ``array_key``: its key directories are what its store says."""
         self.removed_directories = {d for d in self.removed_directories if not is_below(d, array_key)}
 
+    def drop_tree(self, directory: str) -> None:
+        """An empty directory was replaced by a rename: forget what was buffered below it
+        (deletions not yet repacked, key directories made or removed)."""
+        for array_key in [a for a in self.chunks if is_below(a, directory)]:
+            for coords in list(self.chunks[array_key]):
+                self.forget(chunk_name(array_key, coords))
+        for path in [p for p in self.scratch if is_below(p, directory)]:
+            self.forget(scratch_name(path))
+        self.directories = {d for d in self.directories if not is_below(d, directory)}
+        self.removed_directories = {d for d in self.removed_directories if not is_below(d, directory)}
+        for array_key in [a for a in self.staged if is_below(a, directory)]:
+            del self.staged[array_key]
+
     def chunks_of(self, array_key: str) -> dict[tuple[int, ...], MemFile | None]:
         return self.chunks.get(array_key, {})
 

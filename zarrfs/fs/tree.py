@@ -76,6 +76,11 @@ class Scratch(Node):
 
 
 @dataclass(frozen=True, slots=True)
+class Replaced(Node):
+    """What a name meant before a rename replaced it: still open somewhere, nameless."""
+
+
+@dataclass(frozen=True, slots=True)
 class ControlDir(Node):
     pass
 
@@ -403,6 +408,11 @@ class ViewTree:
     # -- attributes and content --------------------------------------------
 
     def attributes(self, node: Node) -> Attributes:
+        if isinstance(node, Replaced):
+            raise FileNotFoundError(errno.ENOENT, f"{node.path} was replaced")
+        return self._attributes(node)
+
+    def _attributes(self, node: Node) -> Attributes:
         """Raises OSError (e.g. ENOENT when the node has gone) or CorruptShard."""
         if isinstance(node, Plain):
             return Attributes.of(self.store.lstat(node.path))

@@ -332,7 +332,13 @@ class Writer:
             raise OSError(errno.EEXIST, target.path)
         if isinstance(source, Plain) and target.kind == "plain":
             if stat.S_ISDIR(self.tree.store.lstat(source.path).st_mode):
+                if existing is not None and self.tree.children(existing):
+                    raise OSError(errno.ENOTEMPTY, target.path)
                 await self.flusher.quiesce(source.path)  # no await from here on: see quiesce
+                await self.flusher.quiesce(target.path)
+                if existing is not None:  # an empty directory replaced: what the buffer knew of it goes
+                    self.overlay.drop_tree(target.path)
+                    self.flusher.drop_tree(target.path)
                 self.overlay.move_tree(source.path, target.path)
                 self.flusher.move_tree(source.path, target.path)
                 self.tree.views.move_tree(source.path, target.path)
