@@ -10,6 +10,7 @@ rejects codecs that are not registered in this Python process.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -112,11 +113,18 @@ def parse_array_document(doc: object) -> ArrayLayout | None:
     Raises MetadataError when the document is malformed (of whatever wrong types),
     or sharded in a way zarrfs cannot serve.
     """
-    try:
+    with _malformed_as_metadata_error():
         return _parse_array_document(doc)
+
+
+@contextlib.contextmanager
+def _malformed_as_metadata_error():
+    """Metadata of whatever wrong types (a string where a dict belongs) is malformed metadata."""
+    try:
+        yield
+    except MetadataError:
+        raise
     except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as error:
-        if isinstance(error, MetadataError):
-            raise
         raise MetadataError(f"malformed metadata ({type(error).__name__}: {error})") from None
 
 
@@ -178,12 +186,8 @@ def parse_v2_sharded(zarray: object) -> ArrayLayout | None:
     ``"shards"`` (chunks per shard); each shard ends with an index of
     little-endian uint64 (offset, nbytes) pairs in C order, without checksum.
     """
-    try:
+    with _malformed_as_metadata_error():
         return _parse_v2_sharded(zarray)
-    except (AttributeError, TypeError, ValueError, KeyError, OverflowError) as error:
-        if isinstance(error, MetadataError):
-            raise
-        raise MetadataError(f"malformed metadata ({type(error).__name__}: {error})") from None
 
 
 def _parse_v2_sharded(zarray: object) -> ArrayLayout | None:
