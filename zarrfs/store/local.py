@@ -455,22 +455,25 @@ class LocalStore:
             self.rename(join_key(array_key, *parts), key)
             staged.append((key, parts))
         for directory in {split_key(key)[0] for key, _ in staged}:
-            fd = self._beneath(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            self._fsync_directory(directory)
         return staged
+
+    def _fsync_directory(self, key: str) -> None:
+        fd = self._beneath(key, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def remove_staged(self, keys: list[str]) -> None:
         for key in keys:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path(key))
+                self.unlink(key)
 
     def remove_lock_file(self, array_key: str) -> None:
         """The array is being deleted (``rm -r`` through the mount)."""
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path(join_key(array_key, LOCK_FILE)))
+            self.unlink(join_key(array_key, LOCK_FILE))
 
     def locking_problem(self) -> str | None:
         """Why repack locks may not exclude other nodes here, or None when they work:
@@ -697,13 +700,5 @@ def _open_component_by_component(root_fd: int, key: str, flags: int) -> int:
         if name in (".", ".."):
             raise OSError(errno.EXDEV, "path leads out of the store", key)
         return os.open(name, flags | os.O_NOFOLLOW, dir_fd=fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
