@@ -66,6 +66,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -683,7 +684,8 @@ class World:
             failure.log = self.log_tail()
             raise
         except OSError as error:  # a check of the mount itself failed (e.g. ENOTCONN)
-            failure = Failure("hang" if self.hung else "oserror", f"{error!r}")
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            failure = Failure("hang" if self.hung else "oserror", f"{error!r} in {where.name}:{where.lineno}")
             failure.index, failure.op = index, op
             failure.log = self.log_tail()
             raise failure from error
@@ -2114,6 +2116,103 @@ def test_random_operations_agree_with_a_plain_directory(runner, seed, view):
         return
     shrunk, shrunk_failure = runner.shrink(view, ops, failure, CI_SHRINK_SECONDS)
     pytest.fail(report(seed, view, ops, failure, shrunk, shrunk_failure), pytrace=False)
+
+
+# Short sequences the exerciser found (shrunk), kept as regression tests: each names what
+# went wrong when it was found. The first ones are the bugs the exerciser was written for.
+FOUND = [
+    ("rename-array-unflushed", "renaming an array directory lost its unflushed chunk", "v3", [
+        ("write", "a2/c/1/1", "ct", 0, b"abcd"), ("rename", "a2", "moved"), ("check",)]),
+    ("rename-group-unflushed", "renaming a group lost an unflushed chunk of an array in it", "v3", [
+        ("write", "g/c3/1.1.0", "ct", 0, b"abcd"), ("rename", "g", "g2"), ("check",)]),
+    ("unlinked-chunk-fd", "fstat on the descriptor of an unlinked chunk: ENOENT", "v3", [
+        ("write", "a2/c/1/1", "ct", 0, b"abcd"), ("open", 0, "a2/c/1/1", "rw"), ("unlink", "a2/c/1/1"),
+        ("fstat", 0), ("pwrite", 0, 1, b"zz"), ("pread", 0, 0, 10)]),
+    ("unlinked-plain-fd", "fstat on the descriptor of an unlinked plain file: ENOENT", "v3", [
+        ("open", 0, "README.txt", "rw"), ("unlink", "README.txt"), ("fstat", 0)]),
+    ("mv-chunk-over-plain", "mv chunk notes.txt over a plain file, rm notes.txt: the old one came back", "v3", [
+        ("rename", "a2/c/0/0", "a2/notes.txt"), ("unlink", "a2/notes.txt"), ("stat", "a2/notes.txt")]),
+    ("rm-r-array", "rm -r of an array: ENOTEMPTY", "v3", [
+        ("write", "a2/c/1/1", "ct", 0, b"abcd"), ("rmtree", "a2")]),
+    ("link-scratch-other-dir", "link() of a scratch file from another directory onto a chunk key", "v3", [
+        ("write", "a2/tmp1", "ct", 0, b"abcd"), ("unlink", "a2/c/1/1"), ("link", "a2/tmp1", "a2/c/1/1")]),
+    ("hard-link-inode", "hard links: different st_ino, nlink 1", "v3", [
+        ("write", "a2/c/1/1", "ct", 0, b"abcd"), ("unlink", "a2/c/1/0"), ("link", "a2/c/1/1", "a2/c/1/0"),
+        ("check",)]),
+    ("linked-chunks-two-shards-umount", "a chunk hard-linked to a key of another shard: one name was "
+     "missing from the store after umount", "v3", [
+        ("write", "a2/c/1/1", "ct", 0, b"abcd"), ("link", "a2/c/1/1", "a2/c/0/2"), ("remount",)]),
+    ("linked-chunks-two-shards-fsync", "the same with an fsync of the new name: the other name's shard "
+     "kept the old chunk", "v3", [
+        ("write", "a2/c/1/1", "ct", 0, b"abcd"), ("link", "a2/c/1/1", "a2/c/0/2"), ("fsync_path", "a2/c/0/2"),
+        ("remount",)]),
+    ("hard-link-inode-shard", "a chunk from a shard linked into another array: different st_ino", "v3", [
+        ("link", "a2/c/0/1", "g/c3/1.1.1"), ("check",)]),
+    ("hard-link-shared-bytes", "a write through one hard link was not seen through the other", "v3", [
+        ("link", "a2/c/0/0", "g/b1/.tmp.partial"), ("write", "a2/c/0/0", "ct", 0, b'\xe3"\x01@'),
+        ("read", "g/b1/.tmp.partial")]),
+    ("zattrs-recreated-in-place", "v2 .zattrs written in place after it was hidden: ENOENT", "v2", [
+        ("set_attrs", "g/b1", {}, "inplace"), ("set_attrs", "g/b1", {"k": 1}, "inplace"),
+        ("read", "g/b1/.zattrs")]),
+    ("metadata-in-place-new-dir", "zarr.json written in place into a directory: ENOENT", "v3", [
+        ("unlink", "d1/f.txt"),
+        ("write", "d1/zarr.json", "ct", 0, b'{"zarr_format": 3, "node_type": "group", "attributes": {}}'),
+        ("read", "d1/zarr.json")]),
+    ("root-zattrs-in-place-after-rename", "v2 root .zattrs written in place after a rename hid it: ENOENT",
+     "v2", [("set_attrs", "", {}, "rename"), ("set_attrs", "", {"k": 67, "s": "xx"}, "inplace")]),
+    ("failed-dir-rename-moves-buffer", "a directory rename that fails (ENOTEMPTY) still took the "
+     "array's unflushed chunk away", "v3", [
+        ("write", "g/c3/1.1.0", "ct", 0, b"(\x96^\xd0"), ("rename", "g/c3", "a2")]),
+    ("failed-dir-rename-leaks-chunk", "a directory rename that fails (ENOTEMPTY) showed the unflushed "
+     "chunk in the other array", "v3", [
+        ("create_node", "n1", "array1", "zarr"), ("write", "g/b1/c/0", "ct", 0, b"\xb7\x00\x00\x00\xdb\x00\x00\x00"),
+        ("rename", "g/b1", "n1")]),
+    ("v2-resize", "resize through the v2 view (.zarray with a new shape): EINVAL, 'changes the chunking'", "v2", [
+        ("resize", "a2", [10, 7], "inplace")]),
+    ("shrink-drops-stale-chunk", "a chunk a shrinking resize dropped: lstat still finds it, open ENOENT",
+     "v3", [("write", "g/b1/c/4", "ct", 0, b"abcdefgh"), ("stat", "g/b1/c/4"),
+            ("resize", "g/b1", [7], "inplace"), ("stat", "g/b1/c/4")]),
+    ("vanished-key-dirs-stale", "key directories gone with their shard: not listed, lstat still finds them",
+     "v3", [("write", "a2/c/1/1", "ct", 0, b"abcd"), ("fsync_path", "a2/c/1/1"), ("stat", "a2/c/1"),
+            ("unlink", "a2/c/1/1"), ("unlink", "a2/c/0/0"), ("unlink", "a2/c/0/1"), ("unlink", "a2/c/1/0"),
+            ("fsyncdir", "a2/c/1"), ("listdir", "a2/c")]),
+    ("key-dir-with-scratch-vanishes", "a key directory holding a scratch file vanished with its shard",
+     "v3", [("write", "a2/c/1/x.partial", "ct", 0, b"temp"), ("unlink", "a2/c/0/0"), ("unlink", "a2/c/0/1"),
+            ("unlink", "a2/c/1/0"), ("unlink", "a2/c/1/1"), ("fsyncdir", "a2/c/1"), ("listdir", "a2/c")]),
+    ("replaced-file-fd", "the descriptor of a file replaced by rename showed the new file's size", "v3", [
+        ("open", 1, "a2/c/0/1", "rw"), ("pwrite", 1, 20, b"\x9c\xcbG"),
+        ("write", "a2/.31956306.partial", "ct", 0, b"\xb5\xda\x12\xe1"),
+        ("rename", "a2/.31956306.partial", "a2/c/0/1"), ("fstat", 1)]),
+    ("fd-writes-after-rename-into-array", "writes through a descriptor of a plain file renamed onto a chunk "
+     "key were lost", "v2", [
+        ("open", 2, "README.txt", "wc"), ("rename", "README.txt", "g/c3/1.0.0"),
+        ("pwrite", 2, 0, b"\x84\xe7\xd7\x9c\x14\xdeq\x1a"), ("fsyncdir", "g/c3"), ("check",)]),
+    ("rename-over-plain-keeps-mode", "a chunk renamed over a plain file took that file's mode, not its own",
+     "v3", [("chmod", "d1/f.txt", 0o600), ("link", "d1/f.txt", "d1/g.txt"), ("rename", "a2/c/0/0", "d1/f.txt"),
+            ("read", "d1/g.txt")]),
+    ("fd-after-rm-r-array", "the descriptor of a chunk of an array removed by rm -r: ESTALE", "v3", [
+        ("open", 1, "g/b1/c/0", "rw"), ("rmtree", "g/b1"), ("pwrite", 1, 0, b"xy"), ("pread", 1, 0, 16),
+        ("fstat", 1), ("ftruncate", 1, 0)]),
+    ("fd-after-rm-r-array-v2", "the same in the v2 view: ftruncate ESTALE", "v2", [
+        ("open", 1, "g/b1/0", "rwa"), ("rmtree", "g/b1"), ("ftruncate", 1, 0)]),
+    ("fd-after-rm-r-plain", "the descriptor of a plain file whose directory rm -r removed: ENOENT", "v3", [
+        ("open", 1, "d1/f.txt", "rw"), ("rmtree", "d1"), ("ftruncate", 1, 0)]),
+    ("copy-shares-inode", "a hard-linked chunk renamed out of the array is a copy, yet a write to it showed "
+     "in the chunk", "v3", [
+        ("link", "a2/c/0/0", "a2/tmp1"), ("rename", "a2/tmp1", "d1/h.txt"), ("write", "d1/h.txt", "", 0, b"XY"),
+        ("read", "a2/c/0/0")]),
+]
+
+
+@pytest.mark.parametrize("name", [f[0] for f in FOUND])
+def test_found_sequence(runner, name):
+    """Each sequence agrees with a plain directory (and the store with the model) to the end."""
+    _, what, view, ops = next(f for f in FOUND if f[0] == name)
+    failure = runner.replay(view, ops + [("check",), ("finish",)])
+    if failure is not None:
+        pytest.fail(f"{what}\n{failure} at operation {failure.index}: {failure.op!r}\n"
+                    + "".join(f"  daemon log: {line}\n" for line in failure.log)
+                    + format_replay(view, ops), pytrace=False)
 
 
 def test_the_exerciser_catches_a_wrong_model(runner):

@@ -230,7 +230,7 @@ class Flusher:
                 snapshot[coords] = (None, None, None)
                 continue
             flushable = memfile.flushable()
-            if flushable is not None and flushable[1] != memfile.flushed_generation:
+            if flushable is not None and flushable[1] != memfile.flushed.get(chunk_name(array_key, coords)):
                 snapshot[coords] = (memfile, *flushable)
         return snapshot
 
@@ -256,7 +256,8 @@ class Flusher:
                 if self.overlay.has(name) and current is None:
                     self.overlay.forget(name)
                 continue
-            memfile.flushed_generation = max(memfile.flushed_generation, generation)
+            if name in memfile.names:  # (renamed away meanwhile: its new name's shard is not this one)
+                memfile.flushed[name] = max(memfile.flushed.get(name, -1), generation)
             if current is memfile and memfile.generation == generation and memfile.handles == 0 \
                     and len(memfile.names) == 1:  # (hard links keep their names)
                 self.overlay.forget(name)

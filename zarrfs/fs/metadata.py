@@ -153,8 +153,7 @@ class MetadataWriter:
             if coords is not None:
                 overlay.forget(scratch_name(path))
                 memfile.pending = False
-                overlay.bind(chunk_name(dir_key, coords), memfile)
-                memfile.generation += 1
+                overlay.bind(chunk_name(dir_key, coords), memfile)  # (not in its shard yet)
                 self.flusher.chunk_changed(dir_key, coords)
         staged = await trio.to_thread.run_sync(
             self.store.stage_chunk_files, dir_key, lambda parts: _chunk_coords(view, parts) is not None)

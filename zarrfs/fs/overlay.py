@@ -31,7 +31,9 @@ class MemFile:
     atime_ns: int = field(default_factory=time.time_ns)
     ctime_ns: int = field(default_factory=time.time_ns)
     generation: int = 0  # bumped by every change, so a flush knows what it wrote
-    flushed_generation: int = -1  # the generation last packed into a shard
+    # The generation last packed into the shard of each chunk name: hard links may put
+    # one file's names in different shards, each repacked on its own.
+    flushed: dict = field(default_factory=dict)
     names: set = field(default_factory=set)
     handles: int = 0  # open file handles
     # While a file is open for writing, flushes that no fsync asked for take its last
@@ -64,6 +66,14 @@ class MemFile:
         if self.settled is None:
             return None
         return self.settled, self.settled_generation
+
+    def in_shard(self, name: tuple) -> bool:
+        """Whether the shard of chunk name ``name`` holds this file's current content."""
+        return self.flushed.get(name) == self.generation
+
+    def unflushed_names(self) -> list[tuple]:
+        """Chunk names whose shard does not hold the current content yet."""
+        return [n for n in self.names if n[0] == "chunk" and not self.in_shard(n)]
 
     def write(self, offset: int, data: bytes) -> int:
         end = offset + len(data)
@@ -140,6 +150,7 @@ class Overlay:
         else:
             self.scratch[name[1]] = memfile
         memfile.names.add(name)
+        memfile.flushed.pop(name, None)  # a new name: its shard does not hold this file
 
     def unbind(self, name: tuple) -> None:
         """Remove a name. A chunk that may be in a shard is remembered as DELETED."""
@@ -157,6 +168,7 @@ class Overlay:
             previous = self.scratch.pop(name[1], None)
         if previous is not None:
             previous.names.discard(name)
+            previous.flushed.pop(name, None)
 
     def move_tree(self, old: str, new: str) -> None:
         """A directory was renamed: what is buffered below it follows it."""
@@ -166,8 +178,11 @@ class Overlay:
             self.chunks[moved] = files
             for coords, memfile in files.items():
                 if memfile is not None:
-                    memfile.names.discard(chunk_name(array_key, coords))
-                    memfile.names.add(chunk_name(moved, coords))
+                    old_name, new_name = chunk_name(array_key, coords), chunk_name(moved, coords)
+                    memfile.names.discard(old_name)
+                    memfile.names.add(new_name)
+                    if old_name in memfile.flushed:  # its shard moved with the directory
+                        memfile.flushed[new_name] = memfile.flushed.pop(old_name)
         for path in [p for p in self.scratch if is_below(p, old)]:
             memfile = self.scratch.pop(path)
             memfile.names.discard(scratch_name(path))
@@ -213,8 +228,8 @@ class Overlay:
                 if path.startswith(prefix) and "/" not in path[len(prefix):]}
 
     def dirty_bytes(self) -> int:
-        return sum(len(f.data) for files in self.chunks.values() for f in files.values()
-                   if f is not None and f.generation != f.flushed_generation)
+        return sum(len(f.data) for array_key, files in self.chunks.items() for coords, f in files.items()
+                   if f is not None and not f.in_shard(chunk_name(array_key, coords)))
 
     def pending_bytes(self) -> int:
         return sum(len(f.data) for f in self.scratch.values() if f.pending)

@@ -518,8 +518,8 @@ class ViewTree:
     def forget_clean(self, memfile: MemFile) -> None:
         """A buffered chunk nobody holds open whose bytes are in its shard needs no memory."""
         # (a file with several names keeps them all: they are hard links of one file)
-        if memfile.handles == 0 and memfile.generation == memfile.flushed_generation and len(memfile.names) == 1:
-            for name in [n for n in memfile.names if n[0] == "chunk"]:
+        if memfile.handles == 0 and len(memfile.names) == 1:
+            for name in [n for n in memfile.names if n[0] == "chunk" and memfile.in_shard(n)]:
                 self.overlay.forget(name)
 
     def _memfile(self, node: Node) -> MemFile | None:

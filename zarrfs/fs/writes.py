@@ -174,8 +174,9 @@ class Writer:
             finally:
                 content.close()
             memfile = MemFile(bytearray(data))
-            memfile.flushed_generation = memfile.generation  # same bytes as the shard
-            self.overlay.bind(chunk_name(node.array, node.coords), memfile)
+            name = chunk_name(node.array, node.coords)
+            self.overlay.bind(name, memfile)
+            memfile.flushed[name] = memfile.generation  # same bytes as the shard
             return memfile
         if isinstance(node, (MetadataFile, Scratch, Plain)) and os.path.basename(node.path) in self.metadata.names:
             # Written from what the view shows there now, which may be nothing: the kernel
@@ -380,7 +381,6 @@ class Writer:
         memfile.pending = target.kind == "pending"
         if target.kind == "chunk":
             self.overlay.restore_directories(os.path.dirname(target.path))
-            memfile.generation += 1  # new content at this key: not in its shard yet
             self.flusher.chunk_changed(target.array, target.coords)
 
     async def link(self, node: Node, new_parent: Node, new: str) -> tuple[Node, bool]:
@@ -475,7 +475,7 @@ class Writer:
             return
         memfile = content.memfile
         memfile.settle()
-        if memfile.generation != memfile.flushed_generation:  # (else it is in its shard already)
+        if memfile.unflushed_names():  # (else it is in its shards already)
             self.flusher.changed(memfile)
         if memfile.handles == 1:
             if os.path.basename(node.path) in self.metadata.names and self.overlay.get(scratch_name(node.path)) is memfile:
