@@ -31,7 +31,7 @@ import trio
 
 from ..format.shard_index import CorruptShard
 from .inodes import InodeTable
-from .tree import Attributes, FileRange, MemContent, MetadataFile, Node, Replaced, Scratch, StatusFile, ViewTree
+from .tree import Attributes, Chunk, FileRange, MemContent, MetadataFile, Node, Plain, Replaced, Scratch, StatusFile, ViewTree
 from .writes import Writer
 
 log = logging.getLogger("zarrfs")
@@ -342,9 +342,26 @@ class Operations(pyfuse3.Operations):
         if replaced is not None and source is not None and replaced.path != source.path:
             self.inodes.replaced(replaced)
         if source is not None and moved is not None:
+            inode = self.inodes.inode_of(source)
             self.inodes.rename(source, moved)
             if directory:
                 self.inodes.move_tree(source.path, moved.path, self.tree.resolve)
+            elif crosses_buffer(source, moved):
+                self._reopen_handles(inode, moved)
+
+    def _reopen_handles(self, inode: int, moved: Node) -> None:
+        """A file renamed into the write buffer (a plain file onto a chunk key) or out of
+        it (a chunk onto a plain name) was copied: descriptors open on it follow the copy,
+        as they follow an inode on ext4, so that what they write lands under the new name."""
+        for fh in self._open_by_inode.get(inode, ()):
+            handle = self._handles[fh]
+            previous = handle.content
+            if handle.writable:
+                handle.content = self._writer().open(moved, os.O_RDWR)
+            else:
+                handle.content = self.tree.open(moved)
+            handle.node = moved
+            previous.close()
 
     @_changes_store
     @_kernel_errors
@@ -425,6 +442,12 @@ class Operations(pyfuse3.Operations):
 
     def open_for_writing(self) -> int:
         return sum(1 for h in self._handles.values() if isinstance(h, FileHandle) and h.writable)
+
+
+def crosses_buffer(source: Node, moved: Node) -> bool:
+    """Whether a rename moved a file between the backing store and the write buffer."""
+    files = (Plain, Chunk, Scratch)
+    return isinstance(source, files) and isinstance(moved, files) and isinstance(source, Plain) != isinstance(moved, Plain)
 
 
 class FileHandle:
