@@ -369,18 +369,18 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         writer = self._writer()
         handle = self._handles.get(fh) if fh is not None else None
-        if fields.update_size and handle is not None and not isinstance(handle.content, FileRange):
-            writer.truncate_open(handle.content, attr.st_size)  # ftruncate, maybe unlinked
-        elif fields.update_size:
-            writer.truncate(node, attr.st_size)
-        writer.set_attributes(
-            node,
+        # ftruncate names its descriptor: act on the open file, whatever its name is now (or if it has none)
+        open_file = handle.content if handle is not None and handle.writable else None
+        if fields.update_size:
+            writer.truncate_open(open_file, attr.st_size) if open_file else writer.truncate(node, attr.st_size)
+        changes = dict(
             mode=attr.st_mode if fields.update_mode else None,
             uid=attr.st_uid if fields.update_uid else None,
             gid=attr.st_gid if fields.update_gid else None,
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
+        writer.set_open_attributes(open_file, **changes) if open_file else writer.set_attributes(node, **changes)
         try:
             return self._entry(node, self.tree.attributes(node))
         except FileNotFoundError:
@@ -403,10 +403,17 @@ class Operations(pyfuse3.Operations):
     # -- helpers ------------------------------------------------------------
 
     def _node(self, inode: int) -> Node:
-        node = self.inodes.node(inode)
+        node = self.inodes.node(inode) or self._open_node(inode)
         if node is None:
             raise pyfuse3.FUSEError(errno.ESTALE)
         return node
+
+    def _open_node(self, inode: int) -> Node | None:
+        """An open file's inode means its file for as long as it is open, also when no
+        name computes it any more (a chunk of an array that ``rm -r`` removed)."""
+        for fh in self._open_by_inode.get(inode, ()):
+            return self._handles[fh].node
+        return None
 
     def _new_handle(self, content) -> int:
         handle = next(self._next_handle)

@@ -69,6 +69,16 @@ class PlainWriter:
     def truncate(self, size: int) -> None:
         os.ftruncate(self.fd, size)
 
+    def set_attributes(self, mode, uid, gid, atime_ns, mtime_ns) -> None:
+        """fchmod, fchown, futimens (the file may have no name any more)."""
+        if mode is not None:
+            os.fchmod(self.fd, stat.S_IMODE(mode))
+        if uid is not None or gid is not None:
+            os.fchown(self.fd, -1 if uid is None else uid, -1 if gid is None else gid)
+        if atime_ns is not None or mtime_ns is not None:
+            st = os.fstat(self.fd)
+            os.utime(self.fd, ns=(atime_ns or st.st_atime_ns, mtime_ns or st.st_mtime_ns))
+
     def close(self) -> None:
         os.close(self.fd)
 
@@ -246,14 +256,15 @@ class Writer:
             self.tree.store.set_attributes(node.path, None if mode is None else stat.S_IMODE(mode), uid, gid, times)
             return
         memfile = self.tree._memfile(node)
-        if memfile is None:
-            return
-        if mode is not None:
-            memfile.mode = stat.S_IFREG | stat.S_IMODE(mode)
-        memfile.uid = memfile.uid if uid is None else uid
-        memfile.gid = memfile.gid if gid is None else gid
-        memfile.atime_ns = atime_ns or memfile.atime_ns
-        memfile.mtime_ns = mtime_ns or memfile.mtime_ns
+        if memfile is not None:
+            set_memfile_attributes(memfile, mode, uid, gid, atime_ns, mtime_ns)
+
+    def set_open_attributes(self, content, mode=None, uid=None, gid=None, atime_ns=None, mtime_ns=None) -> None:
+        """The same for an open file, whatever its name is now (or if it has none)."""
+        if isinstance(content, PlainWriter):
+            content.set_attributes(mode, uid, gid, atime_ns, mtime_ns)
+        else:
+            set_memfile_attributes(content.memfile, mode, uid, gid, atime_ns, mtime_ns)
 
     # -- names --------------------------------------------------------------
 
@@ -481,6 +492,15 @@ class Writer:
             if os.path.basename(node.path) in self.metadata.names and self.overlay.get(scratch_name(node.path)) is memfile:
                 self.overlay.forget(scratch_name(node.path))
                 await self.metadata.apply(os.path.dirname(node.path), os.path.basename(node.path), bytes(memfile.data))
+
+
+def set_memfile_attributes(memfile: MemFile, mode, uid, gid, atime_ns, mtime_ns) -> None:
+    if mode is not None:
+        memfile.mode = stat.S_IFREG | stat.S_IMODE(mode)
+    memfile.uid = memfile.uid if uid is None else uid
+    memfile.gid = memfile.gid if gid is None else gid
+    memfile.atime_ns = atime_ns or memfile.atime_ns
+    memfile.mtime_ns = mtime_ns or memfile.mtime_ns
 
 
 def memfile_name(node: Node) -> tuple:
