@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 
 from . import __version__
@@ -12,8 +13,9 @@ from .check import run_check
 from .daemon import (DEFAULT_FLUSH_AFTER, DEFAULT_MAX_DIRTY_MIB, DEFAULT_MAX_SCRATCH_MIB, DEFAULT_SHARDS,
                      DEFAULT_TIMEOUT, MountError, MountOptions, mount, read_status, umount)
 from .info import DEFAULT_JOBS, run_info
+from .pack import PackError, StoreError, pack, parse_part, unpack
 
-COMMANDS = ("mount", "umount", "status", "info", "check")
+COMMANDS = ("mount", "umount", "status", "info", "check", "pack", "unpack")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -104,6 +106,38 @@ def build_parser() -> argparse.ArgumentParser:
                            help="also decode every chunk with zarr-python's codecs and check its shape (slower)")
     check_cmd.add_argument("-j", "--jobs", type=_positive_int, default=DEFAULT_JOBS, metavar="N",
                            help=f"shards read concurrently (default {DEFAULT_JOBS})")
+
+    pack_cmd = commands.add_parser(
+        "pack", help="convert a per-chunk store into a sharded store, offline",
+        description="Write DST, a sharded Zarr v3 store with the hierarchy, attributes and values of SRC "
+                    "(a per-chunk Zarr v2 or v3 store). Encoded chunks are copied into shards without "
+                    "decoding, with the metadata the mount gives arrays written into it. Arrays already "
+                    "sharded, or without an exact sharded equivalent, are copied as they are. Re-running "
+                    "after an interruption finishes the job and rewrites nothing complete; metadata is "
+                    "written last. See docs/pack.md.",
+    )
+    pack_cmd.add_argument("src", metavar="SRC")
+    pack_cmd.add_argument("dst", metavar="DST", help="an empty (or missing) directory, or a partial pack of SRC")
+    pack_cmd.add_argument("--shards", type=_positive_int, default=DEFAULT_SHARDS, metavar="N",
+                          help="inner chunks per shard along every axis (never more than the array has; "
+                               f"default {DEFAULT_SHARDS}, as the mount)")
+    pack_cmd.add_argument("-j", "--jobs", type=_positive_int, default=os.cpu_count() or 1, metavar="J",
+                          help="shards packed at once by local processes (default: the number of cores)")
+    where = pack_cmd.add_mutually_exclusive_group()
+    where.add_argument("--dask", metavar="ADDRESS", dest="dask_address",
+                       help="run the shard tasks on this Dask distributed scheduler (tcp://HOST:PORT)")
+    where.add_argument("--part", type=_part, metavar="I/N",
+                       help="do only part I of N (a batch job array); the last part to finish writes the metadata")
+    pack_cmd.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
+
+    unpack_cmd = commands.add_parser(
+        "unpack", help="write what the mount shows of a sharded store as plain files",
+        description="Write into DST (empty or missing) exactly what `zarrfs mount SRC` shows: one file "
+                    "per inner chunk, unsharded metadata (v3 view) or Zarr v2 metadata and keys (v2 view).",
+    )
+    unpack_cmd.add_argument("src", metavar="SRC")
+    unpack_cmd.add_argument("dst", metavar="DST")
+    unpack_cmd.add_argument("--view", choices=["v3", "v2"], default="v3", help="which view to write (default v3)")
     return parser
 
 
@@ -112,6 +146,13 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
     return value
+
+
+def _part(text: str) -> tuple[int, int]:
+    try:
+        return parse_part(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _finite(text: str, unit: str, zero_allowed: bool) -> float:
@@ -173,10 +214,25 @@ def main(argv: list[str] | None = None) -> int:
             return run_info(args.store, as_json=args.json, jobs=args.jobs)
         if args.command == "check":
             return run_check(args.store, decode=args.decode, jobs=args.jobs)
+        if args.command in ("pack", "unpack"):
+            return _offline(args)
     except MountError as error:
         print(f"zarrfs: error: {error}", file=sys.stderr)
         return 1
     return 2
+
+
+def _offline(args) -> int:
+    """pack and unpack: bad input (and any I/O error) is one line per problem."""
+    try:
+        if args.command == "pack":
+            return pack(args.src, args.dst, shards=args.shards, jobs=args.jobs, dask_address=args.dask_address,
+                        part=args.part, dry_run=args.dry_run)
+        return unpack(args.src, args.dst, view=args.view)
+    except (PackError, StoreError, OSError) as error:
+        for line in str(error).splitlines():
+            print(f"zarrfs: error: {line}", file=sys.stderr)
+        return 1
 
 
 # zarrfs's own options may also come as -o NAME=VALUE (fstab lines, mount -t fuse.zarrfs).
