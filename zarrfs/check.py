@@ -31,7 +31,7 @@ cannot be checked at all (missing, not a directory; argparse's usage errors
 are 2 as well).
 
 It walks the store and reads shards exactly as ``zarrfs info`` does (walk.py):
-one ``os.scandir`` walk, then shards in batches, in threads when the reads wait
+one walk of the store (``Store.scan``), then shards in batches, in threads when the reads wait
 on the filesystem; a progress line on a terminal.
 """
 
@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import stat
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, TextIO
@@ -51,7 +49,7 @@ from .format.metadata import ArrayLayout, MetadataError
 from .format.shard_index import EMPTY, CorruptShard, IndexFormat
 from .fs.shards import join
 from .fs.views import V2_ARRAY, V3_METADATA
-from .store.local import LocalStore
+from .store.base import SharedFile, Store
 from .walk import Progress, StoreError, StoreWalker, batched, open_store, quiet_zarrfs_log, run_batches
 
 DEFAULT_JOBS = 16  # concurrent shard reads: enough to hide network filesystem latency
@@ -195,11 +193,11 @@ class _Shard:
 
 
 class _Walker(StoreWalker):
-    def __init__(self, store: LocalStore, progress: Progress, decode: bool, report: Callable[[str], None]):
+    def __init__(self, store: Store, progress: Progress, decode: bool, report: Callable[[str], None]):
         super().__init__(store, progress, "zarrfs check")
         self.decode = decode
         self.report = report
-        self.result = CheckResult(store.root)
+        self.result = CheckResult(store.name)
         self.tasks: list[_Shard] = []
 
     def unlistable(self, dir_key: str, error: OSError) -> None:
@@ -260,10 +258,11 @@ class _Chunk:
     nbytes: int
 
 
-def _check_file(store: LocalStore, task: _Shard) -> _Outcome:
+def _check_file(store: Store, task: _Shard) -> _Outcome:
     outcome = _Outcome(task)
     try:
-        fd = os.open(store.path(task.key), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        # Every read is of this one version of the file, even if a writer replaces it while we read.
+        shared = store.share(task.key)
     except (FileNotFoundError, NotADirectoryError):
         outcome.checked = False  # removed since the walk
         return outcome
@@ -271,30 +270,25 @@ def _check_file(store: LocalStore, task: _Shard) -> _Outcome:
         outcome.problems.append(f"cannot open: {error.strerror or error}")
         return outcome
     try:
-        # Every read goes through this descriptor: one version of the file, even
-        # if a writer replaces it (rename) while we read.
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            outcome.problems.append("not a regular file")
-            return outcome
+        st = shared.stat()
         layout = task.array.layout
         decoding = task.array.decoder is not None
         chunks: list[_Chunk] | None = [] if decoding else None  # collected only to decode them
         if layout.is_sharded:
             origin = tuple(c * n for c, n in zip(task.coords, layout.chunks_per_shard))
-            outcome.chunks = _check_level(fd, layout, 0, 0, st.st_size, origin, "", outcome.problems, chunks)
+            outcome.chunks = _check_level(shared, layout, 0, 0, st.st_size, origin, "", outcome.problems, chunks)
         elif decoding:
             chunks.append(_Chunk(task.coords, 0, st.st_size))  # the file is the chunk
         if decoding:
-            _decode_chunks(fd, task, chunks, outcome)
+            _decode_chunks(shared, task, chunks, outcome)
     except OSError as error:
         outcome.problems.append(f"cannot read: {error.strerror or error}")
     finally:
-        os.close(fd)
+        shared.release()
     return outcome
 
 
-def _check_level(fd: int, layout: ArrayLayout, depth: int, base: int, nbytes: int, origin: tuple[int, ...],
+def _check_level(shared: SharedFile, layout: ArrayLayout, depth: int, base: int, nbytes: int, origin: tuple[int, ...],
                  where: str, problems: list[str], chunks: list[_Chunk] | None) -> int:
     """Check the (inner) shard at bytes ``[base, base + nbytes)`` of the file; the number
     of innermost chunks it holds whose entries lie in its payload (those are appended
@@ -306,7 +300,7 @@ def _check_level(fd: int, layout: ArrayLayout, depth: int, base: int, nbytes: in
         else:
             problems.append(f"{where}truncated: {nbytes} bytes, shorter than its {fmt.nbytes}-byte index")
         return 0
-    raw = os.pread(fd, fmt.nbytes, base + fmt.index_offset(nbytes))
+    raw = shared.pread(fmt.nbytes, base + fmt.index_offset(nbytes))
     try:
         index = fmt.decode(raw, nbytes, base)
     except CorruptShard as error:  # checksum, or a file that shrank under us
@@ -332,7 +326,7 @@ def _check_level(fd: int, layout: ArrayLayout, depth: int, base: int, nbytes: in
     count = 0
     for position, c, o, n in zip(local.tolist(), coords, offsets, lengths):
         inner = f"{where}inner shard at entry {_tuple(position)}: "
-        count += _check_level(fd, layout, depth + 1, o, n, tuple(c), inner, problems, chunks)
+        count += _check_level(shared, layout, depth + 1, o, n, tuple(c), inner, problems, chunks)
     return count
 
 
@@ -428,7 +422,7 @@ def _tuple(values) -> str:
     return str(tuple(int(v) for v in values))
 
 
-def _decode_chunks(fd: int, task: _Shard, chunks: list[_Chunk], outcome: _Outcome) -> None:
+def _decode_chunks(shared: SharedFile, task: _Shard, chunks: list[_Chunk], outcome: _Outcome) -> None:
     decoder = task.array.decoder
     layout = task.array.layout
     group: list[tuple[_Chunk, bytes]] = []
@@ -449,7 +443,7 @@ def _decode_chunks(fd: int, task: _Shard, chunks: list[_Chunk], outcome: _Outcom
         held = 0
 
     for chunk in chunks:
-        data = os.pread(fd, chunk.nbytes, chunk.offset)
+        data = shared.pread(chunk.nbytes, chunk.offset)
         if len(data) != chunk.nbytes:  # the file shrank under us
             raise OSError(f"short read of {chunk.nbytes} bytes at {chunk.offset}")
         group.append((chunk, data))
@@ -460,7 +454,7 @@ def _decode_chunks(fd: int, task: _Shard, chunks: list[_Chunk], outcome: _Outcom
         flush()
 
 
-def _check_shards(store: LocalStore, tasks: list[_Shard], decode: bool, jobs: int, progress: Progress,
+def _check_shards(store: Store, tasks: list[_Shard], decode: bool, jobs: int, progress: Progress,
                   result: CheckResult, report: Callable[[str], None]) -> None:
     def work(batch: list[_Shard]) -> list[_Outcome]:
         return [_check_file(store, task) for task in batch]
@@ -482,10 +476,11 @@ def _check_shards(store: LocalStore, tasks: list[_Shard], decode: bool, jobs: in
 
 
 def check_store(root: str, decode: bool = False, jobs: int = DEFAULT_JOBS, progress: Progress | None = None,
-                on_problem: Callable[[str], None] | None = None) -> CheckResult:
-    """Check the store at ``root``; ``on_problem(line)`` is called for each problem as it
-    is found (the lines are also in the result). Raises StoreError when it is not a directory."""
-    store = open_store(root)
+                on_problem: Callable[[str], None] | None = None, endpoint_url: str | None = None) -> CheckResult:
+    """Check the store at ``root`` (a directory or an s3:// URL); ``on_problem(line)`` is
+    called for each problem as it is found (the lines are also in the result). Raises
+    StoreError when it cannot be opened."""
+    store = open_store(root, endpoint_url=endpoint_url)
     progress = progress or Progress(sys.stderr)
     result: CheckResult
 
@@ -521,7 +516,7 @@ def summary_line(result: CheckResult, decode: bool) -> str:
 
 
 def run_check(store: str, decode: bool = False, jobs: int = DEFAULT_JOBS,
-              out: TextIO | None = None, err: TextIO | None = None) -> int:
+              out: TextIO | None = None, err: TextIO | None = None, endpoint_url: str | None = None) -> int:
     """The ``zarrfs check`` command: 0 clean, 1 problems found, 2 STORE unusable."""
     out, err = out or sys.stdout, err or sys.stderr
 
@@ -530,7 +525,7 @@ def run_check(store: str, decode: bool = False, jobs: int = DEFAULT_JOBS,
         out.flush()
 
     try:
-        result = check_store(store, decode, jobs, Progress(err), print_problem)
+        result = check_store(store, decode, jobs, Progress(err), print_problem, endpoint_url)
     except StoreError as error:
         print(f"zarrfs: error: {error}", file=err)
         return 2

@@ -37,11 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     mount_cmd = commands.add_parser(
         "mount", help="mount STORE on MOUNTPOINT (returns once the mount answers)",
-        description="Mount STORE (a local Zarr directory) on MOUNTPOINT. Every inner chunk of a "
-                    "sharded array appears as its own file; zarr.json reads as the unsharded array.",
+        description="Mount STORE (a local Zarr directory, or s3://BUCKET/PREFIX) on MOUNTPOINT. Every "
+                    "inner chunk of a sharded array appears as its own file; zarr.json reads as the "
+                    "unsharded array.",
     )
     mount_cmd.add_argument("store", metavar="STORE")
     mount_cmd.add_argument("mountpoint", metavar="MOUNTPOINT")
+    _add_endpoint_argument(mount_cmd)
+    mount_cmd.add_argument("--single-writer", action="store_true",
+                           help="mount an object store whose server ignores conditional writes writable "
+                                "anyway: this mount must then be its only writer (docs/s3.md)")
     mount_cmd.add_argument("-f", "--foreground", action="store_true",
                            help="stay in the foreground (systemd, debugging); logs go to stderr")
     mount_cmd.add_argument("--read-only", action="store_true",
@@ -90,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "v2 view can show it (or why not). Reads shard indexes only, never chunk data.",
     )
     info_cmd.add_argument("store", metavar="STORE")
+    _add_endpoint_argument(info_cmd)
     info_cmd.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info_cmd.add_argument("-j", "--jobs", type=int, default=DEFAULT_JOBS, metavar="N",
                           help=f"shard indexes read concurrently (default {DEFAULT_JOBS})")
@@ -102,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Exit status: 0 clean, 1 problems found, 2 usage errors.",
     )
     check_cmd.add_argument("store", metavar="STORE")
+    _add_endpoint_argument(check_cmd)
     check_cmd.add_argument("--decode", action="store_true",
                            help="also decode every chunk with zarr-python's codecs and check its shape (slower)")
     check_cmd.add_argument("-j", "--jobs", type=_positive_int, default=DEFAULT_JOBS, metavar="N",
@@ -139,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     unpack_cmd.add_argument("dst", metavar="DST")
     unpack_cmd.add_argument("--view", choices=["v3", "v2"], default="v3", help="which view to write (default v3)")
     return parser
+
+
+def _add_endpoint_argument(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--endpoint-url", metavar="URL",
+                         help="the S3-compatible server of an s3:// STORE (default: AWS, or $AWS_ENDPOINT_URL)")
 
 
 def _positive_int(text: str) -> int:
@@ -211,9 +223,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(read_status(args.mountpoint), indent=2))
             return 0
         if args.command == "info":
-            return run_info(args.store, as_json=args.json, jobs=args.jobs)
+            return run_info(args.store, as_json=args.json, jobs=args.jobs, endpoint_url=args.endpoint_url)
         if args.command == "check":
-            return run_check(args.store, decode=args.decode, jobs=args.jobs)
+            return run_check(args.store, decode=args.decode, jobs=args.jobs, endpoint_url=args.endpoint_url)
         if args.command in ("pack", "unpack"):
             return _offline(args)
     except MountError as error:
@@ -237,7 +249,9 @@ def _offline(args) -> int:
 
 # zarrfs's own options may also come as -o NAME=VALUE (fstab lines, mount -t fuse.zarrfs).
 OWN_OPTIONS = {"view": "view", "shards": "shards", "flush_after": "flush_after", "max_dirty": "max_dirty",
-               "max_scratch": "max_scratch", "attr_timeout": "attr_timeout", "log_level": "log_level", "log_file": "log_file"}
+               "max_scratch": "max_scratch", "attr_timeout": "attr_timeout", "log_level": "log_level", "log_file": "log_file",
+               "endpoint_url": "endpoint_url"}
+OWN_FLAGS = {"single_writer": "single_writer"}  # -o NAME, without a value
 
 
 def _mount_options(args) -> MountOptions:
@@ -246,6 +260,8 @@ def _mount_options(args) -> MountOptions:
         name, _, value = option.partition("=")
         if name.replace("-", "_") in OWN_OPTIONS and value:
             setattr(args, OWN_OPTIONS[name.replace("-", "_")], _own_option(name, value))
+        elif option.replace("-", "_") in OWN_FLAGS:
+            setattr(args, OWN_FLAGS[option.replace("-", "_")], True)
         elif option:
             fuse_options.append(option)
     return MountOptions(
@@ -262,6 +278,8 @@ def _mount_options(args) -> MountOptions:
         timeout=args.attr_timeout,
         log_level=args.log_level,
         log_file=args.log_file,
+        endpoint_url=args.endpoint_url,
+        single_writer=args.single_writer,
     )
 
 

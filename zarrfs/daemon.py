@@ -29,7 +29,9 @@ from .fs.flusher import Flusher
 from .fs.operations import Operations
 from .fs.tree import CONTROL_DIR, STATUS_FILE, ViewTree
 from .fs.writes import Writer
-from .store.local import LocalStore, process_alive
+from .store import StoreError, is_object_store_url, open_store
+from .store.base import Store
+from .store.local import process_alive
 
 log = logging.getLogger("zarrfs")
 
@@ -67,6 +69,8 @@ class MountOptions:
     timeout: float = DEFAULT_TIMEOUT
     log_level: str = "INFO"
     log_file: str | None = None
+    endpoint_url: str | None = None  # of an S3-compatible server, for s3:// stores
+    single_writer: bool = False  # write to an object store that ignores conditional writes
 
     def fuse_option_set(self) -> set[str]:
         # No auto_unmount (as sshfs and rclone): a daemon that dies leaves a dead mount on
@@ -84,10 +88,11 @@ class MountOptions:
 def check_mount_arguments(options: MountOptions) -> None:
     """Fail early, with one clear line, before anything is mounted."""
     _clear_dead_mount(options.mountpoint)
-    if not os.path.exists(options.store):
-        raise MountError(f"store {options.store} does not exist")
-    if not os.path.isdir(options.store):
-        raise MountError(f"store {options.store} is not a directory")
+    if not is_object_store_url(options.store):  # a bucket is checked by the daemon (serve)
+        if not os.path.exists(options.store):
+            raise MountError(f"store {options.store} does not exist")
+        if not os.path.isdir(options.store):
+            raise MountError(f"store {options.store} is not a directory")
     if not os.path.exists(options.mountpoint):
         raise MountError(f"mountpoint {options.mountpoint} does not exist")
     if not os.path.isdir(options.mountpoint):
@@ -120,7 +125,8 @@ def _clear_dead_mount(mountpoint: str) -> None:
 
 
 def mount(options: MountOptions) -> int:
-    options.store = os.path.abspath(options.store)
+    if not is_object_store_url(options.store):
+        options.store = os.path.abspath(options.store)
     options.mountpoint = os.path.abspath(options.mountpoint)
     if options.log_file:
         options.log_file = os.path.abspath(options.log_file)  # the daemon leaves the working directory
@@ -215,17 +221,13 @@ class _JournalFormatter(_SafeFormatter):
 def serve(options: MountOptions, on_ready) -> int:
     """Mount, serve until unmounted or signalled, unmount. Returns an exit code."""
     _raise_open_file_limit()
-    # Stats of metadata and shards serve a second (never longer than the kernel caches
-    # attributes); descriptors of the shards read last stay open.
-    store = LocalStore(options.store, reuse_stats_for=min(1.0, options.timeout), keep_open=64)
+    store = _open_store(options)
     started = time.time()
     tree = ViewTree(store, options.view)
     writer = None
     if not options.read_only:
-        problem = store.locking_problem()
-        if problem:
-            log.warning("%s: repacks of a shard cannot exclude other nodes' mounts of this store; mount it "
-                        "writable on one node only (docs/hpc-admin.md, \"Two nodes, one store\")", problem)
+        _warn_of_writers_unexcluded(store, options)  # may make the mount read-only
+    if not options.read_only:
         flusher = Flusher(tree, options.flush_after, int(options.max_dirty_mib * 2**20))
         writer = Writer(tree, flusher, options.shards, int(options.max_scratch_mib * 2**20))
     operations = Operations(tree, options.timeout, writer)
@@ -241,6 +243,33 @@ def serve(options: MountOptions, on_ready) -> int:
     finally:
         unmount()
     return 0 if clean else 1
+
+
+def _open_store(options: MountOptions) -> Store:
+    """The backing store. Its client is made here, in the daemon, after the fork (an
+    object store client's threads do not survive a fork)."""
+    try:
+        # Stats of metadata and shards serve a second (never longer than the kernel caches
+        # attributes); descriptors of the shards read last stay open.
+        return open_store(options.store, endpoint_url=options.endpoint_url,
+                          reuse_stats_for=min(1.0, options.timeout), keep_open=64)
+    except StoreError as error:
+        raise MountError(str(error)) from None
+
+
+def _warn_of_writers_unexcluded(store: Store, options: MountOptions) -> None:
+    """Say, in one line, when writers on other nodes cannot be excluded from a shard's
+    repack; an object store that ignores conditional writes is mounted read-only."""
+    problem = store.locking_problem()
+    if not problem:
+        return
+    if store.capabilities.conditional_writes or options.single_writer:
+        log.warning("%s: repacks of a shard cannot exclude other nodes' mounts of this store; mount it "
+                    "writable on one node only (docs/hpc-admin.md, \"Two nodes, one store\")", problem)
+        return
+    log.warning("%s: mounted read-only, since writers on other nodes could overwrite each other's "
+                "shards; --single-writer mounts it writable when this is the only writer (docs/s3.md)", problem)
+    options.read_only = True
 
 
 def _raise_open_file_limit() -> None:
@@ -297,7 +326,7 @@ async def _run_mounted(mountpoint: str, operations: Operations, on_ready, unmoun
     return await _final_flush(flusher) and clean
 
 
-async def _clean_after_crash(store: LocalStore, writer: Writer) -> None:
+async def _clean_after_crash(store: Store, writer: Writer) -> None:
     """Temporary files of a crashed daemon: never shown, removed in the background.
     Chunk files it was adopting (SPEC §5, metadata after chunks) are adopted again."""
     removed, staged = await trio.to_thread.run_sync(store.clean_after_crash)

@@ -9,7 +9,7 @@ It reads shard *indexes*, never chunk data, and reads them through the same
 code the mount uses (``Shards``, ``Views``), so what it reports is what a mount
 would show. Two phases:
 
-1. walk the store once (``os.scandir``), finding every metadata directory and
+1. walk the store once (``Store.scan``), finding every metadata directory and
    the shard (or chunk) files of each array by decoding their keys;
 2. read the index of every shard, in batches: in a bounded thread pool when
    reads wait on the filesystem (on Lustre, GPFS or NFS each index read is a
@@ -31,7 +31,7 @@ from .format.metadata import ArrayLayout
 from .format.shard_index import CorruptShard
 from .fs.shards import Shards, join
 from .fs.views import Views
-from .store.local import FileChanged, LocalStore
+from .store.base import FileChanged, Store
 from .walk import Progress, StoreError, StoreWalker, batched, open_store, quiet_zarrfs_log, run_batches
 
 __all__ = ["ArraySummary", "Progress", "StoreError", "StoreSummary", "format_array", "format_text",
@@ -131,10 +131,10 @@ class _Shard:
 class _Walker(StoreWalker):
     """Walks the backing store once, summarizing every directory that holds metadata."""
 
-    def __init__(self, store: LocalStore, progress: Progress):
+    def __init__(self, store: Store, progress: Progress):
         super().__init__(store, progress, "zarrfs info")
         self.v2_views = Views(store, "v2")  # the mount's own v2 decision, with its reason
-        self.result = StoreSummary(store.root)
+        self.result = StoreSummary(store.name)
         self.shards: list[_Shard] = []
 
     def unlistable(self, dir_key: str, error: OSError) -> None:
@@ -220,7 +220,7 @@ def _inspect_shard(shards: Shards, task: _Shard) -> tuple[int, str | None]:
         return 0, f"cannot read: {error.strerror or error}"
 
 
-def _read_indexes(store: LocalStore, tasks: list[_Shard], jobs: int, progress: Progress) -> None:
+def _read_indexes(store: Store, tasks: list[_Shard], jobs: int, progress: Progress) -> None:
     # Shards and its LRU are not thread-safe: one per thread.
     local = threading.local()
 
@@ -243,9 +243,11 @@ def _read_indexes(store: LocalStore, tasks: list[_Shard], jobs: int, progress: P
         summary.corrupt_shards.sort()
 
 
-def summarize(root: str, jobs: int = DEFAULT_JOBS, progress: Progress | None = None) -> StoreSummary:
-    """Summarize the store at ``root``. Raises StoreError when it is not a directory."""
-    store = open_store(root)
+def summarize(root: str, jobs: int = DEFAULT_JOBS, progress: Progress | None = None,
+              endpoint_url: str | None = None) -> StoreSummary:
+    """Summarize the store at ``root`` (a directory or an s3:// URL). Raises StoreError
+    when it cannot be opened."""
+    store = open_store(root, endpoint_url=endpoint_url)
     progress = progress or Progress(sys.stderr)
     walker = _Walker(store, progress)
     try:
@@ -304,11 +306,11 @@ def format_text(summary: StoreSummary) -> str:
 
 
 def run_info(store: str, as_json: bool = False, jobs: int = DEFAULT_JOBS,
-             out: TextIO | None = None, err: TextIO | None = None) -> int:
+             out: TextIO | None = None, err: TextIO | None = None, endpoint_url: str | None = None) -> int:
     """The ``zarrfs info`` command: print the summary; 1 when STORE is unusable."""
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        summary = summarize(store, jobs, Progress(err))
+        summary = summarize(store, jobs, Progress(err), endpoint_url)
     except StoreError as error:
         print(f"zarrfs: error: {error}", file=err)
         return 1

@@ -2,7 +2,7 @@
 
 Both commands do the same two phases on a store that may hold millions of shards:
 
-1. walk it once (``os.scandir``) with ``StoreWalker``, which finds every
+1. walk it once (``Store.scan``: a directory listing, or one LIST) with ``StoreWalker``, which finds every
    metadata directory, parses its metadata the way the mount does (zarr.json
    wins over .zarray; metadata that does not parse leaves the directory as
    plain files) and decodes the key of every file in an array's chunk key
@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Callable, Iterable, Iterator, TextIO
@@ -28,22 +27,11 @@ from .format.keys import ChunkKeyEncoding
 from .format.metadata import ArrayLayout, MetadataError, parse_array_document, parse_v2_sharded
 from .fs.shards import join
 from .fs.views import V2_ARRAY, V3_METADATA
-from .store.local import LocalStore, zarrfs_own
+from .store import StoreError, open_store  # noqa: F401  (what info and check open stores with)
+from .store.base import Store
+from .store.local import zarrfs_own
 
 V2_GROUP = ".zgroup"
-
-
-class StoreError(Exception):
-    """STORE cannot be walked at all (missing, not a directory)."""
-
-
-def open_store(root: str) -> LocalStore:
-    """The store at ``root``. Raises StoreError when it is not a directory."""
-    if not os.path.exists(root):
-        raise StoreError(f"{root}: no such directory")
-    if not os.path.isdir(root):
-        raise StoreError(f"{root}: not a directory")
-    return LocalStore(root)
 
 
 # -- progress ---------------------------------------------------------------------------
@@ -99,7 +87,7 @@ class StoreWalker:
     store, N files``) before its hook runs.
     """
 
-    def __init__(self, store: LocalStore, progress: Progress, label: str):
+    def __init__(self, store: Store, progress: Progress, label: str):
         self.store = store
         self.progress = progress
         self.label = label
@@ -140,7 +128,7 @@ class StoreWalker:
         entries = self._scandir(dir_key)
         if entries is None:
             return
-        kind, layout = self._node_of(dir_key, {e.name for e in entries})
+        kind, layout = self._node_of(dir_key, {name for name, _ in entries})
         if layout is not None:
             self._array(dir_key, 3 if kind == V3_METADATA else 2, layout, entries)
             return
@@ -148,10 +136,10 @@ class StoreWalker:
             self.group(dir_key)
         self._plain(dir_key, entries)
 
-    def _scandir(self, dir_key: str) -> list[os.DirEntry] | None:
+    def _scandir(self, dir_key: str) -> list[tuple[str, bool]] | None:
+        """``(name, is a directory)`` of each entry, by name; None if unlistable."""
         try:
-            with os.scandir(self.store.path(dir_key)) as it:
-                return sorted(it, key=lambda e: e.name)
+            return self.store.scan(dir_key)
         except OSError as error:
             self.unlistable(dir_key, error)
             return None
@@ -160,19 +148,19 @@ class StoreWalker:
         self._seen += 1
         self.progress.update(f"{self.label}: scanning the store, {self._seen} files")
 
-    def _plain(self, dir_key: str, entries: list[os.DirEntry]) -> None:
+    def _plain(self, dir_key: str, entries: list[tuple[str, bool]]) -> None:
         """A directory the view shows as it is (a group, or no Zarr node at all)."""
-        for entry in entries:
-            if zarrfs_own(entry.name):
-                self._scratch(dir_key, entry)
-            elif entry.is_dir(follow_symlinks=False):
-                self.walk(join(dir_key, entry.name))
+        for name, is_dir in entries:
+            if zarrfs_own(name):
+                self._scratch(dir_key, name, is_dir)
+            elif is_dir:
+                self.walk(join(dir_key, name))
             else:
                 self._count_file()
-                self.other_file(dir_key, entry.name)
+                self.other_file(dir_key, name)
 
-    def _scratch(self, dir_key: str, entry: os.DirEntry) -> None:
-        for parts in self._files_below(dir_key, (entry.name,), entry.is_dir(follow_symlinks=False)):
+    def _scratch(self, dir_key: str, name: str, is_dir: bool) -> None:
+        for parts in self._files_below(dir_key, (name,), is_dir):
             self._count_file()
             self.scratch_file(dir_key, parts)
 
@@ -195,23 +183,22 @@ class StoreWalker:
                 return name, layout
         return (V2_GROUP, None) if V2_GROUP in names else (None, None)
 
-    def _array(self, dir_key: str, zarr_format: int, layout: ArrayLayout, entries: list[os.DirEntry]) -> None:
+    def _array(self, dir_key: str, zarr_format: int, layout: ArrayLayout, entries: list[tuple[str, bool]]) -> None:
         array = self.array(dir_key, zarr_format, layout)
         keys = layout.key_encoding
-        for entry in entries:
-            is_dir = entry.is_dir(follow_symlinks=False)
-            if zarrfs_own(entry.name):
-                self._scratch(dir_key, entry)
+        for name, is_dir in entries:
+            if zarrfs_own(name):
+                self._scratch(dir_key, name, is_dir)
                 continue
-            if keys.decode_prefix((entry.name,), layout.ndim) is None:
+            if keys.decode_prefix((name,), layout.ndim) is None:
                 # Not a chunk key: metadata, or a stray file the view shows as it is.
                 if is_dir:
-                    self.walk(join(dir_key, entry.name))
+                    self.walk(join(dir_key, name))
                 else:
                     self._count_file()
-                    self.array_file(array, dir_key, entry.name)
+                    self.array_file(array, dir_key, name)
                 continue
-            for parts in self._files_below(dir_key, (entry.name,), is_dir):
+            for parts in self._files_below(dir_key, (name,), is_dir):
                 self._count_file()
                 coords = decode_key(keys, parts, layout.ndim)
                 valid = coords is not None and all(i < n for i, n in zip(coords, layout.shard_grid))
@@ -222,8 +209,8 @@ class StoreWalker:
         if not is_dir:
             yield parts
             return
-        for entry in self._scandir(join(dir_key, *parts)) or ():
-            yield from self._files_below(dir_key, parts + (entry.name,), entry.is_dir(follow_symlinks=False))
+        for name, is_dir in self._scandir(join(dir_key, *parts)) or ():
+            yield from self._files_below(dir_key, parts + (name,), is_dir)
 
 
 def decode_key(keys: ChunkKeyEncoding, parts: tuple[str, ...], ndim: int) -> tuple[int, ...] | None:

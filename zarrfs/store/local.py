@@ -24,23 +24,24 @@ import struct
 import time
 import zlib
 from collections import OrderedDict
+from typing import Hashable
+
+from .base import ABSENT, Capabilities, Conflict, FileChanged, Stat, TooLarge
 
 
 READ_BLOCK = 1 << 20
 RECENT_STATS_MAX = 1 << 16  # entries; past it the whole memo is dropped (it refills in a second)
 
 
-def file_version(st: os.stat_result) -> tuple[int, int, int]:
-    """What identifies one version of a backing file."""
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+def file_version(st: Stat) -> Hashable:
+    """What identifies one version of a backing file (kept for callers that hold a Stat)."""
+    return st.version
 
 
-class TooLarge(OSError):
-    """A file larger than the caller allows (metadata has a size limit)."""
-
-
-class FileChanged(Exception):
-    """The file is no longer the version the caller knows (it was replaced): look again."""
+def _stat_of(st: os.stat_result) -> Stat:
+    """The protocol's Stat of a POSIX stat result: a version is (inode, size, mtime)."""
+    return Stat(st.st_mode, st.st_size, st.st_mtime_ns, (st.st_ino, st.st_size, st.st_mtime_ns),
+                st.st_uid, st.st_gid, st.st_nlink, st.st_ino, st.st_atime_ns, st.st_ctime_ns)
 
 
 class SharedFile:
@@ -51,8 +52,14 @@ class SharedFile:
         self.table, self.key, self.fd, self.users = table, key, fd, 1
 
     @property
-    def version(self) -> tuple:
+    def version(self) -> Hashable:
         return self.key[1]
+
+    def pread(self, size: int, offset: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def stat(self) -> Stat:
+        return _stat_of(os.fstat(self.fd))
 
     def release(self) -> None:
         self.users -= 1
@@ -61,14 +68,43 @@ class SharedFile:
             os.close(self.fd)
 
 
+class LocalPlainFile:
+    """A plain file (outside any array) open for writing: a descriptor of the backing file."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def pread(self, size: int, offset: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def pwrite(self, data: bytes, offset: int) -> int:
+        return os.pwrite(self.fd, data, offset)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+
+    def stat(self) -> Stat:
+        return _stat_of(os.fstat(self.fd))
+
+    def fsync(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class LocalStore:
+    capabilities = Capabilities(hard_links=True, symlinks=True, owners_and_modes=True, cheap_calls=True,
+                                conditional_writes=True)
+
     def __init__(self, root: str, reuse_stats_for: float = 0.0, keep_open: int = 0):
         """``reuse_stats_for`` (see recent_stat) and ``keep_open`` (see pread_version)
         are for the daemon, whose reads all come from one thread."""
         self.root = os.path.realpath(root)  # the root itself may be a symlink
+        self.name = self.root
         self.reuse_stats_for = reuse_stats_for  # seconds
         self.keep_open = keep_open  # descriptors
-        self._recent: dict[str, tuple[int, float, os.stat_result | None]] = {}
+        self._recent: dict[str, tuple[int, float, Stat | None]] = {}
         self._generation = 0  # of changes through the mount
         self._changing = 0  # changes under way
         self._open: OrderedDict[str, tuple[int, tuple]] = OrderedDict()  # key -> (fd, its version)
@@ -85,18 +121,18 @@ class LocalStore:
     # store are followed, others fail), and the last component is acted on relative
     # to its parent's descriptor, without following it unless asked.
 
-    def stat(self, key: str) -> os.stat_result:
+    def stat(self, key: str) -> Stat:
         """``key``'s attributes, following a last symlink only if it stays in the store."""
         fd = self._beneath(key, os.O_PATH | os.O_CLOEXEC)
         try:
-            return os.fstat(fd)
+            return _stat_of(os.fstat(fd))
         finally:
             os.close(fd)
 
-    def lstat(self, key: str) -> os.stat_result:
+    def lstat(self, key: str) -> Stat:
         fd = self._beneath(key, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            return os.fstat(fd)
+            return _stat_of(os.fstat(fd))
         finally:
             os.close(fd)
 
@@ -176,7 +212,7 @@ class LocalStore:
     # attribute timeout; bytes are never served from a stale stat, since opens
     # compare the descriptor's fstat with the version the index was read from.
 
-    def recent_stat(self, key: str) -> os.stat_result:
+    def recent_stat(self, key: str) -> Stat:
         """``stat(key)``, possibly as seen a moment ago. Raises FileNotFoundError."""
         now = time.monotonic()
         remembered = self._recent.get(key)
@@ -218,11 +254,26 @@ class LocalStore:
         finally:
             os.close(fd)
 
+    def scan(self, key: str) -> list[tuple[str, bool]]:
+        """``(name, is a directory)`` of each entry of directory ``key``, by name;
+        symlinks are not followed (a symlink to a directory is no directory here)."""
+        fd = self._beneath(key, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            with os.scandir(fd) as entries:
+                return sorted((entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries)
+        finally:
+            os.close(fd)
+
     def read(self, key: str, limit: int | None = None) -> bytes:
         """The whole regular file ``key``; more than ``limit`` bytes raise TooLarge
         (checked while reading too: the file may grow, or never end)."""
+        return self.read_versioned(key, limit)[0]
+
+    def read_versioned(self, key: str, limit: int | None = None) -> tuple[bytes, Hashable]:
+        """``read``, and the version the bytes are of."""
         fd = self.open(key)
         try:
+            version = _stat_of(os.fstat(fd)).version
             if limit is not None and os.fstat(fd).st_size > limit:
                 raise TooLarge(errno.EFBIG, f"larger than {limit} bytes", key)
             chunks, total = [], 0
@@ -231,7 +282,7 @@ class LocalStore:
                 total += len(chunk)
                 if limit is not None and total > limit:
                     raise TooLarge(errno.EFBIG, f"larger than {limit} bytes", key)
-            return b"".join(chunks)
+            return b"".join(chunks), version
         finally:
             os.close(fd)
 
@@ -254,7 +305,7 @@ class LocalStore:
     def share(self, key: str) -> SharedFile:
         """The current version of ``key``, open for reading; ``release()`` it when done."""
         fd = self.open(key)
-        name = (key, file_version(os.fstat(fd)))
+        name = (key, _stat_of(os.fstat(fd)).version)
         shared = self._shared.get(name)
         if shared is None:
             shared = self._shared[name] = SharedFile(self._shared, name, fd)
@@ -272,7 +323,7 @@ class LocalStore:
             return os.pread(self._descriptor(key, version), size, offset)
         fd = self.open(key)
         try:
-            if file_version(os.fstat(fd)) != version:
+            if _stat_of(os.fstat(fd)).version != version:
                 raise FileChanged(key)
             return os.pread(fd, size, offset)
         finally:
@@ -284,7 +335,7 @@ class LocalStore:
             self._open.move_to_end(key)
             return cached[0]
         fd = self.open(key)
-        current = file_version(os.fstat(fd))
+        current = _stat_of(os.fstat(fd)).version
         self._forget_descriptor(key)
         self._open[key] = (fd, current)
         while len(self._open) > self.keep_open:
@@ -307,14 +358,19 @@ class LocalStore:
 
     # -- durable writes ------------------------------------------------------
 
-    def replace_durably(self, key: str, data: bytes, mode: int = 0o644, like: str | None = None) -> None:
-        """Atomically make ``key`` hold ``data``, durable once this returns.
+    def replace_durably(self, key: str, data: bytes, mode: int = 0o644, like: str | None = None,
+                        expected: Hashable | None = None) -> None:
+        """Atomically make ``key`` hold ``data``, durable once this returns; with
+        ``expected``, only if ``key`` still holds that version (else Conflict): the
+        caller holds the key's lock (``locked``), so no zarrfs can change it between
+        this check and the rename.
 
         The new file keeps the owner and mode of the one it replaces (else those
         of ``like``, e.g. the array's metadata), so a daemon running as root does
         not move a user's files, and their quota, to root. No symlink on the way
         is followed: a daemon running as root writes inside the store only.
         """
+        self._check_expected(key, expected)
         directory, name = split_key(key)
         dir_fd = self._directory(directory, create=True)
         try:
@@ -336,6 +392,13 @@ class LocalStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+    def _check_expected(self, key: str, expected: Hashable | None) -> None:
+        if expected is None:
+            return
+        current = self._lstat_beneath(key)
+        if (ABSENT if current is None else current.version) != expected:
+            raise Conflict(key)
 
     def _directory(self, key: str, create: bool = False) -> int:
         """A descriptor of directory ``key``, opened component by component without
@@ -361,7 +424,7 @@ class LocalStore:
             raise
         return fd
 
-    def _lstat_beneath(self, key: str) -> os.stat_result | None:
+    def _lstat_beneath(self, key: str) -> Stat | None:
         try:
             return self.lstat(key)
         except (FileNotFoundError, NotADirectoryError):
@@ -372,8 +435,10 @@ class LocalStore:
         if os.geteuid() == 0 and (uid, gid) != (0, 0):
             self.set_attributes(key, uid=uid, gid=gid)
 
-    def remove_durably(self, key: str, up_to: str) -> None:
-        """Delete ``key``, then its parent directories while empty, up to ``up_to``."""
+    def remove_durably(self, key: str, up_to: str, expected: Hashable | None = None) -> None:
+        """Delete ``key`` (with ``expected``: only if it holds that version, else Conflict),
+        then its parent directories while empty, up to ``up_to``."""
+        self._check_expected(key, expected)
         directory, name = split_key(key)
         try:
             dir_fd = self._directory(directory)
@@ -647,7 +712,7 @@ def _make_directory_like(parent_fd: int, name: str) -> None:
         os.chown(name, st.st_uid, st.st_gid, dir_fd=parent_fd, follow_symlinks=False)
 
 
-def _take_ownership_of(fd: int, *candidates: os.stat_result | None) -> None:
+def _take_ownership_of(fd: int, *candidates: Stat | None) -> None:
     for st in candidates:
         if st is None or stat.S_ISLNK(st.st_mode):
             continue
