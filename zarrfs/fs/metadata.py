@@ -19,7 +19,7 @@ import logging
 import trio
 
 from ..format.metadata import MetadataError, json_bytes, parse_array_document, shard_document, with_consolidated
-from ..format.v2 import NoV2Equivalent, v2_to_v3
+from ..format.v2 import NoV2Equivalent, v2_to_v3, v3_to_v2
 from ..store.local import zarrfs_own
 from .overlay import MemFile, chunk_name, relative_parts, scratch_name
 from .shards import join
@@ -28,6 +28,8 @@ log = logging.getLogger("zarrfs")
 
 V3_NAMES = frozenset({"zarr.json"})
 V2_NAMES = frozenset({".zarray", ".zattrs", ".zgroup"})
+V2_CHUNKING = ("chunks", "dtype", "compressor", "filters", "order", "dimension_separator")  # .zarray fields
+V2_DEFAULTS = {"dimension_separator": "."}
 
 
 def refuse(where: str, why: str) -> OSError:
@@ -64,7 +66,7 @@ class MetadataWriter:
             try:
                 attributes = self._v2_attributes(dir_key)
                 attributes.pop("_FillValue", None)  # the old .zarray's fill value: the new one says
-                doc = v2_to_v3(content, attributes)
+                doc = self._as_stored(dir_key, content, v2_to_v3(content, attributes))
             except (NoV2Equivalent, KeyError, TypeError, ValueError) as error:
                 raise refuse(where, f"no v3 equivalent: {error}") from None
             await self._store_array(dir_key, where, doc)
@@ -75,6 +77,24 @@ class MetadataWriter:
             self._drop_pending_attributes(dir_key)
         elif name == ".zattrs":
             await self._apply_attributes(dir_key, where, content)
+
+    def _as_stored(self, dir_key: str, zarray: dict, doc: dict) -> dict:
+        """A .zarray that keeps the chunking the v2 view shows of the array there (a resize,
+        a new fill value) keeps what the view translated: the array's own chunk key
+        encoding (a v3 "default" one is shown as v2 keys) and codecs (the view strips a
+        trailing crc32c)."""
+        existing = self._backing_doc(dir_key)
+        old = parse_array_document(existing) if _is_array(existing) else None
+        if old is None:
+            return doc
+        try:
+            shown, _, _ = v3_to_v2(old.view_document, old.key_encoding.separator)
+        except NoV2Equivalent:
+            return doc
+        if any(shown.get(k, V2_DEFAULTS.get(k)) != zarray.get(k, V2_DEFAULTS.get(k)) for k in V2_CHUNKING):
+            return doc
+        stored = old.view_document
+        return dict(doc, chunk_key_encoding=stored.get("chunk_key_encoding", "default"), codecs=stored["codecs"])
 
     def _unhide(self, dir_key: str, name: str) -> None:
         """New metadata in a directory whose metadata was unlinked: it is reborn."""

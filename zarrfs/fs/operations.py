@@ -337,16 +337,15 @@ class Operations(pyfuse3.Operations):
         old, new = os.fsdecode(name_old), os.fsdecode(name_new)
         source = self.tree.lookup(old_parent, old)
         replaced = self.tree.lookup(new_parent, new)
-        directory = await self._writer().rename(old_parent, old, new_parent, new, flags)
-        moved = self.tree.lookup(new_parent, new)
+        moved, directory = await self._writer().rename(old_parent, old, new_parent, new, flags)
         if replaced is not None and source is not None and replaced.path != source.path:
             self.inodes.replaced(replaced)
-        if source is not None and moved is not None:
+        if source is not None:
             inode = self.inodes.inode_of(source)
             self.inodes.rename(source, moved)
             if directory:
                 self.inodes.move_tree(source.path, moved.path, self.tree.resolve)
-            elif crosses_buffer(source, moved):
+            elif crosses_buffer(source, moved) and os.path.basename(moved.path) not in self._metadata_names():
                 self._reopen_handles(inode, moved)
 
     def _reopen_handles(self, inode: int, moved: Node) -> None:

@@ -331,8 +331,8 @@ class Writer:
             return
         raise OSError(errno.ENOTDIR, node.path)
 
-    async def rename(self, old_parent: Node, old: str, new_parent: Node, new: str, flags: int) -> bool:
-        """Move a name; returns whether a directory moved."""
+    async def rename(self, old_parent: Node, old: str, new_parent: Node, new: str, flags: int) -> tuple[Node, bool]:
+        """Move a name; returns what the new name means now and whether a directory moved."""
         if flags & RENAME_EXCHANGE:
             raise OSError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
         source = self.tree.lookup(old_parent, old)
@@ -355,14 +355,16 @@ class Writer:
                 self.flusher.move_tree(source.path, target.path)
                 self.tree.views.move_tree(source.path, target.path)
                 self.tree.store.rename(source.path, target.path)
-                return True
+                return self.node_of(target), True
             self.tree.store.rename(source.path, target.path)
-            return False
+            return self.node_of(target), False
         if isinstance(source, KeyDir) or (isinstance(source, Plain) and stat.S_ISDIR(self.tree.store.lstat(source.path).st_mode)):
             raise OSError(errno.EXDEV, "directories move only outside arrays")
         memfile = self._detach(source)
         await self._place(target, memfile)
-        return False
+        # (metadata the view does not show, an empty .zattrs: the kernel keeps the name,
+        # and an open of it writes the metadata anew)
+        return self.tree.lookup(new_parent, new) or self.node_of(target), False
 
     def _detach(self, node: Node) -> MemFile:
         """Take the file at ``node`` away from its name, as a MemFile."""
