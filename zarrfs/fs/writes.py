@@ -13,12 +13,14 @@ Writer changes the model only; the handlers in operations.py await flushes.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import re
 import stat
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import trio
 
@@ -385,9 +387,15 @@ class Writer:
         if target.kind == "metadata":
             await self.metadata.apply(target.array, os.path.basename(target.path), bytes(memfile.data))
         elif target.kind == "plain":
-            self.tree.store.replace_durably(target.path, bytes(memfile.data), stat.S_IMODE(memfile.mode))
+            self._plain_file(target.path, memfile)()
         else:
             self._bind(target, memfile)
+
+    def _plain_file(self, path: str, memfile: MemFile) -> Callable[[], None]:
+        """What writes a buffered file into the store as the plain file ``path``, with its own
+        mode and owner (as rename(2) keeps them), whatever file it replaces there."""
+        return functools.partial(self.tree.store.replace_durably, path, bytes(memfile.data),
+                                 stat.S_IMODE(memfile.mode), owner=(memfile.uid, memfile.gid))
 
     def _bind(self, target: Target, memfile: MemFile) -> None:
         self.overlay.bind(target.name, memfile)
@@ -455,14 +463,13 @@ class Writer:
             if not isinstance(self.tree.resolve(os.path.dirname(path)), Plain):
                 log.warning("%s: a temporary file left among chunks is dropped", path)
                 continue
-            self.tree.store.replace_durably(path, bytes(memfile.data), stat.S_IMODE(memfile.mode))
+            self._plain_file(path, memfile)()
 
     async def fsynced(self, memfile: MemFile) -> None:
         """fsync of a pending file: its content goes to disk as a plain file (and stays
         in the buffer, to become a chunk when its metadata arrives)."""
         for name in [n for n in memfile.names if n[0] == "scratch"] if memfile.pending else ():
-            await trio.to_thread.run_sync(self.tree.store.replace_durably, name[1], bytes(memfile.data),
-                                          stat.S_IMODE(memfile.mode))
+            await trio.to_thread.run_sync(self._plain_file(name[1], memfile))
 
     async def spill_pending(self, limit: int) -> None:
         """Pending files past ``limit`` bytes go to disk as plain files, closed ones first:
@@ -475,8 +482,7 @@ class Writer:
                 return
             if memfile.pending and memfile.writers == 0 and self.overlay.get(scratch_name(path)) is memfile:
                 generation = memfile.generation
-                await trio.to_thread.run_sync(self.tree.store.replace_durably, path, bytes(memfile.data),
-                                              stat.S_IMODE(memfile.mode))
+                await trio.to_thread.run_sync(self._plain_file(path, memfile))
                 if self.overlay.get(scratch_name(path)) is memfile and memfile.generation == generation:
                     self.overlay.forget(scratch_name(path))
                     self._pending_estimate -= len(memfile.data)

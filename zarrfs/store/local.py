@@ -359,7 +359,7 @@ class LocalStore:
     # -- durable writes ------------------------------------------------------
 
     def replace_durably(self, key: str, data: bytes, mode: int = 0o644, like: str | None = None,
-                        expected: Hashable | None = None) -> None:
+                        expected: Hashable | None = None, owner: tuple[int, int] | None = None) -> None:
         """Atomically make ``key`` hold ``data``, durable once this returns; with
         ``expected``, only if ``key`` still holds that version (else Conflict): the
         caller holds the key's lock (``locked``), so no zarrfs can change it between
@@ -367,8 +367,10 @@ class LocalStore:
 
         The new file keeps the owner and mode of the one it replaces (else those
         of ``like``, e.g. the array's metadata), so a daemon running as root does
-        not move a user's files, and their quota, to root. No symlink on the way
-        is followed: a daemon running as root writes inside the store only.
+        not move a user's files, and their quota, to root. A file with an ``owner``
+        of its own (one renamed onto ``key``) keeps ``mode`` and that owner instead,
+        as rename(2) does. No symlink on the way is followed: a daemon running as
+        root writes inside the store only.
         """
         self._check_expected(key, expected)
         directory, name = split_key(key)
@@ -378,7 +380,12 @@ class LocalStore:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
                          dir_fd=dir_fd)
             try:
-                _take_ownership_of(fd, self._lstat_beneath(key), None if like is None else self._lstat_beneath(like))
+                if owner is None:
+                    _take_ownership_of(fd, self._lstat_beneath(key), None if like is None else self._lstat_beneath(like))
+                else:
+                    os.fchmod(fd, mode)  # (not the umask's)
+                    if os.geteuid() == 0:
+                        os.fchown(fd, *owner)
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
