@@ -22,8 +22,9 @@ down below, narrowly, with its reason (``Rules``); everything else must match.
     link() between a backing file (outside arrays, or left in   a buffered file cannot be a
       an array directory before a remount) and a name in an      backing file's link
       array -> EXDEV, or the new name holds a copy; a hard-
-      linked file renamed across that line: the new name
-      holds a copy
+      linked backing file renamed into an array: the new name
+      holds a copy; a hard-linked buffered file renamed out      its names share one inode
+      of the buffer -> EXDEV (``mv`` copies)                     number the kernel caches
     chmod of a chunk is accepted, not kept (when a chunk       it has its shard's mode
       moves to another name, that name has the mode it showed)
     an empty key directory inside the grid may appear (its     lazy listing (architecture)
@@ -943,8 +944,13 @@ class World:
                 return
         self._chunk_mode_follows(state, src, dst)
         # a hard-linked file renamed between the write buffer and the backing store: copied
+        # into the buffer, refused out of it (its names share one inode number)
         crossing = (src != dst and src in state.files and state.files[src].st_nlink > 1
                     and self.is_backing(state, src) != self.is_backing(state, dst))
+        if crossing and not self.is_backing(state, src):
+            self.ruled(what, fn, [src, dst], ("EXDEV", "a hard-linked buffered file leaves the buffer only as a copy"),
+                       Rules.precheck_create(state, dst, False))
+            return
         m = self.both(what, fn, [src, dst], deep=[parent_of(src), parent_of(dst)],
                       then=(lambda: self._break_link(dst)) if crossing else None)
         if m[0] == "ok" and src != dst:

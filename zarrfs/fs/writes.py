@@ -362,11 +362,20 @@ class Writer:
             return self.node_of(target), False
         if isinstance(source, KeyDir) or (isinstance(source, Plain) and stat.S_ISDIR(self.tree.store.lstat(source.path).st_mode)):
             raise OSError(errno.EXDEV, "directories move only outside arrays")
+        self._check_leaves_links(source, target)
         memfile = self._detach(source)
         await self._place(target, memfile)
         # (metadata the view does not show, an empty .zattrs: the kernel keeps the name,
         # and an open of it writes the metadata anew)
         return self.tree.lookup(new_parent, new) or self.node_of(target), False
+
+    def _check_leaves_links(self, source: Node, target: Target) -> None:
+        """A buffered file with several names cannot be renamed out of the write buffer: the
+        new name would hold a copy, yet keep the inode number the kernel knows for all its
+        names (and their cached pages). EXDEV, as between filesystems: ``mv`` copies then."""
+        memfile = self.tree._memfile(source)
+        if target.kind in ("plain", "metadata") and memfile is not None and len(memfile.names) > 1:
+            raise OSError(errno.EXDEV, f"{source.path}: a hard-linked buffered file leaves the buffer only as a copy")
 
     def _detach(self, node: Node) -> MemFile:
         """Take the file at ``node`` away from its name, as a MemFile."""
