@@ -115,7 +115,8 @@ class ArrayPlan:
 @dataclass
 class Plan:
     arrays: list[ArrayPlan] = field(default_factory=list)
-    groups: dict[str, dict] = field(default_factory=dict)  # dir key -> v3 group document
+    # dir key -> (v3 group document, its zarr.json bytes when SRC has them: kept as they are)
+    groups: dict[str, tuple[dict, bytes | None]] = field(default_factory=dict)
     copied: list[str] = field(default_factory=list)  # plain files outside arrays
     files_before: int = 0
     errors: list[str] = field(default_factory=list)
@@ -136,9 +137,11 @@ class Plan:
         packed = {a.key: a.target for a in self.arrays if a.target is not None}
         files = [(a.key, join(a.key, V3_METADATA), json_bytes(a.target)) for a in self.arrays if a.target]
         files += [(a.key, key, None) for a in self.arrays for key in a.metadata]
-        for dir_key, doc in self.groups.items():
+        for dir_key, (doc, data) in self.groups.items():
+            # consolidated metadata says what the arrays' own zarr.json files say, as in the mount
             translated = with_consolidated(doc, lambda path, entry: packed.get(join(dir_key, path), entry))
-            files.append((dir_key, join(dir_key, V3_METADATA), json_bytes(translated or doc)))
+            data = json_bytes(translated) if translated else data or json_bytes(doc)
+            files.append((dir_key, join(dir_key, V3_METADATA), data))
         return sorted(files, key=lambda f: (-_depth(f[0]), f[1]))
 
 
@@ -164,12 +167,13 @@ class _Planner(StoreWalker):
 
     def group(self, dir_key: str) -> None:
         try:
-            doc = json.loads(self.store.read(join(dir_key, V3_METADATA)))
+            data = self.store.read(join(dir_key, V3_METADATA))
+            self.plan.groups[dir_key] = json.loads(data), data
             self._group_files[dir_key] = frozenset({V3_METADATA})
         except FileNotFoundError:  # a v2 group (.zgroup): a v3 group, as the mount makes it
             doc = {"zarr_format": 3, "node_type": "group", "attributes": self._v2_attributes(dir_key)}
+            self.plan.groups[dir_key] = doc, None
             self._group_files[dir_key] = frozenset({V2_GROUP, V2_ATTRS})
-        self.plan.groups[dir_key] = doc
 
     def array(self, dir_key: str, zarr_format: int, layout: ArrayLayout) -> ArrayPlan:
         array = ArrayPlan(dir_key, f"v{zarr_format}" + (" sharded" if layout.is_sharded else ""), layout)
@@ -588,7 +592,7 @@ def _duration(seconds: float) -> str:
 
 def unpack(src: str, dst: str, view: str = "v3", out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Write what the mount shows of SRC (in ``view``) into DST as plain files."""
-    from .fs.tree import KeyDir, MetadataFile, Plain, ViewTree
+    from .fs.tree import KeyDir, Plain, ViewTree
 
     started = time.monotonic()
     tree = ViewTree(open_store(src), view)
@@ -605,7 +609,7 @@ def unpack(src: str, dst: str, view: str = "v3", out: TextIO = sys.stdout, err: 
                                                 and stat.S_ISDIR(tree.store.lstat(node.path).st_mode)):
                     pending.append(node)
                     continue
-                nbytes += _unpack_file(tree, target, node, isinstance(node, (Plain, MetadataFile)))
+                nbytes += _unpack_file(tree, target, node)
                 files += 1
                 progress.update(f"zarrfs unpack: {files} files, {_size(nbytes)}")
     progress.clear()
@@ -613,11 +617,12 @@ def unpack(src: str, dst: str, view: str = "v3", out: TextIO = sys.stdout, err: 
     return 0
 
 
-def _unpack_file(tree, target, node, plain: bool) -> int:
-    if plain and stat.S_ISLNK(tree.attributes(node).mode):
+def _unpack_file(tree, target, node) -> int:
+    attributes = tree.attributes(node)
+    if stat.S_ISLNK(attributes.mode):
         target.symlink(tree.readlink(node), node.path)
         return 0
-    data = tree.read(node, 0, 1 << 62)
+    data = tree.read(node, 0, attributes.size)
     target.replace_durably(node.path, data)
     return len(data)
 

@@ -1,0 +1,491 @@
+"""``zarrfs pack`` and ``zarrfs unpack`` (SPEC §12) on stores written by real writers.
+
+Sources: a Zarr v2 store written by zarr-python 2.18 (its own venv), and per-chunk
+Zarr v3 stores written by zarr-python 3 and tensorstore from the interop corpus'
+specs (its dtypes, codecs, orders, key encodings, 0-D to 5-D, sparse and edge
+chunks, groups), each also holding an array that is sharded already. Each is packed
+with the CLI and checked: zarr-python 3 and tensorstore read the same values; every
+inner chunk's bytes are its source file's; unpack gives back the source chunk files
+byte for byte. Then: kill -9 during a pack and re-run (nothing complete rewritten),
+a real Dask LocalCluster, three ``--part``s as three processes, and bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorstore as ts
+import zarr
+
+from corpus import _SPECS, _fill_json, _key_encoding_json, _make_data, arrays_equal
+from legacy import zarr2_read, zarr2_run
+from zarrfs.format.metadata import parse_array_document
+from zarrfs.format.shard_codec import read_chunks
+from zarrfs.format.shard_index import CorruptShard
+
+ZARRFS = [sys.executable, "-m", "zarrfs"]
+SHARDS = 2  # small shards, so that small arrays get several, with edge shards
+METADATA = {"zarr.json", ".zarray", ".zattrs", ".zgroup"}
+
+
+def zarrfs(*args, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    result = subprocess.run([*ZARRFS, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def read_zarr3(path: Path) -> np.ndarray:
+    return zarr.open_array(path, mode="r")[...]
+
+
+def read_tensorstore(path: Path) -> np.ndarray:
+    return ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}, read=True).result() \
+        .read().result()
+
+
+# -- the sources ---------------------------------------------------------------------------
+
+ZARR2_WRITER = r'''
+import sys
+import numcodecs, numpy as np, zarr
+root = sys.argv[1]
+g = zarr.open_group(root, mode="w")
+g.attrs.update({"title": "zarr 2 source", "n": 3})
+rng = np.random.default_rng(7)
+
+a = g.create_dataset("u1_edge", shape=(21, 30), chunks=(8, 7), dtype="u1", compressor=None, fill_value=5,
+                     write_empty_chunks=False)
+a[...] = (np.arange(630) % 251).reshape(21, 30)
+a[0:8, 7:21] = 5  # two chunks equal the fill value: not written (sparse)
+b = g.create_dataset("i2be_F_blosc", shape=(12, 10), chunks=(5, 4), dtype=">i2", order="F", fill_value=7,
+                     compressor=numcodecs.Blosc("lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE),
+                     dimension_separator="/")
+b[2:11, 1:9] = np.arange(72).reshape(9, 8) - 30
+b.attrs["_ARRAY_DIMENSIONS"] = ["y", "x"]
+b.attrs["units"] = "K"
+c = g.create_dataset("f4_nan_gzip", shape=(33,), chunks=(10,), dtype="<f4", fill_value=np.nan,
+                     compressor=numcodecs.GZip(level=1), write_empty_chunks=False)
+c[5:17] = np.linspace(-1, 1, 12)
+c[30] = np.inf
+sub = g.create_group("sub")
+sub.attrs["kind"] = "subgroup"
+deeper = sub.create_group("deeper")
+d = deeper.create_dataset("f8_3d_zstd", shape=(6, 7, 8), chunks=(3, 3, 3), dtype="<f8", order="F",
+                          compressor=numcodecs.Zstd(), dimension_separator="/")
+d[...] = rng.standard_normal((6, 7, 8))
+e = g.create_dataset("c8", shape=(9, 9), chunks=(4, 4), dtype="<c8", fill_value=1 + 2j, compressor=None)
+e[2:7, 3:9] = (np.arange(30) + 1j * np.arange(30)[::-1]).reshape(5, 6)
+f = g.create_dataset("bool_bitshuffle", shape=(17, 13), chunks=(5, 5), dtype=bool, fill_value=False,
+                     compressor=numcodecs.Blosc("zstd", clevel=1, shuffle=numcodecs.Blosc.BITSHUFFLE))
+f[...] = (np.arange(221).reshape(17, 13) % 3) == 0
+h = g.create_dataset("nofill", shape=(10, 6), chunks=(4, 4), dtype="<i4", fill_value=None,
+                     compressor=numcodecs.GZip())
+h[...] = np.arange(60).reshape(10, 6)
+z = g.create_dataset("zero_d", shape=(), chunks=(), dtype="<i8", fill_value=0)
+z[...] = 42
+five = g.create_dataset("i2_5d", shape=(3, 2, 4, 3, 5), chunks=(2, 1, 3, 2, 2), dtype="<i2", fill_value=-1,
+                        compressor=None, dimension_separator="/")
+five[...] = np.arange(360).reshape(3, 2, 4, 3, 5)
+s = g.create_dataset("strings", shape=(4,), chunks=(2,), dtype="<U3")  # no exact v3 equivalent
+s[...] = ["a", "bb", "ccc", "d"]
+with open(root + "/README.txt", "w") as out:
+    out.write("a plain file\n")
+print("written")
+'''
+ZARR2_PACKED = ["u1_edge", "i2be_F_blosc", "f4_nan_gzip", "sub/deeper/f8_3d_zstd", "c8", "bool_bitshuffle",
+                "nofill", "zero_d", "i2_5d"]
+ZARR2_GROUPS = ["", "sub", "sub/deeper"]
+
+PLAIN_SPECS = [s for s in _SPECS if s.nested is None and not s.high_level]
+SHARDED_KEPT = "zarr_2d_end_crc_default_slash"  # also written sharded: copied as it is
+
+
+def write_unsharded(root: Path, spec) -> np.ndarray:
+    """The corpus case as a per-chunk array (chunk = its inner chunk, codecs = its inner codecs)."""
+    data = _make_data(spec, seed=len(spec.name))
+    metadata = {
+        "zarr_format": 3, "node_type": "array", "shape": list(spec.shape), "data_type": spec.dtype,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(spec.chunks)}},
+        "chunk_key_encoding": _key_encoding_json(spec), "fill_value": _fill_json(spec.fill, np.dtype(spec.dtype)),
+        "codecs": list(spec.inner), "attributes": spec.attributes or {},
+    }
+    if spec.dimension_names is not None:
+        metadata["dimension_names"] = list(spec.dimension_names)
+    path = root / spec.path
+    if spec.writer == "tensorstore":
+        meta = {k: v for k, v in metadata.items() if k not in ("zarr_format", "node_type")}
+        store = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}, "metadata": meta},
+                        create=True).result()
+        store.write(data).result()
+    else:
+        path.mkdir(parents=True)
+        (path / "zarr.json").write_text(json.dumps(metadata))
+        zarr.open_array(path, mode="r+")[...] = data
+    return data
+
+
+def write_v3_source(root: Path, writer: str) -> dict[str, np.ndarray]:
+    zarr.open_group(root, mode="w", attributes={"writer": writer})
+    for group in ("group1", "group1/sub", "group2"):
+        zarr.open_group(root / group, mode="a", attributes={"name": group})
+    expected = {spec.path: write_unsharded(root, spec) for spec in PLAIN_SPECS if spec.writer == writer}
+    if writer == "zarr":
+        from corpus import _write_zarr
+        spec = next(s for s in _SPECS if s.name == SHARDED_KEPT)
+        kept = _make_data(spec, seed=1)
+        _write_zarr(root, spec.__class__(**{**spec.__dict__, "group": "kept"}), kept)
+    return expected
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    """``{writer: (store, expected values by array path)}``."""
+    work = tmp_path_factory.mktemp("sources")
+    result = {}
+    for writer in ("zarr", "tensorstore"):
+        root = work / f"{writer}.zarr"
+        result[writer] = (root, write_v3_source(root, writer))
+    root = work / "zarr2.zarr"
+    assert "written" in zarr2_run(ZARR2_WRITER, str(root))
+    values, errors = zarr2_read(root, ZARR2_PACKED, work / "zarr2.npz")
+    assert not errors, errors
+    result["zarr2"] = (root, values)
+    return result
+
+
+@pytest.fixture(scope="module")
+def packed(sources, tmp_path_factory) -> dict[str, tuple[Path, Path, dict, str]]:
+    """Each source packed by the CLI: ``{writer: (src, dst, expected, stderr)}``."""
+    work = tmp_path_factory.mktemp("packed")
+    result = {}
+    for writer, (src, expected) in sources.items():
+        dst = work / f"{writer}.zarr"
+        run = zarrfs("pack", src, dst, "--shards", SHARDS, "--jobs", 2)
+        result[writer] = (src, dst, expected, run.stdout, run.stderr)
+    return result
+
+
+# -- packing: values, bytes, metadata ------------------------------------------------------
+
+
+def source_arrays(src: Path) -> dict[str, Path]:
+    """Per-chunk arrays of a source store (v3 zarr.json without sharding, or v2 .zarray)."""
+    found = {}
+    for meta in list(src.rglob("zarr.json")) + list(src.rglob(".zarray")):
+        doc = json.loads(meta.read_text())
+        if doc.get("node_type", "array") != "array" or "sharding_indexed" in meta.read_text():
+            continue
+        if doc.get("dtype") == "<U3":  # copied as it is
+            continue
+        found[str(meta.parent.relative_to(src))] = meta.parent
+    return found
+
+
+def chunk_files(array: Path) -> dict[tuple[str, ...], bytes]:
+    return {p.relative_to(array).parts: p.read_bytes() for p in array.rglob("*")
+            if p.is_file() and p.name not in METADATA}
+
+
+@pytest.mark.parametrize("writer", ["zarr2", "zarr", "tensorstore"])
+def test_packed_arrays_read_the_same_with_zarr3_and_tensorstore(packed, writer):
+    src, dst, expected, _, _ = packed[writer]
+    assert expected
+    for path, values in expected.items():
+        assert arrays_equal(read_zarr3(dst / path), values), path
+        assert arrays_equal(read_tensorstore(dst / path), values), path
+        doc = json.loads((dst / path / "zarr.json").read_text())
+        assert doc["codecs"][0]["name"] == "sharding_indexed", path
+
+
+@pytest.mark.parametrize("writer", ["zarr2", "zarr", "tensorstore"])
+def test_inner_chunks_are_the_source_files_byte_for_byte(packed, writer):
+    src, dst, _, _, _ = packed[writer]
+    arrays = source_arrays(src)
+    assert len(arrays) >= 9
+    for path, array in arrays.items():
+        layout = parse_array_document(json.loads((dst / path / "zarr.json").read_text()))
+        sources = chunk_files(array)
+        found = {}
+        for shard in (dst / path).rglob("*"):
+            if shard.is_file() and shard.name != "zarr.json":
+                coords = layout.key_encoding.decode_prefix(shard.relative_to(dst / path).parts, layout.ndim)
+                for local, data in read_chunks(layout, shard.read_bytes()).items():
+                    chunk = tuple(s * n + i for s, n, i in zip(coords, layout.chunks_per_shard, local))
+                    found[tuple(layout.key_encoding.encode(chunk).split("/"))] = data
+        assert found == sources, path
+
+
+def test_zarr2_metadata_is_what_the_mount_makes(packed):
+    src, dst, _, _, _ = packed["zarr2"]
+    doc = json.loads((dst / "i2be_F_blosc" / "zarr.json").read_text())
+    assert doc["dimension_names"] == ["y", "x"] and doc["attributes"]["units"] == "K"
+    assert doc["chunk_key_encoding"] == {"name": "v2", "configuration": {"separator": "/"}}
+    sharding = doc["codecs"][0]["configuration"]
+    assert sharding["chunk_shape"] == [5, 4] and doc["chunk_grid"]["configuration"]["chunk_shape"] == [10, 8]
+    assert sharding["index_codecs"] == [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
+    assert sharding["index_location"] == "end"
+    assert json.loads((dst / "zarr.json").read_text())["attributes"] == {"title": "zarr 2 source", "n": 3}
+    assert json.loads((dst / "sub" / "zarr.json").read_text())["attributes"] == {"kind": "subgroup"}
+    assert (dst / "README.txt").read_bytes() == (src / "README.txt").read_bytes()
+    assert not any(p.name in (".zarray", ".zgroup") for p in dst.rglob("*") if "strings" not in p.parts)
+
+
+def test_what_cannot_be_packed_exactly_is_copied_as_it_is_with_one_line(packed):
+    src, dst, _, _, stderr = packed["zarr2"]
+    assert files_of(dst / "strings") == files_of(src / "strings")
+    lines = [line for line in stderr.splitlines() if "strings" in line]
+    assert len(lines) == 1 and "copied as it is" in lines[0], stderr
+
+
+def test_sharded_arrays_are_copied_as_they_are(packed):
+    src, dst, _, _, _ = packed["zarr"]
+    assert files_of(dst / "kept") == files_of(src / "kept")
+
+
+def test_the_summary_counts_files_and_objects(packed):
+    src, dst, _, stdout, _ = packed["zarr"]
+    before = sum(1 for p in src.rglob("*") if p.is_file())
+    after = sum(1 for p in dst.rglob("*") if p.is_file())
+    assert f"{before} files before, {after} objects after ({before - after} inodes saved)" in stdout, stdout
+    assert "complete" in stdout
+
+
+@pytest.mark.parametrize("writer", ["zarr", "tensorstore"])
+def test_unpack_v3_gives_back_the_source_files(packed, tmp_path, writer):
+    src, dst, _, _, _ = packed[writer]
+    zarrfs("unpack", dst, tmp_path / "out")
+    out, original = files_of(tmp_path / "out"), files_of(src)
+    for key in original.keys() | out.keys():
+        if key.startswith("kept/"):  # sharded in SRC: unpacked, it is per-chunk
+            continue
+        if Path(key).name == "zarr.json":
+            assert json.loads(out[key]) == json.loads(original[key]), key
+        else:
+            assert out.get(key) == original.get(key), key
+
+
+def test_unpack_v2_gives_back_the_zarr2_chunk_files(packed, tmp_path):
+    src, dst, _, _, _ = packed["zarr2"]
+    zarrfs("unpack", dst, tmp_path / "out", "--view", "v2")
+    out, original = files_of(tmp_path / "out"), files_of(src)
+    chunks = {k for k in original if Path(k).name not in METADATA}
+    assert {k: out.get(k) for k in chunks} == {k: original[k] for k in chunks}
+    values, errors = zarr2_read(tmp_path / "out", ZARR2_PACKED, tmp_path / "v.npz")
+    assert not errors, errors
+    for path in ZARR2_PACKED:
+        assert arrays_equal(values[path], packed["zarr2"][2][path]), path
+
+
+def test_a_second_run_rewrites_nothing(packed, tmp_path):
+    src, dst, _, _, _ = packed["tensorstore"]
+    copy = tmp_path / "dst"
+    shutil.copytree(dst, copy)
+    before = versions(copy)
+    run = zarrfs("pack", src, copy, "--shards", SHARDS)
+    assert versions(copy) == before
+    assert " 0 of " in run.stdout and "0 metadata files" in run.stdout, run.stdout
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(sources, tmp_path):
+    src, _ = sources["zarr2"]
+    run = zarrfs("pack", src, tmp_path / "dst", "--dry-run")
+    assert "strings: v2, copied as it is" in run.stdout and "u1_edge: v2, 13 chunk files" in run.stdout
+    assert "plan:" in run.stdout and not (tmp_path / "dst").exists()
+
+
+# -- interrupted and resumed ---------------------------------------------------------------
+
+
+def versions(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def many_shards(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """One array of 4,096 chunk files: 256 shards of 4 x 4 chunks, time to be killed."""
+    root = tmp_path_factory.mktemp("many") / "src.zarr"
+    g = zarr.open_group(root, mode="w", attributes={"big": True})
+    data = np.arange(256 * 256, dtype="uint16").reshape(256, 256)
+    data[0:64, 0:64] = 0  # sparse: 256 chunks absent
+    g.create_array("a", shape=data.shape, chunks=(4, 4), dtype="uint16", compressors=None,
+                   config={"write_empty_chunks": False})[...] = data
+    return root, data
+
+
+def complete_shards(array: Path) -> dict[str, tuple[int, int]]:
+    """Shard files whose index is valid, and their (inode, mtime)."""
+    layout = parse_array_document(json.loads(json.dumps(_sharded_doc(array))))
+    found = {}
+    for shard in array.rglob("*"):
+        if shard.is_file() and not shard.name.startswith(".zarrfs") and shard.name != "zarr.json":
+            try:
+                read_chunks(layout, shard.read_bytes())
+            except CorruptShard:
+                continue
+            found[str(shard.relative_to(array))] = (shard.stat().st_ino, shard.stat().st_mtime_ns)
+    return found
+
+
+def _sharded_doc(array: Path) -> dict:
+    return {"zarr_format": 3, "node_type": "array", "shape": [256, 256], "data_type": "uint16",
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [16, 16]}},
+            "chunk_key_encoding": {"name": "default"}, "fill_value": 0,
+            "codecs": [{"name": "sharding_indexed", "configuration": {
+                "chunk_shape": [4, 4], "codecs": [{"name": "bytes"}],
+                "index_codecs": [{"name": "bytes"}, {"name": "crc32c"}], "index_location": "end"}}]}
+
+
+def shards_written(array: Path) -> int:
+    return sum(1 for p in array.rglob("*") if p.is_file() and not p.name.startswith(".zarrfs"))
+
+
+def kill_when(proc: subprocess.Popen, array: Path, shards: int) -> None:
+    """Wait until ``shards`` shard files exist (or the pack ends), then kill -9 its whole job."""
+    try:
+        while proc.poll() is None and shards_written(array) < shards:
+            time.sleep(0.002)
+        # a random instant within the next shard or two: between a temporary and its rename, an fsync ...
+        time.sleep(random.uniform(0, 0.005))
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole job: the pool's processes too, as a lost node
+        proc.wait(timeout=10)
+
+
+def test_kill_9_at_random_points_then_rerun(many_shards, tmp_path):
+    src, data = many_shards
+    dst = tmp_path / "dst"
+    random.seed(13)
+    kept: dict[str, tuple[int, int]] = {}
+    for target in sorted(random.sample(range(1, 240), 3)):
+        proc = subprocess.Popen([*ZARRFS, "pack", str(src), str(dst), "--shards", "4", "--jobs", "2"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        kill_when(proc, dst / "a", target)
+        if (dst / "zarr.json").exists():
+            break
+        assert not (dst / "a" / "zarr.json").exists(), "metadata before all its shards"
+        now = complete_shards(dst / "a")
+        assert all(now[k] == v for k, v in kept.items()), "a complete shard was rewritten"
+        kept = now
+    assert kept, "no shard written before the kills: make the kills later"
+    run = zarrfs("pack", src, dst, "--shards", "4", "--jobs", "2")
+    after = complete_shards(dst / "a")
+    assert {k: after[k] for k in kept} == kept, "a complete shard was rewritten"
+    assert len(after) == 256 - 16, run.stdout
+    assert f"{256 - 16 - len(kept)} of {256 - 16} objects written now" in run.stdout, run.stdout
+    assert arrays_equal(read_zarr3(dst / "a"), data) and arrays_equal(read_tensorstore(dst / "a"), data)
+    assert not [p for p in dst.rglob(".zarrfs*")], "temporaries left behind"
+
+
+# -- Dask and batch parts -------------------------------------------------------------------
+
+
+@pytest.fixture
+def dask_cluster():
+    from distributed import LocalCluster
+
+    # Workers as threads of this process (0.05 s to start, against 2 s for processes), on tcp so
+    # that the pack process can reach the scheduler.
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
+                           dashboard_address=None)
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+
+
+def test_pack_on_a_dask_cluster(many_shards, dask_cluster, tmp_path):
+    src, data = many_shards
+    run = zarrfs("pack", src, tmp_path / "dst", "--shards", "4", "--dask", dask_cluster)
+    assert "240 of 240 objects written now" in run.stdout and "complete" in run.stdout, run.stdout
+    assert arrays_equal(read_zarr3(tmp_path / "dst" / "a"), data)
+
+
+def test_three_parts_as_three_processes(sources, tmp_path, cleanup):
+    src, expected = sources["zarr"]
+    dst = tmp_path / "dst"
+    procs = [cleanup.process(subprocess.Popen([*ZARRFS, "pack", str(src), str(dst), "--shards", str(SHARDS),
+                                               "--part", f"{i}/3", "--jobs", "1"],
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+             for i in (1, 2, 3)]
+    outputs = [proc.communicate(timeout=120) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), outputs
+    assert any("; complete" in out for out, _ in outputs), outputs
+    for path, values in expected.items():
+        assert arrays_equal(read_zarr3(dst / path), values), path
+    assert json.loads((dst / "zarr.json").read_text())["attributes"] == {"writer": "zarr"}
+
+
+def test_one_part_alone_writes_no_group_metadata(many_shards, tmp_path):
+    src, data = many_shards
+    dst = tmp_path / "dst"
+    run = zarrfs("pack", src, dst, "--shards", "4", "--part", "1/2", "--jobs", "1")
+    assert "other parts still to finish" in run.stdout
+    assert not (dst / "zarr.json").exists() and not (dst / "a" / "zarr.json").exists()
+    zarrfs("pack", src, dst, "--shards", "4", "--part", "2/2", "--jobs", "1")
+    assert arrays_equal(read_zarr3(dst / "a"), data)
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+def one_error_line(run: subprocess.CompletedProcess, *words: str) -> None:
+    assert run.returncode != 0
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("zarrfs: error: "), run.stderr
+    assert all(w in lines[0] for w in words), run.stderr
+
+
+def test_missing_src(tmp_path):
+    one_error_line(zarrfs("pack", tmp_path / "nope", tmp_path / "dst", check=False), "no such directory")
+    assert not (tmp_path / "dst").exists()
+
+
+def test_dst_neither_empty_nor_a_partial_pack(many_shards, tmp_path):
+    src, _ = many_shards
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "other.txt").write_text("mine")
+    one_error_line(zarrfs("pack", src, tmp_path / "dst", check=False), "other.txt", "partial pack")
+    (tmp_path / "file").write_text("x")
+    one_error_line(zarrfs("pack", src, tmp_path / "file", check=False), "not a directory")
+
+
+def test_dst_packed_with_other_shards(many_shards, tmp_path):
+    src, _ = many_shards
+    zarrfs("pack", src, tmp_path / "dst", "--shards", "4")
+    one_error_line(zarrfs("pack", src, tmp_path / "dst", "--shards", "8", check=False), "differs")
+
+
+def test_a_chunk_file_that_is_no_key_of_its_array(tmp_path):
+    src = tmp_path / "src"
+    zarr.create_array(src, shape=(8,), chunks=(4,), dtype="uint8")[...] = 1
+    (src / "c" / "9").write_bytes(b"x" * 4)  # outside the grid
+    one_error_line(zarrfs("pack", src, tmp_path / "dst", check=False), "c/9", "not a chunk key")
+    assert not list((tmp_path / "dst").rglob("*"))
+
+
+@pytest.mark.parametrize("args", [["--part", "0/3"], ["--part", "4/3"], ["--part", "x"], ["--shards", "0"],
+                                  ["--part", "1/2", "--dask", "tcp://127.0.0.1:1"]])
+def test_bad_arguments(tmp_path, args):
+    one_error_line(zarrfs("pack", tmp_path, tmp_path / "dst", *args, check=False))
+
+
+def test_unpack_into_a_non_empty_directory(packed, tmp_path):
+    _, dst, _, _, _ = packed["zarr"]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("x")
+    one_error_line(zarrfs("unpack", dst, tmp_path / "out", check=False), "not empty")
