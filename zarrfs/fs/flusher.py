@@ -209,13 +209,15 @@ class Flusher:
         adopted = [staged[c] for c in snapshot if c in staged]  # superseded once the shard is stored
         try:
             with self.tree.store.changing():
-                await trio.to_thread.run_sync(
+                removed = await trio.to_thread.run_sync(
                     self._repack, array_key, min(view.hidden), layout, shard, replacements, adopted,
                     limiter=self._threads)
         except OSError as error:
             raise self._failed(shard_id, error) from None
         self.flushes_done += 1
         self._trimmed.discard(shard_id)
+        if removed:
+            self.tree.keep_key_directories(array_key, shard)
         self._commit(array_key, layout, shard, snapshot)
 
     def _snapshot(self, array_key: str, layout: ArrayLayout, shard: tuple[int, ...]) -> dict:
@@ -268,22 +270,25 @@ class Flusher:
     # -- the repack itself (a worker thread) ----------------------------------
 
     def _repack(self, array_key, metadata_name, layout: ArrayLayout, shard, replacements: dict,
-                adopted: list[str]) -> None:
+                adopted: list[str]) -> bool:
+        """Returns whether the shard was removed (it holds no chunk any more)."""
         store = self.tree.store
         shard_key = self.tree.shards.shard_key(array_key, layout, shard)
         with store.locked(array_key, shard_key):
-            self._store_shard(array_key, metadata_name, layout, shard, shard_key, replacements)
+            removed = self._store_shard(array_key, metadata_name, layout, shard, shard_key, replacements)
             store.remove_staged(adopted)  # their chunks are in the durable shard now
+        return removed
 
     def _store_shard(self, array_key, metadata_name, layout: ArrayLayout, shard, shard_key: str,
-                     replacements: dict) -> None:
+                     replacements: dict) -> bool:
         store = self.tree.store
         if not layout.is_sharded:  # an unsharded array (v2 view): each chunk is its own file
             if not layout.in_grid(shard) or (shard in replacements and replacements[shard] is None):
                 store.remove_durably(shard_key, up_to=array_key)
-            elif shard in replacements:
+                return True
+            if shard in replacements:
                 store.replace_durably(shard_key, replacements[shard], like=join(array_key, metadata_name))
-            return
+            return False
         chunks = self._current_chunks(shard_key, layout)
         origin = np.array(shard) * layout.chunks_per_shard
         for coords, data in replacements.items():
@@ -297,8 +302,9 @@ class Flusher:
         encoded = write_shard(layout, chunks)
         if encoded is None:
             store.remove_durably(shard_key, up_to=array_key)
-        else:
-            store.replace_durably(shard_key, encoded, like=join(array_key, metadata_name))
+            return True
+        store.replace_durably(shard_key, encoded, like=join(array_key, metadata_name))
+        return False
 
     def _current_chunks(self, shard_key: str, layout: ArrayLayout) -> dict:
         try:
