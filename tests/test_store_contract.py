@@ -392,3 +392,38 @@ def test_aws_profiles_are_read_where_the_environment_says_nothing(tmp_path, monk
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ENV")
     monkeypatch.setenv("AWS_REGION", "us-east-2")
     assert aws_settings() == {"endpoint": "http://127.0.0.1:9"}
+
+
+def test_an_unreachable_server_is_eio_after_bounded_retries(s3_credentials):
+    from s3server import free_ports
+
+    started = time.monotonic()
+    with pytest.raises(OSError) as raised:
+        ObjectStore("s3://zarrfs/prefix", endpoint_url=f"http://127.0.0.1:{free_ports(1)[0]}")
+    assert raised.value.errno == errno.EIO and "does not answer" in str(raised.value)
+    assert time.monotonic() - started < 35
+
+
+def test_many_threads_share_one_store(s3):
+    """The daemon's worker threads all call one store: caches and counters stay right."""
+    blobs = {f"k{i}": os.urandom(50_000) for i in range(4)}
+    for key, data in blobs.items():
+        s3.replace_durably(key, data)
+    versions = {key: s3.stat(key).version for key in blobs}
+    s3.requests.clear()
+    failures = []
+
+    def read(seed: int):
+        for n in range(20):
+            key = f"k{(seed + n) % 4}"
+            offset = (seed * 7919 + n * 104729) % 45_000
+            if s3.pread_version(key, versions[key], 5_000, offset) != blobs[key][offset:offset + 5_000]:
+                failures.append((key, offset))
+
+    threads = [threading.Thread(target=read, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    assert s3.requests["GET"] <= 8 * 20 and set(s3.requests) == {"GET"}
