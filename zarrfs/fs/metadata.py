@@ -156,6 +156,10 @@ class MetadataWriter:
     def changed(self, dir_key: str) -> None:
         """Called when a directory starts or stops being an array (operations re-resolves inodes)."""
 
+    async def dropped(self, dir_key: str) -> None:
+        """Called when a shrinking resize dropped chunks of the array at ``dir_key``
+        (operations makes the kernel forget the names it cached there)."""
+
     async def _adopt_chunk_files(self, dir_key: str) -> None:
         """``cp -r`` copies in directory order, so chunk files may arrive before their
         metadata. They become chunks of the new array now: those still in the write
@@ -309,6 +313,7 @@ class MetadataWriter:
                 self.tree.overlay.unbind(chunk_name(dir_key, coords))
         for shard in await trio.to_thread.run_sync(self._shards_beyond, dir_key, old, new):
             self.flusher.repack_soon((dir_key, shard))
+        await self.dropped(dir_key)
 
     def _shards_beyond(self, dir_key: str, old, new) -> list[tuple[int, ...]]:
         """Shards of the old layout that reach past the new chunk grid (a worker thread)."""

@@ -36,6 +36,8 @@ from .writes import Writer
 
 log = logging.getLogger("zarrfs")
 
+INVALIDATE_WAIT = 1.0  # seconds a request waits for the kernel to drop cached names
+
 
 def _kernel_errors(handler):
     """Map every failure of a handler to an errno for the kernel (and count the requests)."""
@@ -79,6 +81,7 @@ class Operations(pyfuse3.Operations):
         self.inodes = InodeTable(tree)
         if writer is not None:
             writer.metadata.changed = self._resolve_again
+            writer.metadata.dropped = self._forget_cached_names
         self._handles: dict[int, object] = {}
         self._open_by_inode: dict[int, set[int]] = {}  # inode -> its open file handles
         self._next_handle = itertools.count(1)
@@ -390,6 +393,23 @@ class Operations(pyfuse3.Operations):
         must mean what the tree says now (a plain ``c`` directory is now a KeyDir)."""
         self.inodes.resolve_again(dir_key, self.tree.resolve)
 
+    async def _forget_cached_names(self, dir_key: str) -> None:
+        """A shrinking resize dropped chunks of the array at ``dir_key``: the kernel would
+        find their cached names until the entry timeout (lstat succeeds, an O_CREAT open
+        does not create). Dropping the array directory's own entry drops every name cached
+        below it. The kernel takes the lock of the directory holding that entry, so this
+        waits in a worker thread, and not long: a rename from there into the array holds
+        that lock until this very request ends. (An array at the mount root has no entry
+        of its own: its dropped names stay cached until the entry timeout.)"""
+        if not dir_key:
+            return
+        parent_path, _, name = dir_key.rpartition("/")
+        parent = self.tree.resolve(parent_path)
+        if parent is None:
+            return
+        with trio.move_on_after(INVALIDATE_WAIT):
+            await trio.to_thread.run_sync(forget_entry, self.inodes.inode_of(parent), name, abandon_on_cancel=True)
+
     def _writer(self) -> Writer:
         if self.writer is None:
             raise pyfuse3.FUSEError(errno.EROFS)
@@ -448,6 +468,14 @@ class Operations(pyfuse3.Operations):
 
     def open_for_writing(self) -> int:
         return sum(1 for h in self._handles.values() if isinstance(h, FileHandle) and h.writable)
+
+
+def forget_entry(parent_inode: int, name: str) -> None:
+    """The kernel forgets directory entry ``name`` (and everything cached below it)."""
+    try:
+        pyfuse3.invalidate_entry(parent_inode, os.fsencode(name))
+    except OSError:
+        pass  # (ENOENT: the kernel holds no such entry)
 
 
 def crosses_buffer(source: Node, moved: Node) -> bool:
