@@ -105,6 +105,7 @@ class ArrayPlan:
     source: str  # "v3", "v2", "v3 sharded", "v2 sharding prototype"
     layout: ArrayLayout  # of the source
     target: dict | None = None  # sharded metadata; None when copied as it is
+    target_json: str | None = None  # the same as tasks carry it (and the layout cache is keyed)
     problem: str | None = None  # why it is copied as it is
     chunk_files: int = 0
     shards: set[tuple[int, ...]] = field(default_factory=set)  # destination shards with chunks
@@ -125,8 +126,7 @@ class Plan:
         tasks: list[ShardTask | CopyTask] = []
         for array in self.arrays:
             if array.target is not None:
-                target = json.dumps(array.target, sort_keys=True)
-                tasks += [ShardTask(array.key, target, shard) for shard in sorted(array.shards)]
+                tasks += [ShardTask(array.key, array.target_json, shard) for shard in sorted(array.shards)]
         copies = [key for array in self.arrays for key in array.copied] + self.copied
         tasks += [CopyTask(tuple(copies[i:i + COPY_BATCH])) for i in range(0, len(copies), COPY_BATCH)]
         return tasks
@@ -183,6 +183,7 @@ class _Planner(StoreWalker):
             try:
                 array.target = shard_document(self._unsharded_v3(dir_key, zarr_format, layout),
                                               self.chunks_per_shard)
+                array.target_json = json.dumps(array.target, sort_keys=True)
             except (NoV2Equivalent, MetadataError, KeyError, TypeError, ValueError) as error:
                 array.problem = f"no exact sharded equivalent ({error})"
         self.plan.arrays.append(array)
@@ -227,11 +228,7 @@ class _Planner(StoreWalker):
                                     f"(shape {list(layout.shape)}, chunks {list(layout.chunk_shape)})")
         else:
             array.chunk_files += 1
-            array.shards.add(tuple(c // n for c, n in zip(coords, _layout_of(array).chunks_per_shard)))
-
-
-def _layout_of(array: ArrayPlan) -> ArrayLayout:
-    return _layout(json.dumps(array.target, sort_keys=True))
+            array.shards.add(_layout(array.target_json).shard_of(coords))
 
 
 @functools.lru_cache(maxsize=256)
@@ -430,7 +427,7 @@ def write_metadata(src, dst, plan: Plan) -> tuple[int, int, bool]:
 
 def _objects_of(array: ArrayPlan) -> Iterator[str]:
     if array.target is not None:
-        encode = _layout_of(array).key_encoding.encode
+        encode = _layout(array.target_json).key_encoding.encode
         yield from (join(array.key, encode(shard)) for shard in sorted(array.shards))
     yield from array.copied
 
@@ -562,7 +559,7 @@ def print_plan(plan: Plan, tasks: list, out: TextIO) -> None:
             print(f"{name}: {array.source}, copied as it is ({array.problem}): "
                   f"{len(array.copied) + len(array.metadata)} files", file=out)
             continue
-        layout = _layout_of(array)
+        layout = _layout(array.target_json)
         print(f"{name}: {array.source}, {array.chunk_files} chunk files of {list(layout.chunk_shape)} -> "
               f"{len(array.shards)} shards of {list(layout.chunks_per_shard)} chunks", file=out)
     for key in plan.copied:
