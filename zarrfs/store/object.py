@@ -315,7 +315,7 @@ class ObjectStore:
             if error.errno == errno.ERANGE:  # wholly past the end
                 return b""
             raise
-        data = bytes(self._body(result, key, version))
+        data = bytes(self._body(result, key))
         self._count_wanted(name, reads + 1, result.meta["size"])
         return data
 
@@ -330,7 +330,7 @@ class ObjectStore:
             result = self._get(key, if_match=version)
         except PreconditionError:
             raise FileChanged(key) from None
-        data = bytes(self._body(result, key, version))
+        data = bytes(self._body(result, key))
         with self._lock:
             if (key, version) not in self._whole:
                 self._whole[(key, version)] = data
@@ -339,14 +339,11 @@ class ObjectStore:
                 self._whole_bytes -= len(self._whole.popitem(last=False)[1])
         return data
 
-    def _body(self, result, key: str, version: Hashable | None = None):
-        """The response body; a connection that breaks while it streams is retried by
-        nobody (the caller's request failed): EIO, or FileChanged when a version was named
-        (the object may have been replaced mid-stream)."""
+    def _body(self, result, key: str):
+        """The response body. A connection that breaks while it streams is retried by
+        nobody (the request itself succeeded): EIO."""
         try:
             return result.bytes()
-        except PreconditionError:
-            raise FileChanged(key) from None
         except BaseError as error:
             raise _from_status(error, key) from None
 
