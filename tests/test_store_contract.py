@@ -125,6 +125,7 @@ def test_share_never_mixes_two_versions(store):
     def read_one_version() -> bool:
         store.forget_recent("s")
         shared = store.share("s")
+        assert shared.stat().version == shared.version and shared.stat().st_size == size
         try:
             data = b"".join(shared.pread(step, offset) for offset in range(0, size, step))
         except FileChanged:

@@ -352,7 +352,7 @@ class ObjectStore:
         st = self.lstat(key)
         if not st.is_file:
             raise OSError(errno.EIO, "not a regular file", key)
-        return ObjectFile(self, key, st.version, st.st_size)
+        return ObjectFile(self, key, st)
 
     def readlink(self, key: str) -> str:
         self.lstat(key)
@@ -629,12 +629,17 @@ class ObjectStore:
 class ObjectFile:
     """One version (ETag) of an object, for reading: every read is conditional on it."""
 
-    def __init__(self, store: ObjectStore, key: str, version: Hashable, size: int):
-        self.store, self.key, self.version, self.size = store, key, version, size
+    def __init__(self, store: ObjectStore, key: str, st: Stat):
+        self.store, self.key, self._stat = store, key, st
+        self.version = st.version
 
     def pread(self, size: int, offset: int) -> bytes:
-        size = min(size, self.size - offset)
+        size = min(size, self._stat.st_size - offset)
         return self.store.pread_version(self.key, self.version, size, offset) if size > 0 else b""
+
+    def stat(self) -> Stat:
+        """The attributes of the version being read."""
+        return self._stat
 
     def release(self) -> None:
         """Holds nothing open."""
