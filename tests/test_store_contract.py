@@ -179,7 +179,7 @@ def test_remove_durably(store):
 # -- the namespace ---------------------------------------------------------------------
 
 def test_plain_file_written_through_and_read_back(store):
-    plain = store.create("notes.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    plain = store.create("notes.txt", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     assert store.lstat("notes.txt").st_size == 0  # it exists from the create on
     assert plain.pwrite(b"hello", 0) == 5
     plain.pwrite(b" world", 5)

@@ -32,7 +32,7 @@ import trio
 from ..format.shard_index import CorruptShard
 from .inodes import InodeTable
 from .tree import Attributes, Chunk, FileRange, MemContent, MetadataFile, Node, Plain, Replaced, Scratch, StatusFile, ViewTree
-from .writes import Writer
+from .writes import PlainWriter, Writer
 
 log = logging.getLogger("zarrfs")
 
@@ -130,9 +130,9 @@ class Operations(pyfuse3.Operations):
             if isinstance(content, MemContent):
                 return Attributes.of_memfile(content.memfile)
             if isinstance(content, FileRange):
-                return replace(Attributes.of(os.fstat(content.fd)).as_file(content.length), nlink=0)
-            if hasattr(content, "fd"):  # a plain file open for writing: its own attributes
-                return Attributes.of(os.fstat(content.fd))
+                return replace(Attributes.of(content.shared.stat()).as_file(content.length), nlink=0)
+            if isinstance(content, PlainWriter):  # a plain file open for writing: its own attributes
+                return Attributes.of(content.file.stat())
         raise OSError(errno.ENOENT, "no such file")
 
     @_kernel_errors
@@ -261,8 +261,8 @@ class Operations(pyfuse3.Operations):
         if isinstance(content, MemContent):
             await self.flusher.flush_memfile(content.memfile)
             await self.writer.fsynced(content.memfile)
-        elif hasattr(content, "fd"):
-            await trio.to_thread.run_sync(os.fsync, content.fd)  # may take seconds on NFS or Lustre
+        elif isinstance(content, PlainWriter):
+            await trio.to_thread.run_sync(content.file.fsync)  # may take seconds on NFS or Lustre, or a PUT
 
     @_changes_store
     @_kernel_errors

@@ -172,7 +172,7 @@ class Shards:
 
     def index(self, shard_key: str, st: os.stat_result, fmt: IndexFormat, region: tuple[int, int]) -> ShardIndex:
         """The decoded index of the shard occupying ``region`` of the file. Raises CorruptShard."""
-        cache_key = (shard_key,) + version(st) + region
+        cache_key = (shard_key, version(st)) + region
         cached = self._indexes.get(cache_key)
         if cached is None:
             cached = self._read_index(shard_key, st, fmt, region)

@@ -134,13 +134,9 @@ class FileRange:
     def __init__(self, shared: SharedFile, offset: int, length: int, version: tuple):
         self.shared, self.offset, self.length, self.version = shared, offset, length, version
 
-    @property
-    def fd(self) -> int:
-        return self.shared.fd
-
     def read(self, offset: int, size: int) -> bytes:
         size = max(0, min(size, self.length - offset))
-        return os.pread(self.shared.fd, size, self.offset + offset) if size else b""
+        return self.shared.pread(size, self.offset + offset) if size else b""
 
     def close(self) -> None:
         self.shared.release()

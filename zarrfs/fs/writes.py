@@ -27,6 +27,7 @@ import trio
 from .metadata import MetadataWriter, refuse
 from .overlay import MemFile, chunk_name, scratch_name
 from .shards import join
+from ..store.base import PlainFile
 from ..store.local import zarrfs_own
 from .tree import CONTROL_DIR, Chunk, KeyDir, MemContent, MetadataFile, Node, Plain, Scratch, ViewTree
 
@@ -56,33 +57,27 @@ class Target:
 
 
 class PlainWriter:
-    """An open backing file (a plain file outside any array)."""
+    """An open backing file (a plain file outside any array), as the store opened it."""
 
-    def __init__(self, fd: int):
-        self.fd = fd
-        self.version = ("plain", fd, time.monotonic_ns())
+    def __init__(self, file: PlainFile):
+        self.file = file
+        self.version = ("plain", id(file), time.monotonic_ns())
 
     def read(self, offset: int, size: int) -> bytes:
-        return os.pread(self.fd, size, offset)
+        return self.file.pread(size, offset)
 
     def write(self, offset: int, data: bytes) -> int:
-        return os.pwrite(self.fd, data, offset)
+        return self.file.pwrite(data, offset)
 
     def truncate(self, size: int) -> None:
-        os.ftruncate(self.fd, size)
+        self.file.truncate(size)
 
     def set_attributes(self, mode, uid, gid, atime_ns, mtime_ns) -> None:
         """fchmod, fchown, futimens (the file may have no name any more)."""
-        if mode is not None:
-            os.fchmod(self.fd, stat.S_IMODE(mode))
-        if uid is not None or gid is not None:
-            os.fchown(self.fd, -1 if uid is None else uid, -1 if gid is None else gid)
-        if atime_ns is not None or mtime_ns is not None:
-            st = os.fstat(self.fd)
-            os.utime(self.fd, ns=(atime_ns or st.st_atime_ns, mtime_ns or st.st_mtime_ns))
+        self.file.set_attributes(mode, uid, gid, atime_ns, mtime_ns)
 
     def close(self) -> None:
-        os.close(self.fd)
+        self.file.close()
 
 
 class Writer:
@@ -151,9 +146,9 @@ class Writer:
         """A new (or, without O_EXCL, existing) file; returns its node and a writable handle."""
         target = self.target(parent, name)
         if target.kind == "plain":
-            fd = self.tree.store.create(target.path, flags | os.O_CREAT, mode)
+            file = self.tree.store.create(target.path, flags | os.O_CREAT, mode)
             self.tree.store.chown_to(target.path, *owner)
-            return self.node_of(target), PlainWriter(fd)
+            return self.node_of(target), PlainWriter(file)
         existing = self.tree.lookup(parent, name)
         if existing is not None:
             if flags & os.O_EXCL:

@@ -86,6 +86,16 @@ class LocalPlainFile:
     def stat(self) -> Stat:
         return _stat_of(os.fstat(self.fd))
 
+    def set_attributes(self, mode=None, uid=None, gid=None, atime_ns=None, mtime_ns=None) -> None:
+        """fchmod, fchown, futimens (the file may have no name any more)."""
+        if mode is not None:
+            os.fchmod(self.fd, stat.S_IMODE(mode))
+        if uid is not None or gid is not None:
+            os.fchown(self.fd, -1 if uid is None else uid, -1 if gid is None else gid)
+        if atime_ns is not None or mtime_ns is not None:
+            st = os.fstat(self.fd)
+            os.utime(self.fd, ns=(atime_ns or st.st_atime_ns, mtime_ns or st.st_mtime_ns))
+
     def fsync(self) -> None:
         os.fsync(self.fd)
 
@@ -155,10 +165,11 @@ class LocalStore:
         finally:
             os.close(fd)
 
-    def create(self, key: str, flags: int, mode: int) -> int:
+    def create(self, key: str, flags: int, mode: int) -> LocalPlainFile:
         """Open (or create) a plain file for writing; never through a last symlink."""
         with self._parent(key) as (fd, name):
-            return os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=fd)
+            return LocalPlainFile(os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode,
+                                          dir_fd=fd))
 
     def mkdir(self, key: str, mode: int) -> None:
         with self._parent(key) as (fd, name):
