@@ -39,7 +39,7 @@ class ChunkLocation:
 
     @property
     def version(self) -> tuple:
-        return version(self.shard_stat) + (self.offset, self.length)
+        return (version(self.shard_stat), self.offset, self.length)
 
 
 @dataclass(frozen=True)
