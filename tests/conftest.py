@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from backends import BACKENDS, Backend, credentials_environment
 from helpers import alive, mount_entries, processes_naming, read_status
+from s3server import moto, s3_credentials, seaweedfs  # noqa: F401  (fixtures, for every test module)
 
 ZARRFS = [sys.executable, "-m", "zarrfs"]
 
@@ -29,8 +31,8 @@ def force_unmount(path: Path) -> None:
 class Mount:
     """A zarrfs mount made by a test, with its log file."""
 
-    def __init__(self, store: Path, path: Path, log: Path):
-        self.store, self.path, self.log = store, path, log
+    def __init__(self, store: Path | str, path: Path, log: Path):
+        self.store, self.path, self.log = store, path, log  # store: a Path, or an s3:// URL (a str)
 
     def __truediv__(self, other: str) -> Path:
         return self.path / other
@@ -53,11 +55,13 @@ class Mounter:
         self._tmp = tmp_path_factory
         self._made: list[Mount] = []
 
-    def __call__(self, store: Path, *options: str) -> Mount:
+    def __call__(self, store: Path | str, *options: str) -> Mount:
+        """``store``: a directory, or an ``s3://`` URL (then pass ``--endpoint-url`` in ``options``)."""
         work = self._tmp.mktemp("mnt")
         path, log = work / "view", work / "zarrfs.log"
         path.mkdir()
-        self._made.append(Mount(Path(store), path, log))
+        url = isinstance(store, str) and store.startswith("s3://")
+        self._made.append(Mount(store if url else Path(store), path, log))
         result = subprocess.run(
             [*ZARRFS, "mount", str(store), str(path), "--log-file", str(log), *options],
             capture_output=True, text=True, timeout=60,
@@ -203,3 +207,27 @@ def list_files(root: Path) -> set[str]:
         for f in files
         if f != LOCK_FILE
     }
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request, tmp_path_factory):
+    """The backend a suite runs on (tests/backends.py): ``local``, or ``s3`` (a fresh prefix of
+    the session's SeaweedFS per store). A whole module runs on one backend, then the other.
+
+    For ``s3`` the test identity is in ``AWS_*`` variables of this process while the module
+    runs on it, so that mount daemons and ``zarrfs`` commands inherit it. A test that only
+    makes sense on a local directory restricts itself with
+    ``@pytest.mark.parametrize("backend", ["local"], indirect=True)`` and a one-line reason.
+    """
+    scratch = tmp_path_factory.mktemp(f"backend-{request.param}")
+    if request.param == "local":
+        yield Backend("local", scratch)
+        return
+    server = request.getfixturevalue("seaweedfs")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith("AWS_"):
+                patch.delenv(name)
+        for name, value in credentials_environment().items():
+            patch.setenv(name, value)
+        yield Backend("s3", scratch, server)

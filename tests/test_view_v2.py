@@ -27,10 +27,12 @@ CASES = corpus.case_names()
 
 
 @pytest.fixture(scope="module", params=[(), ("--read-only",)], ids=["writable", "read-only"])
-def v2(corpus_store, module_mount, request):
-    """Both kinds of mount: a read-only one serves reads by inode, with no OPEN (fs/operations.py)."""
+def v2(corpus_store, module_mount, backend, request):
+    """Both kinds of mount: a read-only one serves reads by inode, with no OPEN (fs/operations.py);
+    on both backends (the corpus uploaded once to the bucket for ``s3``)."""
     store, cases = corpus_store
-    return module_mount(store, "--view", "v2", *request.param), {c.name: c for c in cases}
+    backing = backend.store(store, shared=True)
+    return backend.mount(module_mount, backing, "--view", "v2", *request.param), {c.name: c for c in cases}
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +112,12 @@ def crc_case_store(tmp_path: Path) -> tuple[Path, np.ndarray]:
     return store, data
 
 
-def test_a_trailing_crc32c_is_verified_and_stripped(tmp_path, mount):
+def test_a_trailing_crc32c_is_verified_and_stripped(tmp_path, mount, backend):
     store, data = crc_case_store(tmp_path)
     shard = store / "c" / "0" / "0"
     payloads = set(corpus.read_shard_chunks(shard, 4, "end", "little", True).values())
-    mnt = mount(store, "--view", "v2")
+    backing = backend.store(store)
+    mnt = backend.mount(mount, backing, "--view", "v2")
     assert "crc32c" not in (mnt.path / ".zarray").read_text()
     files = [f for f in list_files(mnt.path) if not f.startswith(".")]
     assert len(files) == 4
@@ -124,17 +127,21 @@ def test_a_trailing_crc32c_is_verified_and_stripped(tmp_path, mount):
         assert body + crc32c.crc32c(body).to_bytes(4, "little") in payloads
     values, errors = zarr2_read(mnt.path, [""], tmp_path / "crc.npz")
     assert not errors and np.array_equal(values[""], data)
-    three = mount(store)  # the v3 view serves the chunks as stored, checksum included
+    three = backend.mount(mount, backing)  # the v3 view serves the chunks as stored, checksum included
     assert {(three.path / "c" / f).read_bytes() for f in ("0/0", "0/1", "1/0", "1/1")} == payloads
 
 
-def test_a_chunk_whose_crc32c_fails_reads_as_eio(tmp_path, mount):
-    store, _ = crc_case_store(tmp_path)
-    shard = store / "c" / "0" / "0"
+def flip_byte_3(shard: Path) -> None:
     raw = bytearray(shard.read_bytes())
     raw[3] ^= 0xFF  # inside the first payload; the index (and its checksum) stay intact
     shard.write_bytes(bytes(raw))
-    mnt = mount(store, "--view", "v2")
+
+
+def test_a_chunk_whose_crc32c_fails_reads_as_eio(tmp_path, mount, backend):
+    store, _ = crc_case_store(tmp_path)
+    backing = backend.store(store)
+    backing.alter("c/0/0", flip_byte_3)
+    mnt = backend.mount(mount, backing, "--view", "v2")
     chunk_files = sorted(f for f in list_files(mnt.path) if not f.startswith("."))
     failures = 0
     for f in chunk_files:
@@ -159,7 +166,7 @@ UNTRANSLATABLE = {
 }
 
 
-def test_arrays_without_an_exact_v2_equivalent_are_shown_without_zarray(tmp_path, mount):
+def test_arrays_without_an_exact_v2_equivalent_are_shown_without_zarray(tmp_path, mount, backend):
     store = tmp_path / "odd.zarr"
     zarr.open_group(store, mode="w")
     for name, (codecs, _) in UNTRANSLATABLE.items():
@@ -167,7 +174,7 @@ def test_arrays_without_an_exact_v2_equivalent_are_shown_without_zarray(tmp_path
         array = zarr.create_array(store, name=name, shape=(4, 4, 4), chunks=(4, 4, 4), dtype="uint16",
                                   serializer=sharding, compressors=None, filters=None, attributes={"k": name})
         array[...] = np.arange(64, dtype="uint16").reshape(4, 4, 4)
-    mnt = mount(store, "--view", "v2")
+    mnt = backend.mount(mount, backend.store(store), "--view", "v2")
     for name in UNTRANSLATABLE:
         shown = os.listdir(mnt.path / name)
         assert ".zarray" not in shown and "zarr.json" not in shown
@@ -217,9 +224,9 @@ def prototype_store(tmp_path: Path, separator: str) -> tuple[Path, np.ndarray]:
 
 @pytest.mark.parametrize("separator", [".", "/"])
 @pytest.mark.parametrize("view", ["v3", "v2"])
-def test_v2_sharding_prototype_arrays_show_as_plain_v2_arrays(tmp_path, mount, separator, view):
+def test_v2_sharding_prototype_arrays_show_as_plain_v2_arrays(tmp_path, mount, backend, separator, view):
     store, data = prototype_store(tmp_path, separator)
-    mnt = mount(store, "--view", view)
+    mnt = backend.mount(mount, backend.store(store), "--view", view)
     zarray = json.loads((mnt.path / "arr" / ".zarray").read_text())
     assert "shard_format" not in zarray and "shards" not in zarray
     assert json.loads((mnt.path / "arr" / ".zattrs").read_text()) == {"units": "m"}
@@ -240,8 +247,8 @@ def test_plain_v2_arrays_pass_through(v2, corpus_store):
         assert (mnt.path / "plain" / "v2_array" / f).read_bytes() == (plain / f).read_bytes()
 
 
-def test_the_v3_view_of_the_same_store_still_shows_zarr_json(corpus_store, mount):
+def test_the_v3_view_of_the_same_store_still_shows_zarr_json(corpus_store, mount, backend):
     store, _ = corpus_store
-    mnt = mount(store, "--view", "v3")
+    mnt = backend.mount(mount, backend.store(store, shared=True), "--view", "v3")
     assert (mnt.path / "zarr.json").exists() and not (mnt.path / ".zgroup").exists()
     shutil.disk_usage(mnt.path)
