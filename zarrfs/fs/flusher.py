@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import random
+import time
 
 import crc32c
 import numpy as np
@@ -27,12 +29,15 @@ import trio
 from ..format.metadata import ArrayLayout
 from ..format.shard_codec import read_chunks, write_shard
 from ..format.shard_index import CHECKSUM_NBYTES, CorruptShard
+from ..store.base import ABSENT, Conflict
 from .overlay import MemFile, chunk_name, is_below, moved_path
 from .shards import join
 
 log = logging.getLogger("zarrfs")
 
 RETRY_SECONDS = 5.0
+MERGE_TRIES = 6  # a shard changed by another writer between our read and our write: merge again
+MERGE_BACKOFF_SECONDS = 0.05  # doubled after each conflict, with jitter
 ShardId = tuple  # (array_key, shard_coords)
 
 
@@ -275,9 +280,28 @@ class Flusher:
         store = self.tree.store
         shard_key = self.tree.shards.shard_key(array_key, layout, shard)
         with store.locked(array_key, shard_key):
-            removed = self._store_shard(array_key, metadata_name, layout, shard, shard_key, replacements)
+            removed = self._merge_until_stored(array_key, metadata_name, layout, shard, shard_key, replacements)
             store.remove_staged(adopted)  # their chunks are in the durable shard now
         return removed
+
+    def _merge_until_stored(self, array_key, metadata_name, layout: ArrayLayout, shard, shard_key: str,
+                            replacements: dict) -> bool:
+        """Each write of the shard is conditional on the version its merge read: another
+        writer (another node's mount, without locks on an object store) may have written
+        it in between, and a plain overwrite would lose that writer's chunks. On conflict:
+        read again, merge again, after a growing, jittered pause; EIO after MERGE_TRIES."""
+        pause = MERGE_BACKOFF_SECONDS
+        for _ in range(MERGE_TRIES - 1):
+            try:
+                return self._store_shard(array_key, metadata_name, layout, shard, shard_key, replacements)
+            except Conflict:
+                log.info("%s changed while it was repacked; merging again", shard_key)
+                time.sleep(pause * (1 + random.random()))  # a worker thread
+                pause *= 2
+        try:
+            return self._store_shard(array_key, metadata_name, layout, shard, shard_key, replacements)
+        except Conflict:
+            raise OSError(errno.EIO, f"{shard_key} kept changing under {MERGE_TRIES} merges") from None
 
     def _store_shard(self, array_key, metadata_name, layout: ArrayLayout, shard, shard_key: str,
                      replacements: dict) -> bool:
@@ -289,7 +313,7 @@ class Flusher:
             if shard in replacements:
                 store.replace_durably(shard_key, replacements[shard], like=join(array_key, metadata_name))
             return False
-        chunks = self._current_chunks(shard_key, layout)
+        chunks, version = self._current_chunks(shard_key, layout)
         origin = np.array(shard) * layout.chunks_per_shard
         for coords, data in replacements.items():
             local = tuple(int(i) for i in np.array(coords) - origin)
@@ -301,17 +325,19 @@ class Flusher:
                   if layout.in_grid(tuple(int(i) for i in origin + local))}
         encoded = write_shard(layout, chunks)
         if encoded is None:
-            store.remove_durably(shard_key, up_to=array_key)
+            if version is not ABSENT:
+                store.remove_durably(shard_key, up_to=array_key, expected=version)
             return True
-        store.replace_durably(shard_key, encoded, like=join(array_key, metadata_name))
+        store.replace_durably(shard_key, encoded, like=join(array_key, metadata_name), expected=version)
         return False
 
-    def _current_chunks(self, shard_key: str, layout: ArrayLayout) -> dict:
+    def _current_chunks(self, shard_key: str, layout: ArrayLayout) -> tuple[dict, object]:
+        """The chunks of the shard as stored now, and the version they are of."""
         try:
-            current = self.tree.store.read(shard_key)
+            current, version = self.tree.store.read_versioned(shard_key)
         except FileNotFoundError:
-            return {}
+            return {}, ABSENT
         try:
-            return read_chunks(layout, current) if current else {}
+            return (read_chunks(layout, current) if current else {}), version
         except CorruptShard as error:
             raise OSError(errno.EIO, f"cannot merge into corrupt shard {shard_key}: {error}") from None
