@@ -1,4 +1,7 @@
-"""Bad input (SPEC §7): corrupt shards fail loudly with EIO, the rest is served."""
+"""Bad input (SPEC §7): corrupt shards fail loudly with EIO, the rest is served.
+
+On both backends (tests/backends.py): on S3 the damage is done to the objects through obstore.
+"""
 
 from __future__ import annotations
 
@@ -52,11 +55,12 @@ DAMAGE = {
 @pytest.mark.parametrize("options", [(), ("--read-only",)], ids=["writable", "read-only"])
 @pytest.mark.parametrize("damage", DAMAGE)
 @pytest.mark.parametrize("name", [CASE, START_CASE])
-def test_every_chunk_of_a_broken_shard_fails_with_eio(store_copy, mount, options, damage, name):
+def test_every_chunk_of_a_broken_shard_fails_with_eio(store_copy, mount, backend, options, damage, name):
     root, cases = store_copy
     case = cases[name]
-    DAMAGE[damage](case.shard_path(root, (0, 0)), case)
-    mnt = mount(root, *options)
+    backing = backend.store(root)
+    backing.alter(f"{case.path}/c/0/0", lambda shard: DAMAGE[damage](shard, case))
+    mnt = backend.mount(mount, backing, *options)
     bad = chunk_keys_of_shard(mnt.path, case, (0, 0))
     for path in bad:
         with pytest.raises(OSError) as failure:  # lookup alone must not say ENOENT
@@ -70,11 +74,12 @@ def test_every_chunk_of_a_broken_shard_fails_with_eio(store_copy, mount, options
 
 
 @pytest.mark.parametrize("name", [CASE, START_CASE])
-def test_a_listing_still_shows_the_chunks_of_a_broken_shard(store_copy, mount, name):
+def test_a_listing_still_shows_the_chunks_of_a_broken_shard(store_copy, mount, backend, name):
     root, cases = store_copy
     case = cases[name]
-    corpus.corrupt_checksum(case.shard_path(root, (0, 0)), case.index_location)
-    mnt = mount(root)
+    backing = backend.store(root)
+    backing.alter(f"{case.path}/c/0/0", lambda shard: corpus.corrupt_checksum(shard, case.index_location))
+    mnt = backend.mount(mount, backing)
     listed = os.listdir(mnt.path / case.path / "c" / "0")
     assert listed, "the chunks are listed so that copying them fails loudly"
     assert_eio(mnt.path / case.path / "c" / "0" / listed[0])
@@ -83,18 +88,16 @@ def test_a_listing_still_shows_the_chunks_of_a_broken_shard(store_copy, mount, n
 @pytest.mark.parametrize("options", [(), ("--read-only",)], ids=["writable", "read-only"])
 @pytest.mark.parametrize("corruption", ["past_end", "into_index"])
 @pytest.mark.parametrize("name", [CASE, START_CASE])
-def test_a_bad_entry_fails_its_chunk_and_only_its_chunk(store_copy, mount, options, corruption, name):
+def test_a_bad_entry_fails_its_chunk_and_only_its_chunk(store_copy, mount, backend, options, corruption, name):
     root, cases = store_copy
     case = cases[name]
-    shard = case.shard_path(root, (0, 0))
-    args = (shard, case.n_chunks, case.index_location, case.index_endian, case.index_crc)
-    present = corpus.read_shard_chunks(*args)
+    layout = (case.n_chunks, case.index_location, case.index_endian, case.index_crc)
+    present = corpus.read_shard_chunks(case.shard_path(root, (0, 0)), *layout)
     chunk = sorted(present)[0]
-    if corruption == "past_end":
-        corpus.corrupt_entry_past_end(*args, chunk=chunk)
-    else:
-        corpus.corrupt_entry_into_index(*args, chunk=chunk)
-    mnt = mount(root, *options)
+    corrupt = corpus.corrupt_entry_past_end if corruption == "past_end" else corpus.corrupt_entry_into_index
+    backing = backend.store(root)
+    backing.alter(f"{case.path}/c/0/0", lambda shard: corrupt(shard, *layout, chunk=chunk))
+    mnt = backend.mount(mount, backing, *options)
     i, j = divmod(chunk, case.chunks_per_shard[1])
     bad = mnt.path / case.path / "c" / str(i) / str(j)
     assert_eio(bad)
@@ -105,13 +108,15 @@ def test_a_bad_entry_fails_its_chunk_and_only_its_chunk(store_copy, mount, optio
     assert "outside the payload" in mnt.log_text()
 
 
-def test_a_malformed_zarr_json_shows_its_directory_as_plain_files(store_copy, mount):
+def test_a_malformed_zarr_json_shows_its_directory_as_plain_files(store_copy, mount, backend):
     root, cases = store_copy
     case = cases[CASE]
-    (root / case.path / "zarr.json").write_text("{ not json")
-    mnt = mount(root)
-    assert list_files(mnt.path / case.path) == list_files(root / case.path)
-    assert (mnt.path / case.path / "c" / "0" / "0").read_bytes() == (root / case.path / "c" / "0" / "0").read_bytes()
+    backing = backend.store(root)
+    backing.alter(f"{case.path}/zarr.json", lambda path: path.write_text("{ not json"))
+    mnt = backend.mount(mount, backing)
+    stored = backing.snapshot()
+    assert list_files(mnt.path / case.path) == list_files(stored / case.path)
+    assert (mnt.path / case.path / "c" / "0" / "0").read_bytes() == (stored / case.path / "c" / "0" / "0").read_bytes()
     assert f"{case.path}/zarr.json" in mnt.log_text()
 
 
@@ -119,24 +124,31 @@ def test_a_malformed_zarr_json_shows_its_directory_as_plain_files(store_copy, mo
     [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "zstd", "configuration": {"level": 1}}],
     [{"name": "transpose", "configuration": {"order": [1, 0, 2]}}, {"name": "bytes"}],
 ])
-def test_an_unsupported_index_codec_is_refused_with_a_log_line(store_copy, mount, codecs):
+def test_an_unsupported_index_codec_is_refused_with_a_log_line(store_copy, mount, backend, codecs):
     root, cases = store_copy
     case = cases[CASE]
-    with rewritten_json(root / case.path / "zarr.json") as meta:
-        meta["codecs"][0]["configuration"]["index_codecs"] = codecs
-    mnt = mount(root)
-    assert list_files(mnt.path / case.path) == list_files(root / case.path)  # shown as stored
+
+    def change(path: Path) -> None:
+        with rewritten_json(path) as meta:
+            meta["codecs"][0]["configuration"]["index_codecs"] = codecs
+
+    backing = backend.store(root)
+    backing.alter(f"{case.path}/zarr.json", change)
+    mnt = backend.mount(mount, backing)
+    assert list_files(mnt.path / case.path) == list_files(backing.snapshot() / case.path)  # shown as stored
     assert "index_codecs" in mnt.log_text()
 
 
 @pytest.mark.parametrize("options", [(), ("--read-only",)], ids=["writable", "read-only"])
-def test_garbage_everywhere_never_kills_the_daemon(store_copy, mount, options):
+def test_garbage_everywhere_never_kills_the_daemon(store_copy, mount, backend, options):
     root, cases = store_copy
+    backing = backend.store(root)
     for case in cases.values():
         for shard in corpus.shard_files(root, case)[:1]:
-            shard.write_bytes(os.urandom(37))
-    (root / "group2" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "array", "shape": "x"}')
-    mnt = mount(root, *options)
+            backing.alter(str(shard.relative_to(root)), lambda path: path.write_bytes(os.urandom(37)))
+    backing.alter("group2/zarr.json",
+                  lambda path: path.write_text('{"zarr_format": 3, "node_type": "array", "shape": "x"}'))
+    mnt = backend.mount(mount, backing, *options)
     for path in [mnt.path / f for f in list_files(mnt.path)]:
         try:
             path.read_bytes()
