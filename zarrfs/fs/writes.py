@@ -175,12 +175,7 @@ class Writer:
         if memfile is not None:
             return memfile
         if isinstance(node, Chunk):
-            content = self.tree.open(node)
-            try:
-                data = content.read(0, 2**31)
-            finally:
-                content.close()
-            memfile = MemFile(bytearray(data))
+            memfile = MemFile(bytearray(self.tree.read(node, 0, 2**31)))  # looks again if the shard changes
             name = chunk_name(node.array, node.coords)
             self.overlay.bind(name, memfile)
             memfile.flushed[name] = memfile.generation  # same bytes as the shard
