@@ -2207,6 +2207,10 @@ FOUND = [
      "in the chunk", "v3", [
         ("link", "a2/c/0/0", "a2/tmp1"), ("rename", "a2/tmp1", "d1/h.txt"), ("write", "d1/h.txt", "", 0, b"XY"),
         ("read", "a2/c/0/0")]),
+    ("open-chunk-dropped-by-shrink", "a chunk a shrinking resize dropped while it was open: after an "
+     "ftruncate through its descriptor lstat still found it", "v2", [
+        ("write", "g/b1/4", "ct", 0, b"\x01\x00\x00\x00M\x00\x00\x00"), ("open", 3, "g/b1/4", "rw"),
+        ("resize", "g/b1", [6], "inplace"), ("ftruncate", 3, 6)]),
 ]
 
 

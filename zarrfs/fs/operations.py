@@ -396,19 +396,25 @@ class Operations(pyfuse3.Operations):
     async def _forget_cached_names(self, dir_key: str) -> None:
         """A shrinking resize dropped chunks of the array at ``dir_key``: the kernel would
         find their cached names until the entry timeout (lstat succeeds, an O_CREAT open
-        does not create). Dropping the array directory's own entry drops every name cached
-        below it. The kernel takes the lock of the directory holding that entry, so this
-        waits in a worker thread, and not long: a rename from there into the array holds
-        that lock until this very request ends. (An array at the mount root has no entry
-        of its own: its dropped names stay cached until the entry timeout.)"""
-        if not dir_key:
-            return
-        parent_path, _, name = dir_key.rpartition("/")
-        parent = self.tree.resolve(parent_path)
-        if parent is None:
-            return
+        does not create). Dropping the array directory's own entry drops every unused
+        name cached below it; the names of dropped chunks still open are dropped one by
+        one (else the directory's entry, looked up again, brings them back). The kernel
+        takes the lock of the directory holding each entry, so this waits in a worker
+        thread, and not long: a rename into that directory (metadata by rename) holds
+        its lock until this very request ends. (An array at the mount root has no entry
+        of its own: its unused dropped names stay cached until the entry timeout.)"""
+        open_paths = {h.node.path for h in self._handles.values()
+                      if isinstance(h, FileHandle) and isinstance(h.node, Chunk) and h.node.array == dir_key}
+        dropped = [p for p in sorted(open_paths) if self.tree.resolve(p) is None]
+        entries = [e for e in map(self._kernel_entry, dropped + ([dir_key] if dir_key else [])) if e]
         with trio.move_on_after(INVALIDATE_WAIT):
-            await trio.to_thread.run_sync(forget_entry, self.inodes.inode_of(parent), name, abandon_on_cancel=True)
+            await trio.to_thread.run_sync(forget_entries, entries, abandon_on_cancel=True)
+
+    def _kernel_entry(self, path: str) -> tuple[int, str] | None:
+        """``(parent inode, name)`` of a view path, as the kernel knows it."""
+        parent_path, _, name = path.rpartition("/")
+        parent = self.tree.resolve(parent_path)
+        return None if parent is None else (self.inodes.inode_of(parent), name)
 
     def _writer(self) -> Writer:
         if self.writer is None:
@@ -470,12 +476,13 @@ class Operations(pyfuse3.Operations):
         return sum(1 for h in self._handles.values() if isinstance(h, FileHandle) and h.writable)
 
 
-def forget_entry(parent_inode: int, name: str) -> None:
-    """The kernel forgets directory entry ``name`` (and everything cached below it)."""
-    try:
-        pyfuse3.invalidate_entry(parent_inode, os.fsencode(name))
-    except OSError:
-        pass  # (ENOENT: the kernel holds no such entry)
+def forget_entries(entries: list[tuple[int, str]]) -> None:
+    """The kernel forgets these directory entries (and what is cached below them)."""
+    for parent_inode, name in entries:
+        try:
+            pyfuse3.invalidate_entry(parent_inode, os.fsencode(name))
+        except OSError:
+            pass  # (ENOENT: the kernel holds no such entry)
 
 
 def crosses_buffer(source: Node, moved: Node) -> bool:
