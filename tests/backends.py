@@ -10,8 +10,9 @@ Suites that run on both take the ``backend`` fixture (conftest.py, parametrized 
   ``--endpoint-url`` for S3); the daemon takes the credentials from the ``AWS_*``
   variables the ``backend`` fixture set for this process.
 - ``store.snapshot()``: a local directory holding what the backing store holds right now
-  (``local``: the directory itself; ``s3``: a fresh download of the prefix), to read with
-  zarr-python, tensorstore or plain file calls.
+  (``local``: the directory itself; ``s3``: a fresh download of the prefix, with zarrfs's
+  directory marker objects made directories), to read with zarr-python, tensorstore or
+  plain file calls.
 - ``store.alter(key, change)``: ``change(path)`` on a local file holding the object, which
   then replaces it (``s3``: a GET and a PUT through obstore), to damage shards or rewrite metadata.
 
@@ -33,6 +34,7 @@ from s3server import ACCESS_KEY, REGION, SECRET_KEY, S3Server
 
 BACKENDS = ["local", "s3"]
 THREADS = 16
+DIRECTORY_MARKER = ".zarrfs-dir"  # the object zarrfs's S3 backend writes for a directory (docs/s3.md)
 _UPLOADED: dict[tuple[str, Path], str] = {}  # (endpoint, directory) -> URL of a shared read-only upload
 
 
@@ -69,6 +71,9 @@ def download(s3: S3Store, into: Path) -> Path:
         if key.endswith("/") or not key:
             return
         target = into / key
+        if target.name == DIRECTORY_MARKER:  # the object that makes a directory exist: a directory
+            target.parent.mkdir(parents=True, exist_ok=True)
+            return
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(bytes(obstore.get(s3, key).bytes()))
 

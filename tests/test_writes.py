@@ -1,4 +1,8 @@
-"""Writes through the mount with the idioms real writers use (SPEC §5)."""
+"""Writes through the mount with the idioms real writers use (SPEC §5).
+
+On both backends (tests/backends.py): what the backing store holds is read from a
+snapshot of it (the directory itself, or a fresh download of the bucket's prefix).
+"""
 
 from __future__ import annotations
 
@@ -25,13 +29,13 @@ def raw_chunk(value: int) -> bytes:
 
 
 @pytest.fixture
-def array(tmp_path, mount):
-    """An empty uint16 array with raw chunks, created through a v3 mount."""
-    store = tmp_path / "store.zarr"
-    store.mkdir()
-    mnt = mount(store, "--flush-after", "600", "--shards", "2")
+def array(tmp_path, mount, backend):
+    """``(backing store, mount, array in the view)``: an empty uint16 array with raw chunks,
+    created through a v3 mount of an empty store."""
+    backing = backend.empty_store(tmp_path)
+    mnt = backend.mount(mount, backing, "--flush-after", "600", "--shards", "2")
     zarr.create_array(mnt.path / "a", shape=SHAPE, chunks=CHUNK, dtype="<u2", compressors=None, fill_value=0)
-    return store, mnt, mnt.path / "a"
+    return backing, mnt, mnt.path / "a"
 
 
 def backing_values(store: Path) -> np.ndarray:
@@ -45,8 +49,8 @@ def backing_chunk(store: Path, i: int, j: int) -> np.ndarray:
 
 
 def test_created_arrays_are_sharded_in_the_backing_store(array):
-    store, _, a = array
-    meta = json.loads((store / "a" / "zarr.json").read_text())
+    backing, _, a = array
+    meta = json.loads((backing.snapshot() / "a" / "zarr.json").read_text())
     sharding = meta["codecs"][0]
     assert sharding["name"] == "sharding_indexed"
     assert sharding["configuration"]["chunk_shape"] == list(CHUNK)
@@ -58,23 +62,24 @@ def test_created_arrays_are_sharded_in_the_backing_store(array):
 
 
 def test_a_written_chunk_reads_back_at_once_and_reaches_its_shard_on_fsync(array):
-    store, _, a = array
+    backing, _, a = array
     (a / "c" / "1").mkdir(parents=True, exist_ok=True)
     fd = os.open(a / "c" / "1" / "2", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     os.write(fd, raw_chunk(7))
     assert (a / "c" / "1" / "2").read_bytes() == raw_chunk(7)  # before fsync, before close
     assert (a / "c" / "1" / "2").stat().st_size == RAW
-    assert not (store / "a" / "c").exists()  # nothing reached the store yet
+    assert not (backing.snapshot() / "a" / "c").exists()  # nothing reached the store yet
     os.fsync(fd)
     os.close(fd)
     expected = np.zeros(SHAPE, "<u2")
     expected[4:8, 8:12] = 7
+    store = backing.snapshot()
     assert np.array_equal(backing_values(store), expected)
     assert list_files(store / "a") == {"zarr.json", "c/0/1"}  # one shard (8 x 8 elements)
 
 
 def test_partial_writes_and_truncate(array):
-    store, mnt, a = array
+    backing, mnt, a = array
     key = a / "c" / "0" / "0"
     key.parent.mkdir(parents=True, exist_ok=True)
     key.write_bytes(raw_chunk(1))
@@ -90,12 +95,12 @@ def test_partial_writes_and_truncate(array):
         f.truncate(RAW)
     assert key.stat().st_size == RAW
     mnt.unmount()
-    values = backing_values(store)
+    values = backing_values(backing.snapshot())
     assert values[0, 0] == 1 and values[0, 1] == 5 and values[1, 3] == 0
 
 
 def test_temp_file_and_rename_like_zarr_python_2(array):
-    store, mnt, a = array
+    backing, mnt, a = array
     (a / "c" / "2").mkdir(parents=True, exist_ok=True)
     temp = a / "c" / "2" / "1.0123456789abcdef0123456789abcdef.partial"
     temp.write_bytes(raw_chunk(3))
@@ -103,12 +108,13 @@ def test_temp_file_and_rename_like_zarr_python_2(array):
     assert not temp.exists()
     assert sorted(os.listdir(a / "c" / "2")) == ["1"]
     mnt.unmount()
+    store = backing.snapshot()
     assert backing_chunk(store, 2, 1).tolist() == np.full(CHUNK, 3).tolist()
     assert not [f for f in list_files(store) if "partial" in f]
 
 
 def test_link_then_unlink_like_zarr_python_3(array):
-    store, mnt, a = array
+    backing, mnt, a = array
     (a / "c" / "3").mkdir(parents=True, exist_ok=True)
     temp = a / "c" / "3" / "0.tmp"
     temp.write_bytes(raw_chunk(9))
@@ -118,11 +124,11 @@ def test_link_then_unlink_like_zarr_python_3(array):
     os.unlink(temp)
     assert (a / "c" / "3" / "0").read_bytes() == raw_chunk(9)
     mnt.unmount()
-    assert backing_chunk(store, 3, 0).tolist() == np.full(CHUNK, 9).tolist()
+    assert backing_chunk(backing.snapshot(), 3, 0).tolist() == np.full(CHUNK, 9).tolist()
 
 
 def test_lock_file_renamed_while_open_then_directory_fsync_like_tensorstore(array):
-    store, _, a = array
+    backing, _, a = array
     directory = a / "c" / "1"
     directory.mkdir(parents=True, exist_ok=True)
     lock = directory / "1.__lock"
@@ -134,7 +140,7 @@ def test_lock_file_renamed_while_open_then_directory_fsync_like_tensorstore(arra
     os.fsync(dirfd)
     os.close(dirfd)
     os.close(fd)
-    assert backing_chunk(store, 1, 1).tolist() == np.full(CHUNK, 4).tolist()
+    assert backing_chunk(backing.snapshot(), 1, 1).tolist() == np.full(CHUNK, 4).tolist()
 
 
 def renameat2(old: Path, new: Path, flags: int) -> None:
@@ -156,30 +162,30 @@ def test_rename_noreplace_like_mv(array):
     assert (a / "c" / "0" / "0").read_bytes() == raw_chunk(1)
 
 
-def test_unlink_removes_a_chunk_and_an_empty_shard_is_deleted(array, mount):
-    store, mnt, a = array
+def test_unlink_removes_a_chunk_and_an_empty_shard_is_deleted(array, mount, backend):
+    backing, mnt, a = array
     (a / "c" / "0").mkdir(parents=True, exist_ok=True)
     for j in range(2):
         (a / "c" / "0" / str(j)).write_bytes(raw_chunk(j + 1))
     mnt.unmount()
-    assert (store / "a" / "c" / "0" / "0").exists()
-    again = mount(store, "--flush-after", "600")
+    assert (backing.snapshot() / "a" / "c" / "0" / "0").exists()
+    again = backend.mount(mount, backing, "--flush-after", "600")
     for j in range(2):
         os.unlink(again.path / "a" / "c" / "0" / str(j))
     assert not (again.path / "a" / "c" / "0" / "0").exists()
     again.unmount()
-    assert list_files(store / "a") == {"zarr.json"}
+    assert list_files(backing.snapshot() / "a") == {"zarr.json"}
 
 
 def test_overwriting_with_o_trunc_like_cp(array):
-    store, mnt, a = array
+    backing, mnt, a = array
     (a / "c" / "0").mkdir(parents=True, exist_ok=True)
     (a / "c" / "0" / "0").write_bytes(raw_chunk(1))
     (a / "c" / "0" / "0").write_bytes(raw_chunk(2))  # open(O_TRUNC) + write
     with pytest.raises(FileExistsError):
         os.open(a / "c" / "0" / "0", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     mnt.unmount()
-    assert backing_values(store)[0, 0] == 2
+    assert backing_values(backing.snapshot())[0, 0] == 2
 
 
 def test_chunk_keys_outside_the_grid_are_refused(array):
@@ -195,42 +201,56 @@ def test_chunk_keys_outside_the_grid_are_refused(array):
 
 
 def test_sharded_metadata_written_through_the_view_is_refused(array):
-    store, mnt, a = array
-    before = (store / "a" / "zarr.json").read_bytes()
-    sharded = (store / "a" / "zarr.json").read_text()
+    backing, mnt, a = array
+    before = (backing.snapshot() / "a" / "zarr.json").read_bytes()
+    sharded = before.decode()
     with pytest.raises(OSError) as failure:
         (a / "zarr.json").write_text(sharded)
     assert failure.value.errno == errno.EINVAL
-    assert (store / "a" / "zarr.json").read_bytes() == before
+    assert (backing.snapshot() / "a" / "zarr.json").read_bytes() == before
     assert "sharded metadata written through the view" in mnt.log_text()
 
 
 def test_attributes_and_resize_keep_the_sharding(array):
-    store, mnt, a = array
+    backing, mnt, a = array
     z = zarr.open_array(a, mode="r+")
     z[...] = np.arange(16 * 12, dtype="<u2").reshape(SHAPE)
     z.attrs["units"] = "mm"
     z.resize((8, 12))
     assert zarr.open_array(a, mode="r").shape == (8, 12)
     mnt.unmount()
-    backing = zarr.open_array(store / "a", mode="r")
-    assert backing.shape == (8, 12) and backing.attrs["units"] == "mm" and backing.shards == (8, 8)
-    assert np.array_equal(backing[...], np.arange(16 * 12, dtype="<u2").reshape(SHAPE)[:8])
+    store = backing.snapshot()
+    stored = zarr.open_array(store / "a", mode="r")
+    assert stored.shape == (8, 12) and stored.attrs["units"] == "mm" and stored.shards == (8, 8)
+    assert np.array_equal(stored[...], np.arange(16 * 12, dtype="<u2").reshape(SHAPE)[:8])
     assert list_files(store / "a") == {"zarr.json", "c/0/0", "c/0/1"}  # shrinking dropped the lower shards
 
 
 def test_rm_r_of_an_array(array):
-    store, mnt, a = array
+    backing, mnt, a = array
     zarr.open_array(a, mode="r+")[...] = 5
     subprocess.run(["sync", "-f", str(a / "zarr.json")], check=True)
     subprocess.run(["rm", "-r", str(a)], check=True)
     assert not a.exists()
     mnt.unmount()
-    assert not (store / "a").exists()
+    assert not (backing.snapshot() / "a").exists()
 
 
+def test_plain_files_outside_arrays_are_written_and_renamed_in_the_backing_store(array):
+    backing, mnt, _ = array
+    (mnt.path / "notes").mkdir()
+    (mnt.path / "notes" / "README.txt").write_text("hello")
+    os.rename(mnt.path / "notes" / "README.txt", mnt.path / "notes" / "README.md")
+    assert (mnt.path / "notes" / "README.md").read_text() == "hello"
+    store = backing.snapshot()
+    assert (store / "notes" / "README.md").read_text() == "hello"
+    assert not (store / "notes" / "README.txt").exists()
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)  # symlinks and modes: POSIX only (S3: EPERM, not kept)
 def test_plain_files_outside_arrays_behave_like_the_backing_directory(array):
     store, mnt, _ = array
+    store = store.root
     (mnt.path / "notes").mkdir()
     (mnt.path / "notes" / "README.txt").write_text("hello")
     os.rename(mnt.path / "notes" / "README.txt", mnt.path / "notes" / "README.md")
@@ -241,21 +261,22 @@ def test_plain_files_outside_arrays_behave_like_the_backing_directory(array):
     assert (store / "notes" / "README.md").stat().st_mode & 0o777 == 0o600
 
 
-def test_read_only_mounts_refuse_every_write(tmp_path, mount):
+def test_read_only_mounts_refuse_every_write(tmp_path, mount, backend):
     store = tmp_path / "ro.zarr"
     zarr.create_array(store, shape=(4,), chunks=(2,), shards=(4,), dtype="u1")[...] = 1
-    mnt = mount(store, "--read-only")
+    mnt = backend.mount(mount, backend.store(store), "--read-only")
     with pytest.raises(OSError) as failure:
         (mnt.path / "c" / "0").write_bytes(b"x")
     assert failure.value.errno == errno.EROFS
 
 
 def test_plain_files_in_an_array_directory_survive_and_temporaries_do_not(array):
-    store, mnt, a = array
+    backing, mnt, a = array
     (a / "README.txt").write_text("calibration notes")
     (a / "c" / "0").mkdir(parents=True, exist_ok=True)
     (a / "c" / "0" / "0.tmp").write_bytes(b"junk")
     (a / "c" / "0" / "0").write_bytes(raw_chunk(1))
     mnt.unmount()
+    store = backing.snapshot()
     assert (store / "a" / "README.txt").read_text() == "calibration notes"
     assert list_files(store / "a") == {"zarr.json", "README.txt", "c/0/0"}
