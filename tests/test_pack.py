@@ -257,6 +257,25 @@ def test_sharded_arrays_are_copied_as_they_are(packed):
     assert files_of(dst / "kept") == files_of(src / "kept")
 
 
+def test_a_v2_sharding_prototype_array_is_copied_as_it_is(tmp_path):
+    from helpers import v2_prototype_array
+    array = v2_prototype_array(tmp_path / "src")
+    (array / "0.0").write_bytes(bytes(range(40)))  # stands for a shard: copied, never looked into
+    zarrfs("pack", tmp_path / "src", tmp_path / "dst")
+    assert files_of(tmp_path / "dst" / "proto") == files_of(array)
+
+
+@pytest.mark.filterwarnings("ignore:Consolidated metadata")
+def test_consolidated_metadata_describes_the_sharded_arrays(tmp_path):
+    src, values = tmp_path / "src", np.arange(100, dtype="int16").reshape(10, 10)
+    zarr.open_group(src, mode="w").create_array("a", shape=(10, 10), chunks=(3, 3), dtype="int16")[...] = values
+    zarr.consolidate_metadata(src)
+    zarrfs("pack", src, tmp_path / "dst", "--shards", SHARDS)
+    root = json.loads((tmp_path / "dst" / "zarr.json").read_text())
+    assert root["consolidated_metadata"]["metadata"]["a"] == json.loads((tmp_path / "dst" / "a" / "zarr.json").read_text())
+    assert arrays_equal(zarr.open_group(tmp_path / "dst", mode="r", use_consolidated=True)["a"][...], values)
+
+
 def test_the_summary_counts_files_and_objects(packed):
     src, dst, _, stdout, _ = packed["zarr"]
     before = sum(1 for p in src.rglob("*") if p.is_file())

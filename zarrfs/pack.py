@@ -102,7 +102,7 @@ class CopyTask:
 @dataclass
 class ArrayPlan:
     key: str
-    source: str  # "v3", "v2", "v3 sharded", "v2 sharding prototype"
+    source: str  # "v3", "v2", "v3 sharded", "v2 sharded" (the v2 sharding prototype)
     layout: ArrayLayout  # of the source
     target: dict | None = None  # sharded metadata; None when copied as it is
     target_json: str | None = None  # the same as tasks carry it (and the layout cache is keyed)
@@ -152,9 +152,10 @@ def _depth(dir_key: str) -> int:
 class _Planner(StoreWalker):
     """Walks SRC once and decides what becomes of every file."""
 
-    def __init__(self, store, progress: Progress, shards: int):
+    def __init__(self, store, progress: Progress, shards: int, err: TextIO):
         super().__init__(store, progress, "zarrfs pack")
         self.chunks_per_shard = shards
+        self.err = err
         self.plan = Plan()
         self._group_files: dict[str, frozenset[str]] = {}  # the files a group's zarr.json replaces
 
@@ -163,7 +164,7 @@ class _Planner(StoreWalker):
 
     def bad_metadata(self, meta_key: str, error: Exception) -> None:
         # The mount shows such a directory as plain files; pack copies it the same way.
-        print(f"zarrfs: {meta_key}: copied as it is: {error}", file=sys.stderr)
+        print(f"zarrfs: {meta_key}: copied as it is: {error}", file=self.err)
 
     def group(self, dir_key: str) -> None:
         try:
@@ -236,8 +237,8 @@ def _layout(target: str) -> ArrayLayout:
     return parse_array_document(json.loads(target))
 
 
-def make_plan(src, shards: int, progress: Progress) -> Plan:
-    planner = _Planner(src, progress, shards)
+def make_plan(src, shards: int, progress: Progress, err: TextIO) -> Plan:
+    planner = _Planner(src, progress, shards, err)
     with quiet_zarrfs_log():
         planner.walk()
     progress.clear()
@@ -475,9 +476,11 @@ def check_destination(dst, url: str, expected: set[str], metadata: dict[str, byt
 
 @dataclass
 class Totals:
-    arrays: int = 0
+    arrays: int = 0  # arrays packed (by this part)
     arrays_done: int = 0
-    objects: int = 0
+    shards: int = 0
+    shards_done: int = 0
+    objects: int = 0  # shards and files copied as they are
     objects_done: int = 0
     written: int = 0
     bytes: int = 0
@@ -488,7 +491,7 @@ class Totals:
         rate = self.bytes / elapsed
         left = self.objects - self.objects_done
         eta = elapsed / self.objects_done * left if self.objects_done else math.inf
-        return (f"zarrfs pack: arrays {self.arrays_done}/{self.arrays}, objects {self.objects_done}/{self.objects}, "
+        return (f"zarrfs pack: arrays {self.arrays_done}/{self.arrays}, shards {self.shards_done}/{self.shards}, "
                 f"{_size(self.bytes)}, {_size(rate)}/s, ETA {_duration(eta)}")
 
 
@@ -498,7 +501,7 @@ def pack(src: str, dst: str, shards: int, jobs: int = 1, dask_address: str | Non
     """Pack SRC into DST (see the module docstring). Raises PackError or StoreError on bad input."""
     started = time.monotonic()
     source = open_store(src)
-    plan = make_plan(source, shards, Progress(err))
+    plan = make_plan(source, shards, Progress(err), err)
     for array in plan.arrays:
         if array.problem is not None and array.problem != "already sharded":
             print(f"zarrfs: {array.key or '.'}: copied as it is: {array.problem}", file=err)
@@ -525,13 +528,15 @@ def _run(src: str, dst: str, plan: Plan, tasks: list, jobs: int, dask_address: s
     for task in tasks:
         if isinstance(task, ShardTask):
             remaining[task.array] = remaining.get(task.array, 0) + 1
-    totals = Totals(arrays=len(remaining), objects=sum(len(t.outputs()) for t in tasks))
+    totals = Totals(arrays=len(remaining), shards=sum(remaining.values()),
+                    objects=sum(len(t.outputs()) for t in tasks))
     results = _run_dask(src, dst, tasks, dask_address) if dask_address else _run_local(src, dst, tasks, jobs)
     for result in results:
         totals.objects_done += result.objects
         totals.written += result.written
         totals.bytes += result.bytes
         if result.array is not None:
+            totals.shards_done += 1
             remaining[result.array] -= 1
             totals.arrays_done += remaining[result.array] == 0
         progress.update(totals.line())
