@@ -89,8 +89,11 @@ class Operations(pyfuse3.Operations):
         features = getattr(pyfuse3, "FEATURES", frozenset())  # zarrfs's pyfuse3 build: patches/
         # Files opened only to read need no FLUSH at close (a round trip per file).
         self.noflush = "noflush" in features
-        # A read-only mount needs no OPEN or RELEASE either: reads name the inode.
-        self.without_open = writer is None and "read_without_open" in features
+        # A read-only mount needs no OPEN or RELEASE either: reads name the inode. Not on
+        # an object store: there an open file is one version fetched at open, which reads
+        # by inode (one request each, of whatever version is stored then) could not keep.
+        self.without_open = (writer is None and "read_without_open" in features
+                             and tree.store.capabilities.cheap_calls)
 
     # -- names and attributes ----------------------------------------------
 
