@@ -9,7 +9,9 @@ long as it exists (across ``forget``, and across remounts too), which keeps
   the millions of chunks a ``find`` makes the kernel remember;
 - every other name's number is a hash of its view path, and the table holds its
   node while the kernel knows it (those are few: directories, metadata files,
-  files being written).
+  files being written);
+- the names of a hard-linked file share one number: a buffered file keeps it, a
+  backing file's is a hash of its inode number in the store.
 
 A rename keeps the kernel's number for the new name, so renamed names are
 remembered as exceptions, whatever their kind.
@@ -19,12 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+import stat
 
 import pyfuse3
 
 from .lru import LRU
 from .overlay import is_below, moved_path
-from .tree import Chunk, Node, Replaced
+from .tree import Chunk, Node, Plain, Replaced
 
 FIRST_FREE_INODE = pyfuse3.ROOT_INODE + 1
 CHUNK_INODE = 1 << 62  # set in chunk numbers; path hashes stay below it (and all fit in int64)
@@ -40,7 +43,8 @@ def path_inode(path: str) -> int:
 
 class InodeTable:
     def __init__(self, tree):
-        """``tree`` answers ``root()``, ``chunk_grid(array_key)`` and ``chunk_at(array_key, coords)``."""
+        """``tree`` answers ``root()``, ``chunk_grid(array_key)``, ``chunk_at(array_key, coords)``,
+        ``link_inode(node)`` and ``set_link_inode(node, inode)``, and has the ``store``."""
         self._tree = tree
         self._nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: tree.root()}
         self._lookups: dict[int, int] = {}
@@ -71,6 +75,9 @@ class InodeTable:
         linked = self._tree.link_inode(node)  # a name of a hard-linked buffered file
         if linked is not None:
             return linked
+        backing = self._backing_link(node)
+        if backing is not None:
+            return backing
         if isinstance(node, Chunk):
             number = self._chunk_number(node)
             taken = self._nodes.get(number)
@@ -82,6 +89,19 @@ class InodeTable:
             inode += 1
         return inode
 
+    def _backing_link(self, node: Node) -> int | None:
+        """The number all names of a hard-linked backing file share: made from its identity
+        in the store, so they keep sharing it after the kernel forgets them (and remounts)."""
+        if not isinstance(node, Plain):
+            return None
+        try:
+            st = self._tree.store.recent_stat(node.path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2 or not st.st_ino:
+            return None
+        return path_inode(f"\0hard link\0{st.st_ino}")
+
     def remember(self, node: Node, inode: int | None = None) -> int:
         """Count one kernel reference to ``node`` (whose ``inode_of`` may be given); returns its inode."""
         inode = self.inode_of(node) if inode is None else inode
@@ -90,7 +110,7 @@ class InodeTable:
             return inode  # computed again when asked for (a hard link's number is another name's)
         self._nodes[inode] = node  # the newest meaning of the path
         self._lookups[inode] = self._lookups.get(inode, 0) + 1
-        if inode != path_inode(node.path):
+        if inode != path_inode(node.path) and inode != self._backing_link(node):
             self._by_path[node.path] = inode
         return inode
 
@@ -101,7 +121,9 @@ class InodeTable:
             self._lookups[inode] = left
             return
         self._lookups.pop(inode, None)
-        self._links.pop(inode, None)
+        for path in self._links.pop(inode, ()):  # its names compute their numbers again
+            if self._by_path.get(path) == inode:
+                del self._by_path[path]
         if inode != pyfuse3.ROOT_INODE:
             node = self._nodes.pop(inode, None)
             if node is not None and self._by_path.get(node.path) == inode:
@@ -134,7 +156,8 @@ class InodeTable:
         the temporary; the names are remembered until the kernel forgets the inode."""
         self._nodes[inode] = node
         self._lookups[inode] = self._lookups.get(inode, 0) + 1
-        self._by_path[node.path] = inode
+        # both names keep the number the kernel knows (a backing file's would now be another)
+        self._by_path[node.path] = self._by_path[source.path] = inode
         self._links.setdefault(inode, {source.path}).add(node.path)
         self._tree.set_link_inode(node, inode)
         return inode
@@ -146,6 +169,8 @@ class InodeTable:
         if names is None:
             return
         names.discard(node.path)
+        if self._by_path.get(node.path) == inode:  # (a file made there later is another file)
+            del self._by_path[node.path]
         for path in names:
             other = resolve(path)
             if other is not None:
