@@ -6,7 +6,7 @@ A flush of one shard:
    same store, other nodes), reads the shard as it is *now*, replaces the
    written chunks, drops deleted ones and those outside the array, and writes
    the complete new shard beside the old one: ``fsync``, ``rename``, ``fsync``
-   of the directory (``LocalStore.replace_durably``); a shard left without
+   of the directory (``Store.replace_durably``); a shard left without
    chunks is deleted,
 3. marks what it wrote as clean, and forgets buffered chunks nobody holds open.
 

@@ -31,10 +31,12 @@ import trio
 
 from ..format.shard_index import CorruptShard
 from .inodes import InodeTable
-from .tree import Attributes, Chunk, FileRange, MemContent, MetadataFile, Node, Plain, Replaced, Scratch, StatusFile, ViewTree
+from ..store.base import FileChanged
+from .tree import Attributes, Chunk, FetchedChunk, FileRange, MemContent, MetadataFile, Node, Plain, Replaced, Scratch, StatusFile, ViewTree
 from .writes import PlainWriter, Writer
 
 log = logging.getLogger("zarrfs")
+FETCHES_AT_ONCE = 32  # object store requests for open chunks waiting on the server together
 
 INVALIDATE_WAIT = 1.0  # seconds a request waits for the kernel to drop cached names
 
@@ -85,6 +87,7 @@ class Operations(pyfuse3.Operations):
         self._handles: dict[int, object] = {}
         self._open_by_inode: dict[int, set[int]] = {}  # inode -> its open file handles
         self._next_handle = itertools.count(1)
+        self._fetches = trio.CapacityLimiter(FETCHES_AT_ONCE)  # requests for chunks of an object store
         self.requests: collections.Counter[str] = collections.Counter()  # by handler, for the status file
         features = getattr(pyfuse3, "FEATURES", frozenset())  # zarrfs's pyfuse3 build: patches/
         # Files opened only to read need no FLUSH at close (a round trip per file).
@@ -195,16 +198,30 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         writable = bool(flags & (os.O_WRONLY | os.O_RDWR))
         try:
-            return self._opened(inode, node, flags, writable)
+            return await self._opened(inode, node, flags, writable)
         except FileNotFoundError:
             node = self._meaning_now(inode, node)
-            return self._opened(inode, node, flags, writable)
+            return await self._opened(inode, node, flags, writable)
 
-    def _opened(self, inode: int, node: Node, flags: int, writable: bool) -> pyfuse3.FileInfo:
+    async def _opened(self, inode: int, node: Node, flags: int, writable: bool) -> pyfuse3.FileInfo:
         if not writable:
-            return self._file_info(inode, node, self.tree.open(node), writable)
+            return self._file_info(inode, node, await self._readable(node), writable)
         with self.tree.store.changing():
             return self._file_info(inode, node, self._writer().open(node, flags), writable)
+
+    async def _readable(self, node: Node):
+        """The tree's open file of ``node``; an object store's chunk is fetched in a worker
+        thread, looking again if its shard was replaced since it was located."""
+        for _ in range(3):
+            content = self.tree.open(node)
+            if not isinstance(content, FetchedChunk):
+                return content
+            try:
+                await trio.to_thread.run_sync(content.fetch, limiter=self._fetches)
+                return content
+            except FileChanged:
+                self.tree.store.forget_recent(content.location.shard_key)
+        raise OSError(errno.EAGAIN, f"{node.path}: its shard keeps changing")
 
     def _file_info(self, inode: int, node: Node, content, writable: bool = True) -> pyfuse3.FileInfo:
         info = pyfuse3.FileInfo(fh=self._new_handle(FileHandle(inode, node, content, writable)))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import stat
 from dataclasses import dataclass
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from ..format.metadata import ArrayLayout
 from ..format.shard_index import CorruptShard, IndexFormat, ShardIndex
-from ..store.local import FileChanged, LocalStore, file_version as version
+from ..store.base import FileChanged, Stat, Store, file_version as version
 from .lru import LRU
 
 log = logging.getLogger("zarrfs")
@@ -33,7 +32,7 @@ def join(*parts: str) -> str:
 @dataclass(frozen=True)
 class ChunkLocation:
     shard_key: str
-    shard_stat: os.stat_result
+    shard_stat: Stat
     offset: int
     length: int
 
@@ -46,14 +45,14 @@ class ChunkLocation:
 class ShardListing:
     coords: np.ndarray  # (n, ndim) global chunk coordinates
     nbytes: np.ndarray  # (n,) stored size of each chunk
-    shard_stat: os.stat_result | None
+    shard_stat: Stat | None
     corrupt: bool = False  # every chunk it may hold is listed; reading them is EIO
 
 
 class Shards:
     """Locates inner chunks in shards, reading and caching shard indexes."""
 
-    def __init__(self, store: LocalStore, cache_bytes: int = 64 << 20):
+    def __init__(self, store: Store, cache_bytes: int = 64 << 20):
         self.store = store
         self._indexes: LRU[ShardIndex | CorruptShard] = LRU(cache_bytes, weight=_cache_weight)
         self._located: LRU[tuple[ArrayLayout, ChunkLocation]] = LRU(LOCATIONS_KEPT)
@@ -66,7 +65,7 @@ class Shards:
     def shard_key(self, array_key: str, array: ArrayLayout, shard_coords: tuple[int, ...]) -> str:
         return join(array_key, array.key_encoding.encode(shard_coords))
 
-    def stat_shard(self, shard_key: str) -> os.stat_result | None:
+    def stat_shard(self, shard_key: str) -> Stat | None:
         """The shard's attributes, or None when there is no shard (all chunks absent).
         Something else at a shard key (a directory, a FIFO, a symlink) is returned too:
         reading its index fails, and its chunks are EIO, not absent (SPEC §7)."""
@@ -170,7 +169,7 @@ class Shards:
             sizes.append(nbytes)
         return np.concatenate(coords), np.concatenate(sizes)
 
-    def index(self, shard_key: str, st: os.stat_result, fmt: IndexFormat, region: tuple[int, int]) -> ShardIndex:
+    def index(self, shard_key: str, st: Stat, fmt: IndexFormat, region: tuple[int, int]) -> ShardIndex:
         """The decoded index of the shard occupying ``region`` of the file. Raises CorruptShard."""
         cache_key = (shard_key, version(st)) + region
         cached = self._indexes.get(cache_key)

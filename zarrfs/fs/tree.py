@@ -32,7 +32,8 @@ import crc32c
 
 from ..format.keys import parse_index
 from ..format.shard_index import CHECKSUM_NBYTES, CorruptShard
-from ..store.local import FileChanged, LocalStore, SharedFile, zarrfs_own
+from ..store.base import FileChanged, SharedFile, Stat, Store
+from ..store.local import zarrfs_own
 from .overlay import MemFile, Overlay, chunk_name, scratch_name
 from .shards import ChunkLocation, Shards, join, version
 from .views import DirView, Views
@@ -104,7 +105,7 @@ class Attributes:
     ctime_ns: int
 
     @classmethod
-    def of(cls, st: os.stat_result) -> Attributes:
+    def of(cls, st: Stat) -> Attributes:
         return cls(st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_size, st.st_blocks,
                    st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns)
 
@@ -129,7 +130,7 @@ Entry = tuple  # (name, Node, Attributes | None): one directory entry
 
 class FileRange:
     """An open chunk or plain file: a byte range of one version of a backing file, read
-    through a descriptor shared by every open file of that version (LocalStore.share)."""
+    through a descriptor shared by every open file of that version (Store.share)."""
 
     def __init__(self, shared: SharedFile, offset: int, length: int, version: tuple):
         self.shared, self.offset, self.length, self.version = shared, offset, length, version
@@ -153,6 +154,30 @@ class Bytes:
 
     def close(self) -> None:
         pass
+
+
+class FetchedChunk:
+    """An open chunk of an object store, which keeps no old version for who has a file
+    open: the chunk's bytes, fetched whole once. The daemon fetches them in a worker
+    thread (``fetch``), so that many readers' requests wait on the server together."""
+
+    def __init__(self, store: Store, location: ChunkLocation):
+        self.store, self.location, self.version = store, location, location.version
+        self.data: bytes | None = None
+
+    def fetch(self) -> None:
+        """Raises FileChanged if the shard was replaced since it was located."""
+        where = self.location
+        self.data = self.store.pread_version(where.shard_key, version(where.shard_stat), where.length,
+                                             where.offset) if where.length else b""
+
+    def read(self, offset: int, size: int) -> bytes:
+        if self.data is None:
+            self.fetch()
+        return self.data[offset : offset + size]
+
+    def close(self) -> None:
+        self.data = None
 
 
 class MemContent:
@@ -180,7 +205,7 @@ class MemContent:
 class ViewTree:
     """What the mount shows (the v3 or the v2 view), computed from the backing store."""
 
-    def __init__(self, store: LocalStore, view: str = "v3", status_text: Callable[[], str] = lambda: ""):
+    def __init__(self, store: Store, view: str = "v3", status_text: Callable[[], str] = lambda: ""):
         self.store = store
         self.views = Views(store, view)
         self.shards = Shards(store)
@@ -501,10 +526,7 @@ class ViewTree:
         if view is not None and view.strip_crc:
             return self._verified_without_crc(node)
         if not self.store.capabilities.cheap_calls:
-            # An object store keeps no old version for who has it open: the chunk is
-            # fetched whole at open (one ranged GET), so an open file is one version.
-            data, location = self._chunk_bytes(node, 0, 2**63 - 1)
-            return Bytes(data, location.version)
+            return FetchedChunk(self.store, self._locate_or_gone(node)[1])
         for _ in range(3):
             view, location = self._locate_or_gone(node)
             shared = self.store.share(location.shard_key)  # the reader keeps this version

@@ -23,7 +23,7 @@ from ..format.keys import ChunkKeyEncoding
 from ..format.metadata import (ArrayLayout, MetadataError, json_bytes, parse_array_document, parse_v2_sharded,
                                unsharded_entry, with_consolidated)
 from ..format.v2 import NoV2Equivalent, dumps, group_v3_to_v2, v3_to_v2
-from ..store.local import LocalStore, file_version
+from ..store.base import Store, file_version
 from .lru import LRU
 from .overlay import is_below, moved_path
 
@@ -50,7 +50,7 @@ class DirView:
 class Views:
     """The DirView of each directory, for one view ("v3" or "v2")."""
 
-    def __init__(self, store: LocalStore, view: str = "v3", capacity: int = 4096):
+    def __init__(self, store: Store, view: str = "v3", capacity: int = 4096):
         if view not in VIEWS:
             raise ValueError(f"unknown view {view!r}")
         self.store = store

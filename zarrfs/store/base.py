@@ -75,6 +75,10 @@ class Stat:
         return stat_module.S_ISDIR(self.st_mode)
 
 
+def file_version(st: Stat) -> Hashable:
+    return st.version
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a backend can promise; the layers above choose how to work from this."""

@@ -33,11 +33,6 @@ READ_BLOCK = 1 << 20
 RECENT_STATS_MAX = 1 << 16  # entries; past it the whole memo is dropped (it refills in a second)
 
 
-def file_version(st: Stat) -> Hashable:
-    """What identifies one version of a backing file (kept for callers that hold a Stat)."""
-    return st.version
-
-
 def _stat_of(st: os.stat_result) -> Stat:
     """The protocol's Stat of a POSIX stat result: a version is (inode, size, mtime)."""
     return Stat(st.st_mode, st.st_size, st.st_mtime_ns, (st.st_ino, st.st_size, st.st_mtime_ns),
@@ -326,7 +321,7 @@ class LocalStore:
         return shared
 
     def pread_version(self, key: str, version: tuple, size: int, offset: int) -> bytes:
-        """Bytes of ``key`` in the given ``file_version``. Raises FileChanged if it has
+        """Bytes of ``key`` in the given version (``Stat.version``). Raises FileChanged if it has
         been replaced. Descriptors of the last ``keep_open`` files read stay open: a
         reader walks the chunks of one shard after another, and open+fstat+close
         would triple the system calls of each read."""
