@@ -57,10 +57,14 @@ def files_below(root: Path) -> list[str]:
     return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
 
 
-def upload(s3: S3Store, root: Path) -> None:
-    """Every file below ``root`` as an object at its relative path (empty directories are lost)."""
+def upload(s3: S3Store, root: Path, only=None) -> None:
+    """Every file below ``root`` as an object at its relative path (empty directories are lost);
+    ``only``: just the files at or below these relative paths."""
+    keys = files_below(root)
+    if only is not None:
+        keys = [k for k in keys if any(k == p or k.startswith(p.rstrip("/") + "/") for p in only)]
     with ThreadPoolExecutor(THREADS) as pool:
-        list(pool.map(lambda key: obstore.put(s3, key, (root / key).read_bytes()), files_below(root)))
+        list(pool.map(lambda key: obstore.put(s3, key, (root / key).read_bytes()), keys))
 
 
 def download(s3: S3Store, into: Path) -> Path:
@@ -157,16 +161,18 @@ class Backend:
     def is_s3(self) -> bool:
         return self.name == "s3"
 
-    def store(self, directory: Path, *, shared: bool = False):
+    def store(self, directory: Path, *, shared: bool = False, only=None):
         """A store holding what ``directory`` holds. ``shared``: a store tests only read (the
-        corpus), uploaded once per server and reused."""
+        corpus), uploaded once per server and reused. ``only``: on S3, upload just these
+        relative paths (and what is below them), to save time where a test needs no more;
+        a local store is the whole directory."""
         directory = Path(directory)
         if not self.is_s3:
             return LocalStore(directory)
         if shared and (self.server.endpoint, directory) in _UPLOADED:
             return ObjectStore(self.server, _UPLOADED[self.server.endpoint, directory], self.scratch)
         url = self.server.url()
-        upload(client(self.server, url), directory)
+        upload(client(self.server, url), directory, None if shared else only)
         if shared:
             _UPLOADED[self.server.endpoint, directory] = url
         return ObjectStore(self.server, url, self.scratch)
