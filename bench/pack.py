@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import CACHE, RESULTS, ZARRFS, force_unmount, log, remove_tree, run, timed
+from common import CACHE, RESULTS, ZARRFS, force_unmount, load_average, log, remove_tree, run, timed
 from datasets import D1, D2
 
 
@@ -152,14 +152,16 @@ def bench_cp_into_mount(dataset: PackDataset, work: Path) -> dict:
     started = time.perf_counter()
     run([ZARRFS, "mount", store, mountpoint, "--shards", dataset.shards, "--log-file", work / "mount.log"])
     try:
-        run(["cp", "-r", dataset.plain / "arr", mountpoint / "arr"])
+        copy = run(["cp", "-r", dataset.plain / "arr", mountpoint / "arr"], check=False, capture_output=True,
+                   text=True)
         run([ZARRFS, "umount", mountpoint])
     finally:
         force_unmount(mountpoint)
     seconds = time.perf_counter() - started
     files = count_files(store)
     remove_tree(store)
-    return {"seconds": seconds, "files_after": files}
+    # cp's complaints are kept, not fatal: the mount's answer is a result too
+    return {"seconds": seconds, "files_after": files, "cp_errors": copy.stderr.count("\n")}
 
 
 def median_of(step, repeats: int) -> dict:
@@ -178,13 +180,14 @@ def bench_dataset(dataset: PackDataset, work: Path, mount: bool, full: bool, rep
     out = work / "out"
     result = {"dataset": dataset.name, "chunks": dataset.n_chunks, "chunk_bytes": math.prod(dataset.chunk),
               "files_before": count_files(dataset.plain)}
-    steps = {"cp -r": lambda: bench_cp(dataset, out),
-             "cp -r + sync": lambda: bench_cp(dataset, out, durable=True),
-             "pack -j 1": lambda: bench_pack(dataset, out, "--jobs", "1"),
-             "pack -j 2": lambda: bench_pack(dataset, out, "--jobs", "2")}
+    steps = {"pack -j 2": lambda: bench_pack(dataset, out, "--jobs", "2")}
     if full:
-        steps["pack dask (2 workers)"] = lambda: bench_pack_dask(dataset, out)
-    if full and mount:
+        steps = {"cp -r": lambda: bench_cp(dataset, out),
+                 "cp -r + sync": lambda: bench_cp(dataset, out, durable=True),
+                 "pack -j 1": lambda: bench_pack(dataset, out, "--jobs", "1"),
+                 **steps,
+                 "pack dask (2 workers)": lambda: bench_pack_dask(dataset, out)}
+    if mount:
         steps["cp -r into mount"] = lambda: bench_cp_into_mount(dataset, work)
     for name, step in steps.items():
         log(f"{dataset.name}: {name}")
@@ -198,12 +201,14 @@ def table(results: list[dict]) -> str:
              "|---|---|---:|---:|---:|---|---:|"]
     for r in results:
         total = r["chunks"] * r["chunk_bytes"] / 2**20
-        cp = r["cp -r"]["seconds"]
+        cp = r["cp -r"]["seconds"] if "cp -r" in r else None
         for step in (k for k in r if isinstance(r[k], dict)):
             s = r[step]
             rss = f"{s['peak_rss_mib']:.0f}" if "peak_rss_mib" in s else "—"
-            lines.append(f"| {r['dataset']} | {step} | {s['seconds']:.2f} | {total / s['seconds']:.0f} | "
-                         f"{s['seconds'] / cp:.2f} × | {r['files_before']:,} → {s['files_after']:,} | {rss} |")
+            ratio = f"{s['seconds'] / cp:.2f} ×" if cp else "—"
+            errors = f" ({s['cp_errors']} cp errors)" if s.get("cp_errors") else ""
+            lines.append(f"| {r['dataset']} | {step}{errors} | {s['seconds']:.2f} | {total / s['seconds']:.0f} | "
+                         f"{ratio} | {r['files_before']:,} → {s['files_after']:,} | {rss} |")
     return "\n".join(lines)
 
 
@@ -217,17 +222,19 @@ def main() -> int:
     args = parser.parse_args()
     known = datasets(args.quick)
     chosen = [known[name] for name in args.datasets.split(",")]
+    if args.million:  # last: its memory, not its speed (pack -j 2 only)
+        chosen.append(known["million"])
     results = []
-    with tempfile.TemporaryDirectory(dir=CACHE.parent, prefix=".pack-work-") as work:
-        for dataset in chosen:
-            results.append(bench_dataset(dataset, Path(work), mount=not args.no_mount, full=True,
-                                         repeats=args.repeats))
-        if args.million:
-            results.append(bench_dataset(known["million"], Path(work), mount=False, full=False, repeats=1))
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"pack-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"args": vars(args), "cores": os.cpu_count(), "results": results},
-                               indent=2))
+    with tempfile.TemporaryDirectory(dir=CACHE.parent, prefix=".pack-work-") as work:
+        for dataset in chosen:
+            full = dataset.name != "million"
+            results.append(bench_dataset(dataset, Path(work), mount=full and not args.no_mount, full=full,
+                                         repeats=args.repeats if full else 1))
+            # after each dataset, so that a long run that dies keeps what it measured
+            path.write_text(json.dumps({"args": vars(args), "cores": os.cpu_count(), "load": load_average(),
+                                        "results": results}, indent=2))
     print(table(results))
     print(f"\nraw numbers: {path}", file=sys.stderr)
     return 0

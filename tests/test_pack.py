@@ -320,6 +320,15 @@ def test_a_second_run_rewrites_nothing(packed, tmp_path):
     assert " 0 of " in run.stdout and "0 metadata files" in run.stdout, run.stdout
 
 
+def test_progress_names_arrays_shards_bytes_rate_and_eta_and_stays_off_pipes(packed):
+    from zarrfs.pack import Totals
+
+    totals = Totals(arrays=2, arrays_done=1, shards=10, shards_done=5, objects=12, objects_done=6, bytes=5 << 20)
+    line = totals.line()
+    assert all(part in line for part in ("arrays 1/2", "shards 5/10", "5.0 MiB", "/s", "ETA")), line
+    assert all("\r" not in stderr for _, _, _, _, stderr in packed.values())
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(sources, tmp_path):
     src, _ = sources["zarr2"]
     run = zarrfs("pack", src, tmp_path / "dst", "--dry-run")
