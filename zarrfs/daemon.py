@@ -412,6 +412,8 @@ def _status_text(options: MountOptions, operations: Operations, started: float) 
         "open_handles": operations.open_handles(),
         "open_for_writing": operations.open_for_writing(),
         "requests": dict(sorted(operations.requests.items())),
+        # an object store's requests by kind (GET, PUT, LIST, ...): what a mount costs
+        "store_requests": dict(sorted(getattr(operations.tree.store, "requests", {}).items())),
     }
     return json.dumps(status, indent=2) + "\n"
 

@@ -1,8 +1,9 @@
 """Reading sharded arrays from the backing store: metadata, indexes, chunk locations.
 
-Indexes are read on demand (one ``pread`` of the index range) and kept in an
-LRU keyed by the shard's key *and* its inode, size and mtime, so a shard that
-another program rewrites is read again as soon as we see its new attributes.
+Indexes are read on demand (one read of the index range) and kept in an LRU
+keyed by the shard's key *and* its version (inode, size and mtime; an ETag), so
+a shard that another program rewrites is read again as soon as we see its new
+attributes.
 A corrupt shard is cached too: it is logged once per version, not per read.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +25,7 @@ from .lru import LRU
 log = logging.getLogger("zarrfs")
 
 LOCATIONS_KEPT = 4096  # chunk locations remembered between the requests about one chunk
+PREFETCH_AT_ONCE = 16  # index requests of one listing waiting on an object store together
 
 
 def join(*parts: str) -> str:
@@ -57,6 +60,7 @@ class Shards:
         self._indexes: LRU[ShardIndex | CorruptShard] = LRU(cache_bytes, weight=_cache_weight)
         self._located: LRU[tuple[ArrayLayout, ChunkLocation]] = LRU(LOCATIONS_KEPT)
         self._unusable: set[str] = set()  # shard keys that cannot be reached, logged once each
+        self._pool: ThreadPoolExecutor | None = None  # index reads of a listing, on object stores
 
     @property
     def cache(self) -> LRU:
@@ -168,6 +172,37 @@ class Shards:
             coords.append(local * below + inner)
             sizes.append(nbytes)
         return np.concatenate(coords), np.concatenate(sizes)
+
+    def prefetch(self, array_key: str, array: ArrayLayout, shards: list[tuple[int, ...]]) -> None:
+        """On an object store, read the outermost indexes of ``shards`` that are not cached
+        yet concurrently (one request each, PREFETCH_AT_ONCE at a time), so that listing a
+        directory of N shards waits for about one request, not N in a row."""
+        if self.store.capabilities.cheap_calls or not array.is_sharded:
+            return
+        wanted = []
+        for coords in shards:
+            shard_key = self.shard_key(array_key, array, coords)
+            try:
+                st = self.stat_shard(shard_key)
+            except CorruptShard:
+                continue
+            if st is not None and st.is_file and self._indexes.get((shard_key, version(st), 0, st.st_size)) is None:
+                wanted.append((shard_key, st))
+        if len(wanted) < 2:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(PREFETCH_AT_ONCE, thread_name_prefix="zarrfs-index")
+        fmt = array.levels[0]
+        read = lambda w: self._read_index_if_there(w[0], w[1], fmt, (0, w[1].st_size))  # noqa: E731
+        for (shard_key, st), index in zip(wanted, self._pool.map(read, wanted)):
+            if index is not None:
+                self._indexes.put((shard_key, version(st), 0, st.st_size), index)
+
+    def _read_index_if_there(self, shard_key, st, fmt: IndexFormat, region) -> ShardIndex | CorruptShard | None:
+        try:
+            return self._read_index(shard_key, st, fmt, region)
+        except FileChanged:
+            return None  # replaced since the listing: read when wanted
 
     def index(self, shard_key: str, st: Stat, fmt: IndexFormat, region: tuple[int, int]) -> ShardIndex:
         """The decoded index of the shard occupying ``region`` of the file. Raises CorruptShard."""

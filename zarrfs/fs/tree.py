@@ -397,6 +397,7 @@ class ViewTree:
                 continue
             parts = view.keys.components(coords)
             entries.append((parts[-1], Chunk(join(array_key, *parts), array_key, coords), Attributes.of_memfile(memfile)))
+        self.shards.prefetch(array_key, view.array, shards)
         for shard_coords in shards:
             listing = self.shards.shard_listing(array_key, view.array, shard_coords)
             if listing.shard_stat is None and not listing.corrupt:
