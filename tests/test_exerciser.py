@@ -2211,6 +2211,11 @@ FOUND = [
      "ftruncate through its descriptor lstat still found it", "v2", [
         ("write", "g/b1/4", "ct", 0, b"\x01\x00\x00\x00M\x00\x00\x00"), ("open", 3, "g/b1/4", "rw"),
         ("resize", "g/b1", [6], "inplace"), ("ftruncate", 3, 6)]),
+    ("unlinked-link-name-reused", "a chunk linked to a scratch name, then unlinked: the chunk's name, "
+     "written again by another daemon, kept the linked file's inode number (and its cached pages)", "v3", [
+        ("link", "g/b1/c/1", "g/b1/c/x.partial"), ("unlink", "g/b1/c/1"),
+        ("second_daemon", "g/b1/c/1", b"d\x00\x00\x00g\x00\x00\x00", [("g/b1/c/0", b"L\x00\x00\x00\xc9\x00\x00\x00")],
+         ["g/b1/c/0"])]),
 ]
 
 

@@ -418,17 +418,26 @@ class Operations(pyfuse3.Operations):
         find their cached names until the entry timeout (lstat succeeds, an O_CREAT open
         does not create). Dropping the array directory's own entry drops every unused
         name cached below it; the names of dropped chunks still open are dropped one by
-        one (else the directory's entry, looked up again, brings them back). The kernel
+        one, or the dropped key directory above them (else the directory's entry, looked up
+        again, brings them back). The kernel
         takes the lock of the directory holding each entry, so this waits in a worker
         thread, and not long: a rename into that directory (metadata by rename) holds
         its lock until this very request ends. (An array at the mount root has no entry
         of its own: its unused dropped names stay cached until the entry timeout.)"""
         open_paths = {h.node.path for h in self._handles.values()
                       if isinstance(h, FileHandle) and isinstance(h.node, Chunk) and h.node.array == dir_key}
-        dropped = [p for p in sorted(open_paths) if self.tree.resolve(p) is None]
-        entries = [e for e in map(self._kernel_entry, dropped + ([dir_key] if dir_key else [])) if e]
+        dropped = {self._topmost_gone(p, dir_key) for p in open_paths if self.tree.resolve(p) is None}
+        entries = [e for e in map(self._kernel_entry, sorted(dropped) + ([dir_key] if dir_key else [])) if e]
         with trio.move_on_after(INVALIDATE_WAIT):
             await trio.to_thread.run_sync(forget_entries, entries, abandon_on_cancel=True)
+
+    def _topmost_gone(self, path: str, dir_key: str) -> str:
+        """The highest name above ``path`` (below ``dir_key``) that is gone too (a dropped
+        key directory): its entry is the one to drop, with everything below it."""
+        parent = path.rpartition("/")[0]
+        while parent != dir_key and self.tree.resolve(parent) is None:
+            path, parent = parent, parent.rpartition("/")[0]
+        return path
 
     def _kernel_entry(self, path: str) -> tuple[int, str] | None:
         """``(parent inode, name)`` of a view path, as the kernel knows it."""
