@@ -483,6 +483,7 @@ class Totals:
     objects: int = 0  # shards and files copied as they are
     objects_done: int = 0
     written: int = 0
+    chunks: int = 0  # packed into the shards written
     bytes: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -534,6 +535,7 @@ def _run(src: str, dst: str, plan: Plan, tasks: list, jobs: int, dask_address: s
     for result in results:
         totals.objects_done += result.objects
         totals.written += result.written
+        totals.chunks += result.chunks
         totals.bytes += result.bytes
         if result.array is not None:
             totals.shards_done += 1
@@ -553,7 +555,7 @@ def summary(plan: Plan, totals: Totals, objects_after: int, metadata_written: in
             f"({plan.files_before - objects_after} inodes saved); {packed} arrays packed, "
             f"{len(plan.arrays) - packed} copied as they are, {len(plan.groups)} groups; "
             f"{totals.written} of {totals.objects} objects written now ({totals.objects - totals.written} "
-            f"complete already), {metadata_written} metadata files; {_size(totals.bytes)} in "
+            f"complete already), {metadata_written} metadata files; {totals.chunks} chunks, {_size(totals.bytes)} in "
             f"{_duration(seconds)} ({_size(totals.bytes / max(seconds, 1e-9))}/s); {state}")
 
 
