@@ -2216,6 +2216,9 @@ FOUND = [
         ("link", "g/b1/c/1", "g/b1/c/x.partial"), ("unlink", "g/b1/c/1"),
         ("second_daemon", "g/b1/c/1", b"d\x00\x00\x00g\x00\x00\x00", [("g/b1/c/0", b"L\x00\x00\x00\xc9\x00\x00\x00")],
          ["g/b1/c/0"])]),
+    ("shrink-drops-scratch-link", "a shrink dropped a key directory holding a scratch hard link of a chunk: "
+     "the chunk kept nlink 2 (stress seed 1: moved/0.0.0)", "v3", [
+        ("link", "a2/c/0/1", "a2/c/1/x.partial"), ("resize", "a2", [2, 6], "rename"), ("stat", "a2/c/0/1")]),
 ]
 
 

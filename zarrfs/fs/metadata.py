@@ -15,6 +15,7 @@ import copy
 import errno
 import json
 import logging
+import os
 
 import trio
 
@@ -311,9 +312,26 @@ class MetadataWriter:
         for coords in list(self.tree.overlay.chunks_of(dir_key)):
             if not new.in_grid(coords):
                 self.tree.overlay.unbind(chunk_name(dir_key, coords))
+        self._drop_key_directories_beyond(dir_key, new)
         for shard in await trio.to_thread.run_sync(self._shards_beyond, dir_key, old, new):
             self.flusher.repack_soon((dir_key, shard))
         await self.dropped(dir_key)
+
+    def _drop_key_directories_beyond(self, dir_key: str, new) -> None:
+        """Key directories outside the new grid are gone, with what the buffer held in them
+        (scratch files, directories made by mkdir), as the chunks in them are."""
+        view = self.tree._array_view(dir_key)
+        if view is None:
+            return
+        overlay = self.tree.overlay
+
+        def beyond(path: str) -> bool:
+            prefix = view.keys.decode_prefix(relative_parts(path, dir_key), new.ndim)
+            return prefix is not None and any(i >= n for i, n in zip(prefix, new.chunk_grid))
+
+        for path in [p for p in overlay.scratch if beyond(os.path.dirname(p))]:
+            overlay.forget(scratch_name(path))
+        overlay.directories = {d for d in overlay.directories if not beyond(d)}
 
     def _shards_beyond(self, dir_key: str, old, new) -> list[tuple[int, ...]]:
         """Shards of the old layout that reach past the new chunk grid (a worker thread)."""
