@@ -129,19 +129,23 @@ class InodeTable:
             if node is not None and self._by_path.get(node.path) == inode:
                 del self._by_path[node.path]
 
-    def rename(self, source: Node, moved: Node) -> None:
-        """The kernel keeps the source's inode for the new name: let it mean ``moved``."""
-        inode = self._by_path.pop(source.path, None) or self.inode_of(source)
+    def rename(self, source: Node, moved: Node, inode: int | None = None) -> None:
+        """The kernel keeps the source's inode (``inode``, as it was before the rename) for
+        the new name: let it mean ``moved``."""
+        known = self._by_path.pop(source.path, None)
+        inode = inode or known or self.inode_of(source)
         if inode in self._nodes or inode & CHUNK_INODE:
             self._nodes[inode] = moved
             self._lookups.setdefault(inode, 1)
             self._versions.pop(inode)
             self._by_path[moved.path] = inode
 
-    def replaced(self, node: Node) -> None:
+    def replaced(self, node: Node, inode: int | None = None) -> None:
         """A rename put another file at ``node``'s name: the kernel's inode of the old
-        file (open somewhere, perhaps) no longer means that name."""
-        inode = self._by_path.pop(node.path, None) or self.inode_of(node)
+        file (``inode``, as it was before the rename; open somewhere, perhaps) no longer
+        means that name."""
+        known = self._by_path.pop(node.path, None)
+        inode = inode or known or self.inode_of(node)
         self._nodes[inode] = Replaced(node.path)
         self._lookups.setdefault(inode, 1)
 

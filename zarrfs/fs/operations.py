@@ -360,12 +360,14 @@ class Operations(pyfuse3.Operations):
         old, new = os.fsdecode(name_old), os.fsdecode(name_new)
         source = self.tree.lookup(old_parent, old)
         replaced = self.tree.lookup(new_parent, new)
+        # the kernel's numbers, before the rename changes what the names compute
+        inode = source and self.inodes.inode_of(source)
+        replaced_inode = replaced and self.inodes.inode_of(replaced)
         moved, directory = await self._writer().rename(old_parent, old, new_parent, new, flags)
         if replaced is not None and source is not None and replaced.path != source.path:
-            self.inodes.replaced(replaced)
+            self.inodes.replaced(replaced, replaced_inode)
         if source is not None:
-            inode = self.inodes.inode_of(source)
-            self.inodes.rename(source, moved)
+            self.inodes.rename(source, moved, inode)
             if directory:
                 self.inodes.move_tree(source.path, moved.path, self.tree.resolve)
             elif crosses_buffer(source, moved) and os.path.basename(moved.path) not in self._metadata_names():
