@@ -2219,6 +2219,9 @@ FOUND = [
     ("shrink-drops-scratch-link", "a shrink dropped a key directory holding a scratch hard link of a chunk: "
      "the chunk kept nlink 2 (stress seed 1: moved/0.0.0)", "v3", [
         ("link", "a2/c/0/1", "a2/c/1/x.partial"), ("resize", "a2", [2, 6], "rename"), ("stat", "a2/c/0/1")]),
+    ("link-plain-to-chunk-like-name", "link() of a plain file to a chunk-like name in a plain directory made "
+     "a copy: the file kept nlink 1 (stress seed 1)", "v3", [
+        ("write", "d1/tmp1", "ct", 0, b"abcd"), ("link", "d1/tmp1", "d1/0.2.0"), ("stat", "d1/tmp1")]),
 ]
 
 

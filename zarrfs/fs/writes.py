@@ -409,9 +409,10 @@ class Writer:
         target = self.target(new_parent, new)
         if self.tree.lookup(new_parent, new) is not None:
             raise OSError(errno.EEXIST, target.path)  # zarr-python 3's set_if_not_exists relies on it
-        if isinstance(node, Plain) and target.kind == "plain":
+        if isinstance(node, Plain) and target.kind in ("plain", "pending"):
+            # (a chunk-like name outside arrays is a plain file until metadata adopts it)
             self.tree.store.link(node.path, target.path)
-            return self.node_of(target), True
+            return Plain(target.path), True
         if target.kind in ("plain", "metadata"):
             # zarr-python 3.1 writes a new node's zarr.json as a temporary file, then link()s it
             await self._place(target, MemFile(bytearray(self._content_of(node))))
