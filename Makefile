@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev rsync patch
 
-.PHONY: demo test stress bench bench-deps install system-deps entry-point clean
+.PHONY: demo test stress bench bench-s3 bench-deps install system-deps entry-point clean
 
 demo: install
 	$(PY) scripts/demo.py
@@ -36,6 +36,17 @@ bench-deps:
 		echo "installing $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+# zarrfs on S3 against raw obstore, rclone mount and s3fs (docs/performance.md): starts its own
+# SeaweedFS on free ports of 127.0.0.1, uploads D1 and a small D2-like set, measures, stops it.
+BENCH_S3_APT_PACKAGES := rclone s3fs
+bench-s3: install
+	@missing=$$(for p in $(BENCH_S3_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	$(PY) bench/s3.py $(BENCH_S3_ARGS)
 
 install: system-deps $(VENV)/.installed entry-point
 
