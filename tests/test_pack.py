@@ -517,3 +517,25 @@ def test_unpack_into_a_non_empty_directory(packed, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "x").write_text("x")
     one_error_line(zarrfs("unpack", dst, tmp_path / "out", check=False), "not empty")
+
+
+# -- object stores ---------------------------------------------------------------------------
+
+
+def test_pack_into_and_unpack_from_s3(seaweedfs, many_shards, tmp_path, monkeypatch):
+    """DST on the test's SeaweedFS (the identity in AWS_* variables), then unpacked back to a
+    directory: the chunk files of SRC, byte for byte."""
+    from backends import credentials_environment
+
+    for name, value in credentials_environment().items():
+        monkeypatch.setenv(name, value)
+    src, _ = many_shards
+    url, endpoint = seaweedfs.url(), ("--endpoint-url", seaweedfs.endpoint)
+    run = zarrfs("pack", src, url, "--shards", "4", "--jobs", "2", *endpoint)
+    assert "240 of 240 objects written now" in run.stdout and "; complete" in run.stdout, run.stdout
+    again = zarrfs("pack", src, url, "--shards", "4", *endpoint)
+    assert " 0 of 240 objects written now" in again.stdout, again.stdout
+    zarrfs("unpack", url, tmp_path / "out", *endpoint)
+    out, original = files_of(tmp_path / "out"), files_of(src)
+    assert {k: v for k, v in out.items() if "zarr.json" not in k} == \
+        {k: v for k, v in original.items() if "zarr.json" not in k}

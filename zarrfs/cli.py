@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pack_cmd.add_argument("src", metavar="SRC")
     pack_cmd.add_argument("dst", metavar="DST", help="an empty (or missing) directory, or a partial pack of SRC")
+    _add_endpoint_argument(pack_cmd)
     pack_cmd.add_argument("--shards", type=_positive_int, default=DEFAULT_SHARDS, metavar="N",
                           help="inner chunks per shard along every axis (never more than the array has; "
                                f"default {DEFAULT_SHARDS}, as the mount)")
@@ -144,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     unpack_cmd.add_argument("src", metavar="SRC")
     unpack_cmd.add_argument("dst", metavar="DST")
+    _add_endpoint_argument(unpack_cmd)
     unpack_cmd.add_argument("--view", choices=["v3", "v2"], default="v3", help="which view to write (default v3)")
     return parser
 
@@ -239,8 +241,8 @@ def _offline(args) -> int:
     try:
         if args.command == "pack":
             return pack(args.src, args.dst, shards=args.shards, jobs=args.jobs, dask_address=args.dask_address,
-                        part=args.part, dry_run=args.dry_run)
-        return unpack(args.src, args.dst, view=args.view)
+                        part=args.part, dry_run=args.dry_run, endpoint_url=args.endpoint_url)
+        return unpack(args.src, args.dst, view=args.view, endpoint_url=args.endpoint_url)
     except (PackError, StoreError, OSError) as error:
         for line in str(error).splitlines():
             print(f"zarrfs: error: {line}", file=sys.stderr)

@@ -37,7 +37,7 @@ through the daemon's own view model (``fs/tree.ViewTree``), without FUSE.
 
 All I/O on SRC and DST goes through store methods (``read``, ``lstat``,
 ``listdir``/``files_below``, ``replace_durably``, ``symlink``, ``readlink``),
-so other backends work once ``walk.open_store`` opens them.
+so ``s3://BUCKET/PREFIX`` sources and destinations work as local ones do.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ from .format.shard_codec import read_chunks, write_shard
 from .format.shard_index import CorruptShard
 from .format.v2 import NoV2Equivalent, v2_to_v3
 from .fs.shards import join
+from .store import is_object_store_url
 from .store.local import zarrfs_own
 from .walk import Progress, StoreError, StoreWalker, V2_GROUP, bounded_map, open_store, quiet_zarrfs_log
 
@@ -260,14 +261,14 @@ class TaskResult:
 
 
 @functools.lru_cache(maxsize=8)
-def _store(url: str):
+def _store(url: str, endpoint_url: str | None = None):
     """One store object per URL and process: pool processes and Dask workers reuse it."""
-    return open_store(url)
+    return open_store(url, endpoint_url=endpoint_url)
 
 
-def run_task(src_url: str, dst_url: str, task: ShardTask | CopyTask) -> TaskResult:
+def run_task(src_url: str, dst_url: str, endpoint_url: str | None, task: ShardTask | CopyTask) -> TaskResult:
     """One task; module level, so that process pools and Dask can ship it by name."""
-    src, dst = _store(src_url), _store(dst_url)
+    src, dst = _store(src_url, endpoint_url), _store(dst_url, endpoint_url)
     if isinstance(task, CopyTask):
         return _copy_files(src, dst, task.keys)
     return _pack_shard(src, dst, task)
@@ -377,17 +378,20 @@ def tasks_of_part(tasks: list, part: tuple[int, int] | None) -> list:
     return tasks[index - 1::count]
 
 
-def _run_local(src_url: str, dst_url: str, tasks: list, jobs: int) -> Iterator[TaskResult]:
+def _run_local(stores: tuple, tasks: list, jobs: int) -> Iterator[TaskResult]:
+    """``stores``: the first arguments of ``run_task``."""
     if jobs == 1 or len(tasks) < 2:
-        yield from (run_task(src_url, dst_url, t) for t in tasks)
+        yield from (run_task(*stores, t) for t in tasks)
         return
     # Processes, not threads: packing small chunks is Python work per chunk, and threads
-    # would share one GIL. fork: the workers start at once and inherit the imports.
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-        yield from bounded_map(pool, functools.partial(run_task, src_url, dst_url), tasks, 4 * jobs)
+    # would share one GIL. fork: the workers start at once and inherit the imports; but an
+    # object store's client runs threads of its own, which a forked child would lack.
+    method = "spawn" if any(is_object_store_url(url) for url in stores[:2]) else "fork"
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method)) as pool:
+        yield from bounded_map(pool, functools.partial(run_task, *stores), tasks, 4 * jobs)
 
 
-def _run_dask(src_url: str, dst_url: str, tasks: list, address: str) -> Iterator[TaskResult]:
+def _run_dask(stores: tuple, tasks: list, address: str) -> Iterator[TaskResult]:
     """On an existing Dask distributed scheduler; at most a few tasks per worker thread are
     submitted at a time, so that a million shards are never a million futures."""
     from distributed import Client, as_completed
@@ -395,13 +399,13 @@ def _run_dask(src_url: str, dst_url: str, tasks: list, address: str) -> Iterator
     with Client(address, timeout=30) as client:
         window = max(2, 2 * sum(client.nthreads().values()))
         pending = iter(tasks)
-        futures = as_completed([client.submit(run_task, src_url, dst_url, t, pure=False)
+        futures = as_completed([client.submit(run_task, *stores, t, pure=False)
                                 for t in itertools.islice(pending, window)])
         for future in futures:
             yield future.result()
             future.release()
             for task in itertools.islice(pending, 1):
-                futures.add(client.submit(run_task, src_url, dst_url, task, pure=False))
+                futures.add(client.submit(run_task, *stores, task, pure=False))
 
 
 # -- the metadata, last ------------------------------------------------------------------
@@ -443,7 +447,7 @@ def _holds(store, key: str, data: bytes) -> bool:
 # -- the destination ----------------------------------------------------------------------
 
 
-def open_destination(url: str, src_url: str):
+def open_destination(url: str, src_url: str, endpoint_url: str | None):
     """DST, made if missing (a local directory). SRC and DST must not contain each other."""
     if "://" not in url:
         if os.path.exists(url) and not os.path.isdir(url):
@@ -452,7 +456,7 @@ def open_destination(url: str, src_url: str):
         if here == there or here.startswith(there + os.sep) or there.startswith(here + os.sep):
             raise PackError(f"{url}: SRC and DST must not contain each other")
         os.makedirs(url, exist_ok=True)
-    return _store(url)
+    return _store(url, endpoint_url)
 
 
 def check_destination(dst, url: str, expected: set[str], metadata: dict[str, bytes | None]) -> None:
@@ -497,11 +501,12 @@ class Totals:
 
 
 def pack(src: str, dst: str, shards: int, jobs: int = 1, dask_address: str | None = None,
+         endpoint_url: str | None = None,
          part: tuple[int, int] | None = None, dry_run: bool = False, out: TextIO = sys.stdout,
          err: TextIO = sys.stderr) -> int:
     """Pack SRC into DST (see the module docstring). Raises PackError or StoreError on bad input."""
     started = time.monotonic()
-    source = open_store(src)
+    source = _store(src, endpoint_url)
     plan = make_plan(source, shards, Progress(err), err)
     for array in plan.arrays:
         if array.problem is not None and array.problem != "already sharded":
@@ -510,12 +515,12 @@ def pack(src: str, dst: str, shards: int, jobs: int = 1, dask_address: str | Non
     if dry_run:
         print_plan(plan, tasks, out)
         return 0
-    target = open_destination(dst, src)
+    target = open_destination(dst, src, endpoint_url)
     outputs = {key for task in tasks for key in task.outputs()}
     check_destination(target, dst, outputs, {key: data for _, key, data in plan.metadata()})
     target.clean_after_crash(metadata_names=())  # temporaries of writers that died
     mine = tasks_of_part(tasks, part)
-    totals = _run(src, dst, plan, mine, jobs, dask_address, Progress(err))
+    totals = _run((src, dst, endpoint_url), plan, mine, jobs, dask_address, Progress(err))
     files, metadata_written, complete = write_metadata(source, target, plan)
     objects_after = len(outputs) + files
     print(summary(plan, totals, objects_after, metadata_written, complete, part, time.monotonic() - started),
@@ -523,7 +528,7 @@ def pack(src: str, dst: str, shards: int, jobs: int = 1, dask_address: str | Non
     return 0
 
 
-def _run(src: str, dst: str, plan: Plan, tasks: list, jobs: int, dask_address: str | None,
+def _run(stores: tuple, plan: Plan, tasks: list, jobs: int, dask_address: str | None,
          progress: Progress) -> Totals:
     remaining: dict[str, int] = {}
     for task in tasks:
@@ -531,7 +536,7 @@ def _run(src: str, dst: str, plan: Plan, tasks: list, jobs: int, dask_address: s
             remaining[task.array] = remaining.get(task.array, 0) + 1
     totals = Totals(arrays=len(remaining), shards=sum(remaining.values()),
                     objects=sum(len(t.outputs()) for t in tasks))
-    results = _run_dask(src, dst, tasks, dask_address) if dask_address else _run_local(src, dst, tasks, jobs)
+    results = _run_dask(stores, tasks, dask_address) if dask_address else _run_local(stores, tasks, jobs)
     for result in results:
         totals.objects_done += result.objects
         totals.written += result.written
@@ -594,13 +599,14 @@ def _duration(seconds: float) -> str:
 # -- unpack ---------------------------------------------------------------------------------
 
 
-def unpack(src: str, dst: str, view: str = "v3", out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def unpack(src: str, dst: str, view: str = "v3", endpoint_url: str | None = None, out: TextIO = sys.stdout,
+           err: TextIO = sys.stderr) -> int:
     """Write what the mount shows of SRC (in ``view``) into DST as plain files."""
     from .fs.tree import KeyDir, Plain, ViewTree
 
     started = time.monotonic()
-    tree = ViewTree(open_store(src), view)
-    target = open_destination(dst, src)
+    tree = ViewTree(_store(src, endpoint_url), view)
+    target = open_destination(dst, src, endpoint_url)
     if next(iter(target.files_below("")), None) is not None:
         raise PackError(f"{dst}: not empty")
     progress = Progress(err)
