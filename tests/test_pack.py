@@ -12,6 +12,7 @@ a real Dask LocalCluster, three ``--part``s as three processes, and bad input.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -39,7 +40,18 @@ METADATA = {"zarr.json", ".zarray", ".zattrs", ".zgroup"}
 
 
 def zarrfs(*args, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    result = subprocess.run([*ZARRFS, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    """Run the CLI in a session of its own, so that a pack that hangs goes with its pool."""
+    command = [*ZARRFS, *map(str, args)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None or proc.returncode < 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    result = subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
     if check:
         assert result.returncode == 0, result.stderr
     return result
