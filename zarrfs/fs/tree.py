@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 import crc32c
+import numpy as np
 
 from ..format.keys import parse_index
 from ..format.shard_index import CHECKSUM_NBYTES, CorruptShard
@@ -323,10 +324,39 @@ class ViewTree:
         if any(i >= n for i, n in zip(coords, array.chunk_grid)):
             return None
         if (path in self.overlay.directories or self._written_under(array_key, coords)
-                or (path not in self.overlay.removed_directories
-                    and self._is_backing_dir(self._shard_dir(array_key, view, coords)))):
+                or (path not in self.overlay.removed_directories and self._stored_under(array_key, view, coords))):
             return KeyDir(path, array_key, parts)
         return None
+
+    def _stored_under(self, array_key: str, view: DirView, coords: tuple[int, ...]) -> bool:
+        """Whether the store holds a chunk under a key directory. Not merely a shard whose
+        region covers it: ``cp -r`` of a large array into the mount makes each key
+        directory with mkdir, which must not meet one the view showed as soon as a
+        neighbouring row's shard was repacked (EEXIST, and cp skips its chunks)."""
+        if not self._is_backing_dir(self._shard_dir(array_key, view, coords)):
+            return False
+        if not coords:
+            return True
+        array, prefix = view.array, np.array(coords, dtype=np.int64)
+        for shard in self._shards_below(array_key, view, array.shard_of(coords)):
+            present = self.shards.present_chunks(array_key, array, shard)
+            if np.any(np.all(present[:, : len(coords)] == prefix, axis=1)):
+                return True
+        return False
+
+    def _stored_indices(self, array_key: str, view: DirView, coords: tuple[int, ...]) -> set[int]:
+        """Indices along the next axis under the chunk-coordinate prefix ``coords`` at which
+        the store holds a chunk (every index a corrupt shard may hold: its chunks are EIO)."""
+        array, axis = view.array, len(coords)
+        shards = self._shards_below(array_key, view, array.shard_of(coords))
+        self.shards.prefetch(array_key, array, shards)
+        found: set[int] = set()
+        for shard in shards:
+            present = self.shards.present_chunks(array_key, array, shard)
+            if axis:
+                present = present[np.all(present[:, :axis] == np.array(coords, dtype=np.int64), axis=1)]
+            found.update(present[:, axis].tolist())
+        return found
 
     def _is_backing_dir(self, key: str) -> bool:
         try:
@@ -362,18 +392,17 @@ class ViewTree:
         array = view.array
         depth = view.keys.depth(array.ndim)
         if depth == 1:  # every key is a file name in the array directory
-            return self._chunk_entries(array_key, view, self._flat_shards(array_key, view))
+            return self._chunk_entries(array_key, view, self._shards_below(array_key, view))
         if view.keys.name == "default" and not parts:
             return self._listed_dirs(array_key, view, [("c",)])
         coords = view.keys.decode_prefix(parts, array.ndim) if parts else ()
         axis = len(coords)
-        shard_indices = self._listed_indices(self._shard_dir(array_key, view, coords), array.shard_grid[axis])
         if len(parts) + 1 == depth:
             shard_prefix = array.shard_of(coords)
+            shard_indices = self._listed_indices(self._shard_dir(array_key, view, coords), array.shard_grid[axis])
             shards = [shard_prefix + (s,) for s in shard_indices]
             return self._chunk_entries(array_key, view, shards, leaf_of=coords)
-        per_shard = array.chunks_per_shard[axis]
-        indices = {i for s in shard_indices for i in range(s * per_shard, min((s + 1) * per_shard, array.chunk_grid[axis]))}
+        indices = self._stored_indices(array_key, view, coords)
         indices |= {c[axis] for c in self._written_under(array_key, coords)}
         here = join(array_key, *parts)
         made = {os.path.basename(d) for d in self.overlay.directories if os.path.dirname(d) == here}
@@ -414,17 +443,17 @@ class ViewTree:
                 entries.append((parts[-1], node, attributes))
         return entries
 
-    def _flat_shards(self, array_key: str, view: DirView) -> list[tuple[int, ...]]:
-        """Shard coordinates of every shard file of an array whose view keys are single names
-        (``.``-separated, 0-d, or 1-d in the v2 view), wherever the backing keys put them
-        (a v3 ``c/5`` is the v2 view's ``5``)."""
+    def _shards_below(self, array_key: str, view: DirView, prefix: tuple[int, ...] = ()) -> list[tuple[int, ...]]:
+        """Shard coordinates of every shard file of the array under a shard-coordinate
+        prefix, wherever the backing keys put them (a v3 ``c/5`` is the v2 view's ``5``)."""
         array = view.array
         encoding = array.key_encoding
-        if encoding.depth(array.ndim) == 1:
+        if encoding.depth(array.ndim) == 1:  # every shard is a file in the array directory
             decoded = (encoding.decode_prefix((n,), array.ndim) for n in self.store.listdir(array_key))
-            return [c for c in decoded if c is not None and all(i < n for i, n in zip(c, array.shard_grid))]
-        shards = [()]
-        for axis in range(array.ndim):  # one directory level per axis under "c"
+            return [c for c in decoded if c is not None and c[: len(prefix)] == prefix
+                    and all(i < n for i, n in zip(c, array.shard_grid))]
+        shards = [prefix]
+        for axis in range(len(prefix), array.ndim):  # one directory level per axis under "c"
             shards = [prefix + (i,) for prefix in shards for i in self._listed_indices(
                 join(array_key, *encoding.prefix_components(prefix)), array.shard_grid[axis])]
         return shards
