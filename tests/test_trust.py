@@ -469,3 +469,26 @@ def test_a_new_shard_and_its_directories_take_the_array_owner_and_mode(writable)
     shard = store / "a" / "c" / "1" / "1"
     assert (shard.stat().st_uid, shard.stat().st_mode & 0o777) == (1234, 0o640)
     assert shard.parent.stat().st_uid == 1234
+
+
+def test_cp_r_of_an_array_makes_every_key_directory_after_a_repack(tmp_path, writable):
+    """cp -r makes each key directory with mkdir (a new destination: no stat first). A
+    repack of the shard holding chunk row 0 must not make rows 1..3 appear before cp
+    makes them (EEXIST, and cp skipped their chunks); the copy then reads back whole."""
+    store, mnt = writable
+    source = tmp_path / "source"
+    plain = new_array(source)
+    plain[...] = np.arange(256, dtype="u1").reshape(SHAPE)
+    os.makedirs(mnt / "copy" / "c" / "0")
+    shutil.copy(source / "zarr.json", mnt / "copy" / "zarr.json")
+    for j in range(4):
+        shutil.copy(source / "c" / "0" / str(j), mnt / "copy" / "c" / "0" / str(j))
+    fsync_path(mnt / "copy" / "c" / "0" / "0")  # repacks the shard of rows 0 and 1, columns 0 and 1
+    assert sorted(os.listdir(mnt / "copy" / "c")) == ["0"]
+    for i in range(1, 4):
+        os.mkdir(mnt / "copy" / "c" / str(i))  # EEXIST before the fix
+        for j in range(4):
+            shutil.copy(source / "c" / str(i) / str(j), mnt / "copy" / "c" / str(i) / str(j))
+    assert sorted(os.listdir(mnt / "copy" / "c")) == ["0", "1", "2", "3"]
+    mnt.unmount()
+    assert (backing(store, "copy") == np.arange(256, dtype="u1").reshape(SHAPE)).all()

@@ -324,9 +324,21 @@ class ViewTree:
         if any(i >= n for i, n in zip(coords, array.chunk_grid)):
             return None
         if (path in self.overlay.directories or self._written_under(array_key, coords)
-                or (path not in self.overlay.removed_directories and self._stored_under(array_key, view, coords))):
+                or (path not in self.overlay.removed_directories
+                    and (self._stored_under(array_key, view, coords) or self._made_in_store(path)))):
             return KeyDir(path, array_key, parts)
         return None
+
+    def _made_in_store(self, key: str) -> bool:
+        """A directory made in the store at a key directory's path before the array's
+        metadata came (``cp -r`` copies in any order): it holds no shards, only what
+        zarrfs staged there, or nothing. (A shard directory of the same name is another
+        thing: the key directory ``c/1`` of chunk row 1 is not the shards' row ``c/1``.)"""
+        try:
+            names = self.store.listdir(key)
+        except OSError:
+            return False
+        return all(zarrfs_own(name) or parse_index(name) is None for name in names)
 
     def _stored_under(self, array_key: str, view: DirView, coords: tuple[int, ...]) -> bool:
         """Whether the store holds a chunk under a key directory. Not merely a shard whose
@@ -406,6 +418,7 @@ class ViewTree:
         indices |= {c[axis] for c in self._written_under(array_key, coords)}
         here = join(array_key, *parts)
         made = {os.path.basename(d) for d in self.overlay.directories if os.path.dirname(d) == here}
+        made |= {name for name in self._store_names(here) if self._made_in_store(join(here, name))}
         names = sorted({str(i) for i in indices} | made, key=lambda n: (len(n), n))
         return self._listed_dirs(array_key, view, [parts + (n,) for n in names])
 
@@ -457,6 +470,12 @@ class ViewTree:
             shards = [prefix + (i,) for prefix in shards for i in self._listed_indices(
                 join(array_key, *encoding.prefix_components(prefix)), array.shard_grid[axis])]
         return shards
+
+    def _store_names(self, key: str) -> list[str]:
+        try:
+            return self.store.listdir(key)
+        except OSError:
+            return []
 
     def _listed_indices(self, key: str, bound: int) -> list[int]:
         try:
