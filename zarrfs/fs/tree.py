@@ -332,13 +332,15 @@ class ViewTree:
     def _made_in_store(self, key: str) -> bool:
         """A directory made in the store at a key directory's path before the array's
         metadata came (``cp -r`` copies in any order): it holds no shards, only what
-        zarrfs staged there, or nothing. (A shard directory of the same name is another
-        thing: the key directory ``c/1`` of chunk row 1 is not the shards' row ``c/1``.)"""
+        zarrfs staged there, or directories made so, or nothing: no shard file at any depth.
+        (A shard directory of the same name is another thing: the key directory ``c/1`` of
+        chunk row 1 is not the shards' row ``c/1``.)"""
         try:
-            names = self.store.listdir(key)
+            entries = self.store.scan(key)
         except OSError:
             return False
-        return all(zarrfs_own(name) or parse_index(name) is None for name in names)
+        return all(zarrfs_own(name) or parse_index(name) is None or (is_dir and self._made_in_store(join(key, name)))
+                   for name, is_dir in entries)
 
     def _stored_under(self, array_key: str, view: DirView, coords: tuple[int, ...]) -> bool:
         """Whether the store holds a chunk under a key directory. Not merely a shard whose

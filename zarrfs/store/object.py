@@ -52,7 +52,10 @@ from .local import ABANDONED_AFTER_SECONDS, STAGED_PREFIX, TEMPORARY, join_key, 
 DIRECTORY_MARKER = ".zarrfs-dir"  # the object that makes an empty directory exist
 SMALL_OBJECT = 8 << 20  # objects up to this size are fetched whole once several ranges are wanted
 WHOLE_AFTER_RANGES = 3  # ... that many ranged reads of one version
-WHOLE_CACHE_BYTES = 64 << 20  # bytes of whole small objects kept (LRU by (key, ETag))
+WHOLE_CACHE_BYTES = 256 << 20  # bytes of whole small objects kept (LRU by (key, ETag)): a
+# reader walking an array row by row crosses a whole row of shards (16 × 4 MiB in the
+# benchmark's D1) before it comes back to the first; a smaller cache evicts each shard
+# just before it is wanted again (docs/performance.md, S3)
 WANTED_MAX = 4096  # (key, ETag) pairs whose ranged reads are counted
 LISTINGS_MAX = 4096  # directory listings kept; past it all are dropped (they refill)
 TRUNCATE_TRIES = 5  # read-modify-put attempts of ``truncate`` against concurrent writers
@@ -95,7 +98,6 @@ class ObjectStore:
         self._lock = threading.Lock()
         self._listings: dict[str, _Listing] = {}
         self._generation = 0  # of changes through this store
-        self._changing = 0  # changes under way
         self._wanted: OrderedDict[tuple, tuple[int, int]] = OrderedDict()  # (key, etag) -> (ranged reads, size)
         self._whole: OrderedDict[tuple, bytes] = OrderedDict()  # (key, etag) -> the small object's bytes
         self._whole_bytes = 0
@@ -178,13 +180,15 @@ class ObjectStore:
                                                    for meta in batch])
 
     def _changed(self, *keys: str) -> None:
-        """A write through this store: listings may have changed anywhere above the keys
-        (implied directories appear and vanish), so none is reused."""
+        """A write through this store: the listings of every directory above the keys may
+        have changed (implied directories appear and vanish), and of the keys themselves
+        (a directory renamed or removed); no listing under way now is kept."""
         with self._lock:
             self._generation += 1
-            self._listings.clear()
             for key in keys:
                 self._forget_whole(key)
+                for directory in _this_and_above(key):
+                    self._listings.pop(directory, None)
 
     def _forget_whole(self, key: str) -> None:
         for name in [name for name in self._whole if name[0] == key]:
@@ -196,7 +200,7 @@ class ObjectStore:
         """The delimited LIST of ``directory``, perhaps as seen a moment ago."""
         with self._lock:
             listing = self._listings.get(directory)
-            if (listing is not None and not fresh and not self._changing and listing.generation == self._generation
+            if (listing is not None and not fresh and listing.generation == self._generation
                     and time.monotonic() - listing.when < self.reuse_listings_for):
                 return listing
             generation = self._generation
@@ -235,17 +239,10 @@ class ObjectStore:
 
     @contextlib.contextmanager
     def changing(self):
-        """Around a change through the mount: while it lasts no listing is reused, and
-        none made before it ends is reused after."""
-        with self._lock:
-            self._changing += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._changing -= 1
-                self._generation += 1
-                self._listings.clear()
+        """Around a change through the mount. Every write reaches the bucket through
+        ``_changed``, which forgets exactly the listings it changes: nothing to do here
+        (a chunk written into the mount's buffer changes no listing)."""
+        yield
 
     def listdir(self, key: str) -> list[str]:
         return [name for name, _ in self.scan(key)]
@@ -304,7 +301,7 @@ class ObjectStore:
             if whole is not None:
                 self._whole.move_to_end(name)
                 return whole[offset:offset + size]
-            reads, known_size = self._wanted.pop(name, (0, -1))
+            reads, known_size = self._wanted.get(name, (0, -1))
         if reads + 1 >= WHOLE_AFTER_RANGES and 0 <= known_size <= SMALL_OBJECT:
             return self._fetch_whole(key, version)[offset:offset + size]
         try:
@@ -332,6 +329,7 @@ class ObjectStore:
             raise FileChanged(key) from None
         data = bytes(self._body(result, key))
         with self._lock:
+            self._wanted.pop((key, version), None)
             if (key, version) not in self._whole:
                 self._whole[(key, version)] = data
                 self._whole_bytes += len(data)
@@ -795,3 +793,11 @@ def _array_above(directory: str, keys, metadata_names) -> str | None:
         if not directory:
             return None
         directory = split_key(directory)[0]
+
+
+def _this_and_above(key: str):
+    """``key``, its parent directory, and so on up to the root ``""``."""
+    while key:
+        yield key
+        key = split_key(key)[0]
+    yield ""
