@@ -51,6 +51,7 @@ from .local import ABANDONED_AFTER_SECONDS, STAGED_PREFIX, TEMPORARY, join_key, 
 
 DIRECTORY_MARKER = ".zarrfs-dir"  # the object that makes an empty directory exist
 SMALL_OBJECT = 8 << 20  # objects up to this size are fetched whole once several ranges are wanted
+FETCH_WAIT_SECONDS = 60.0  # for another reader's whole fetch of the same object, at most
 WHOLE_AFTER_RANGES = 3  # ... that many ranged reads of one version
 WHOLE_CACHE_BYTES = 256 << 20  # bytes of whole small objects kept (LRU by (key, ETag)): a
 # reader walking an array row by row crosses a whole row of shards (16 × 4 MiB in the
@@ -100,6 +101,7 @@ class ObjectStore:
         self._generation = 0  # of changes through this store
         self._wanted: OrderedDict[tuple, tuple[int, int]] = OrderedDict()  # (key, etag) -> (ranged reads, size)
         self._whole: OrderedDict[tuple, bytes] = OrderedDict()  # (key, etag) -> the small object's bytes
+        self._fetching: dict[tuple, threading.Event] = {}  # (key, etag) -> set when its whole fetch ends
         self._whole_bytes = 0
         self._probe_result: tuple[str | None] | None = None
         settings = aws_settings(profile)
@@ -323,6 +325,27 @@ class ObjectStore:
                 self._wanted.popitem(last=False)
 
     def _fetch_whole(self, key: str, version: Hashable) -> bytes:
+        """The whole object at that version, fetched once however many readers want it at
+        the same moment: the others wait for the fetch under way."""
+        name = (key, version)
+        with self._lock:
+            under_way = self._fetching.get(name)
+            if under_way is None:
+                self._fetching[name] = threading.Event()
+        if under_way is not None:
+            under_way.wait(FETCH_WAIT_SECONDS)
+            with self._lock:
+                whole = self._whole.get(name)
+            if whole is not None:
+                return whole
+            return self._fetch_whole_now(key, version)  # the fetch under way failed: our own
+        try:
+            return self._fetch_whole_now(key, version)
+        finally:
+            with self._lock:
+                self._fetching.pop(name).set()
+
+    def _fetch_whole_now(self, key: str, version: Hashable) -> bytes:
         try:
             result = self._get(key, if_match=version)
         except PreconditionError:
