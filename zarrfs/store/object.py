@@ -132,8 +132,11 @@ class ObjectStore:
 
     @property
     def capabilities(self) -> Capabilities:
+        # Whether conditional writes hold is known once locking_problem() probed it (a
+        # writable mount does, at start); asking for the rest must not write a probe.
+        probed_and_honoured = self._probe_result is not None and self._probe_result[0] is None
         return Capabilities(hard_links=False, symlinks=False, owners_and_modes=False, cheap_calls=False,
-                            conditional_writes=self.locking_problem() is None)
+                            conditional_writes=probed_and_honoured)
 
     # -- requests: counted, and their errors turned into OSErrors ---------------
 
