@@ -289,6 +289,16 @@ def test_info_and_check_take_the_same_urls_as_mount(bucket, tmp_path):
     assert "a/c/0/0" in broken.stdout + broken.stderr
 
 
+def test_a_read_only_mount_writes_nothing_to_the_bucket(bucket, mount, tmp_path):
+    """Not even the conditional-write probe: a read-only mount needs no write permission."""
+    source = empty_array(tmp_path)
+    zarr.open_array(source / "a", mode="r+")[:CHUNK[0], :CHUNK[1]] = chunk_content(5, ELEMENTS).reshape(CHUNK)
+    mnt = bucket.mount(mount, bucket.store(source), "--read-only")
+    assert read_chunk(mnt.path / "a" / "c" / "0" / "0") == 5
+    requests = mnt.status()["store_requests"]
+    assert requests.get("GET") and not {"PUT", "DELETE", "COPY"} & set(requests), requests
+
+
 # -- secrets ------------------------------------------------------------------------------------
 
 
