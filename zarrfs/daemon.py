@@ -28,6 +28,7 @@ from . import __version__
 from .fs.flusher import Flusher
 from .fs.operations import Operations
 from .fs.tree import CONTROL_DIR, STATUS_FILE, ViewTree
+from .fs.treelock import HoldDuringTaskSteps, TreeLock
 from .fs.writes import Writer
 from .store import StoreError, is_object_store_url, open_store
 from .store.base import Store
@@ -230,7 +231,10 @@ def serve(options: MountOptions, on_ready) -> int:
     if not options.read_only:
         flusher = Flusher(tree, options.flush_after, int(options.max_dirty_mib * 2**20))
         writer = Writer(tree, flusher, options.shards, int(options.max_scratch_mib * 2**20))
-    operations = Operations(tree, options.timeout, writer)
+    tree_lock = None if store.capabilities.cheap_calls else TreeLock()
+    if tree_lock is not None:
+        store.waiting = tree_lock.released  # the network waits of a thread running tree code
+    operations = Operations(tree, options.timeout, writer, tree_lock)
     tree.status_text = lambda: _status_text(options, operations, started)
     try:
         pyfuse3.init(operations, options.mountpoint, options.fuse_option_set())
@@ -239,7 +243,8 @@ def serve(options: MountOptions, on_ready) -> int:
     log.info("mounted %s on %s (view %s)", options.store, options.mountpoint, options.view)
     unmount = _Unmount(options.mountpoint)
     try:
-        clean = trio.run(_run_mounted, options.mountpoint, operations, on_ready, unmount)
+        instruments = [HoldDuringTaskSteps(tree_lock)] if tree_lock is not None else []
+        clean = trio.run(_run_mounted, options.mountpoint, operations, on_ready, unmount, instruments=instruments)
     finally:
         unmount()
     return 0 if clean else 1

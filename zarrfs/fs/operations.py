@@ -32,11 +32,13 @@ import trio
 from ..format.shard_index import CorruptShard
 from .inodes import InodeTable
 from ..store.base import FileChanged
+from .treelock import TreeLock
 from .tree import Attributes, Chunk, FetchedChunk, FileRange, MemContent, MetadataFile, Node, Plain, Replaced, Scratch, StatusFile, ViewTree
 from .writes import PlainWriter, Writer
 
 log = logging.getLogger("zarrfs")
 FETCHES_AT_ONCE = 32  # object store requests for open chunks waiting on the server together
+TREE_CALLS_AT_ONCE = 16  # lookups, attributes, listings waiting on an object store together
 
 INVALIDATE_WAIT = 1.0  # seconds a request waits for the kernel to drop cached names
 
@@ -74,8 +76,13 @@ def _changes_store(handler):
 
 
 class Operations(pyfuse3.Operations):
-    def __init__(self, tree: ViewTree, timeout: float, writer: Writer | None = None):
+    def __init__(self, tree: ViewTree, timeout: float, writer: Writer | None = None,
+                 tree_lock: TreeLock | None = None):
+        """``tree_lock``: run tree code in worker threads under this lock (an object store,
+        whose calls wait on the network: fs/treelock.py); None: on the loop."""
         super().__init__()
+        self.tree_lock = tree_lock
+        self._tree_calls = trio.CapacityLimiter(TREE_CALLS_AT_ONCE)
         self.tree = tree
         self.timeout = timeout  # entry and attribute cache time, seconds
         self.writer = writer  # None: a read-only mount
@@ -100,9 +107,16 @@ class Operations(pyfuse3.Operations):
 
     # -- names and attributes ----------------------------------------------
 
+    async def _in_tree(self, call, *args):
+        """``call(*args)``: on the loop, or on an object store in a worker thread holding
+        the tree lock, so that its waits on the network stop no other request."""
+        if self.tree_lock is None:
+            return call(*args)
+        return await trio.to_thread.run_sync(self.tree_lock.run, call, *args, limiter=self._tree_calls)
+
     @_kernel_errors
     async def lookup(self, parent_inode, name, ctx=None):
-        node = self.tree.lookup(self._node(parent_inode), os.fsdecode(name))
+        node = await self._in_tree(self.tree.lookup, self._node(parent_inode), os.fsdecode(name))
         if node is None:
             return self._negative_entry()
         return self._remembered_entry(node)
@@ -111,7 +125,7 @@ class Operations(pyfuse3.Operations):
     async def getattr(self, inode, ctx=None):
         node = self._node(inode)
         try:
-            attributes = self.tree.attributes(node)
+            attributes = await self._in_tree(self.tree.attributes, node)
         except FileNotFoundError:
             try:
                 attributes = self._attributes_of_open_file(inode)  # unlinked but still open, as on ext4
@@ -164,7 +178,7 @@ class Operations(pyfuse3.Operations):
     @_kernel_errors
     async def opendir(self, inode, ctx):
         node = self._node(inode)
-        return self._new_handle(DirHandle(node, self.tree.children(node)))
+        return self._new_handle(DirHandle(node, await self._in_tree(self.tree.children, node)))
 
     @_kernel_errors
     async def readdir(self, fh, start_id, token):
@@ -213,7 +227,7 @@ class Operations(pyfuse3.Operations):
         """The tree's open file of ``node``; an object store's chunk is fetched in a worker
         thread, looking again if its shard was replaced since it was located."""
         for _ in range(3):
-            content = self.tree.open(node)
+            content = await self._in_tree(self.tree.open, node)
             if not isinstance(content, FetchedChunk):
                 return content
             try:

@@ -194,7 +194,9 @@ class Shards:
             self._pool = ThreadPoolExecutor(PREFETCH_AT_ONCE, thread_name_prefix="zarrfs-index")
         fmt = array.levels[0]
         read = lambda w: self._read_index_if_there(w[0], w[1], fmt, (0, w[1].st_size))  # noqa: E731
-        for (shard_key, st), index in zip(wanted, self._pool.map(read, wanted)):
+        with self.store.waiting():  # the reads are the pool's: let others go on meanwhile
+            indexes = list(self._pool.map(read, wanted))
+        for (shard_key, st), index in zip(wanted, indexes):
             if index is not None:
                 self._indexes.put((shard_key, version(st), 0, st.st_size), index)
 

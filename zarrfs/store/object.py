@@ -96,6 +96,9 @@ class ObjectStore:
         self.name = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         self.reuse_listings_for = reuse_listings_for
         self.requests: Counter = Counter()  # by kind: GET PUT LIST HEAD DELETE COPY
+        # Around each wait on the network; the daemon sets it to let go of its tree lock
+        # meanwhile (fs/treelock.py), so that other requests go on.
+        self.waiting = contextlib.nullcontext
         self._lock = threading.Lock()
         self._listings: dict[str, _Listing] = {}
         self._generation = 0  # of changes through this store
@@ -146,7 +149,8 @@ class ObjectStore:
         with self._lock:
             self.requests[kind] += count
         try:
-            return call()
+            with self.waiting():
+                return call()
         except (PreconditionError, AlreadyExistsError):
             raise
         except FileNotFoundError:  # obstore's NotFoundError is one
@@ -367,7 +371,8 @@ class ObjectStore:
         """The response body. A connection that breaks while it streams is retried by
         nobody (the request itself succeeded): EIO."""
         try:
-            return result.bytes()
+            with self.waiting():
+                return result.bytes()
         except BaseError as error:
             raise _from_status(error, key) from None
 
