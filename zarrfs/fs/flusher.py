@@ -214,15 +214,15 @@ class Flusher:
         adopted = [staged[c] for c in snapshot if c in staged]  # superseded once the shard is stored
         try:
             with self.tree.store.changing():
-                removed = await trio.to_thread.run_sync(
+                await trio.to_thread.run_sync(
                     self._repack, array_key, min(view.hidden), layout, shard, replacements, adopted,
                     limiter=self._threads)
         except OSError as error:
             raise self._failed(shard_id, error) from None
         self.flushes_done += 1
         self._trimmed.discard(shard_id)
-        if removed:
-            self.tree.keep_key_directories(array_key, shard)
+        # (the key directories above chunks removed through the mount were kept at their
+        # unlink: Writer._keep_directories_above; a shrink's trim keeps none)
         self._commit(array_key, layout, shard, snapshot)
 
     def _snapshot(self, array_key: str, layout: ArrayLayout, shard: tuple[int, ...]) -> dict:

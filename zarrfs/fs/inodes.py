@@ -140,14 +140,25 @@ class InodeTable:
             self._versions.pop(inode)
             self._by_path[moved.path] = inode
 
-    def replaced(self, node: Node, inode: int | None = None) -> None:
+    def replaced(self, node: Node, inode: int | None = None, memfile=None) -> None:
         """A rename put another file at ``node``'s name: the kernel's inode of the old
         file (``inode``, as it was before the rename; open somewhere, perhaps) no longer
         means that name."""
         known = self._by_path.pop(node.path, None)
         inode = inode or known or self.inode_of(node)
-        self._nodes[inode] = Replaced(node.path)
         self._lookups.setdefault(inode, 1)
+        # A hard-linked file keeps its other names (and the kernel their dentries): the
+        # names the kernel linked, or (once it forgot them) the buffered file's own names.
+        names = self._links.get(inode, set())
+        names.discard(node.path)
+        if memfile is not None and memfile.inode == inode:
+            names = [*names, *(n[1] if n[0] == "scratch" else n for n in memfile.names)]
+        for name in names:
+            other = self._tree.resolve(name) if isinstance(name, str) else self._tree.chunk_at(name[1], name[2])
+            if other is not None and other.path != node.path:
+                self._nodes[inode] = other
+                return
+        self._nodes[inode] = Replaced(node.path)
 
     def replace(self, inode: int, node: Node) -> None:
         """``inode`` now means ``node`` (its path changed kind under the kernel)."""
@@ -192,6 +203,10 @@ class InodeTable:
                     self._nodes[inode] = fresh
         for path in [p for p in self._by_path if is_below(p, old) and p != old]:
             self._by_path[moved_path(path, old, new)] = self._by_path.pop(path)
+        for names in self._links.values():  # the names of hard-linked inodes moved too
+            for path in [p for p in names if is_below(p, old) and p != old]:
+                names.discard(path)
+                names.add(moved_path(path, old, new))
         for number, (array_key, grid) in list(self._arrays.items()):
             if is_below(array_key, old):
                 moved = moved_path(array_key, old, new)

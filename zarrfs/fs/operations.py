@@ -377,9 +377,10 @@ class Operations(pyfuse3.Operations):
         # the kernel's numbers, before the rename changes what the names compute
         inode = source and self.inodes.inode_of(source)
         replaced_inode = replaced and self.inodes.inode_of(replaced)
+        replaced_file = replaced and self.tree._memfile(replaced)  # its other names, if hard-linked
         moved, directory = await self._writer().rename(old_parent, old, new_parent, new, flags)
         if replaced is not None and source is not None and replaced.path != source.path:
-            self.inodes.replaced(replaced, replaced_inode)
+            self.inodes.replaced(replaced, replaced_inode, replaced_file)
         if source is not None:
             self.inodes.rename(source, moved, inode)
             if directory:

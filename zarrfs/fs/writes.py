@@ -273,6 +273,7 @@ class Writer:
         elif isinstance(node, Plain):
             self.tree.store.unlink(node.path)
         elif isinstance(node, Chunk):
+            self._keep_directories_above(node)
             self.overlay.unbind(chunk_name(node.array, node.coords))
             self.flusher.chunk_changed(node.array, node.coords)
         else:
@@ -359,6 +360,15 @@ class Writer:
         # and an open of it writes the metadata anew)
         return self.tree.lookup(new_parent, new) or self.node_of(target), False
 
+    def _keep_directories_above(self, node: Chunk) -> None:
+        """A chunk's name goes: the key directories above it stay, as directories stay when
+        their files go (until rmdir), though the repack takes the store's last chunk under
+        them away (a key directory shows while the store holds a chunk under it)."""
+        path = os.path.dirname(node.path)
+        while path and path != node.array:
+            self.overlay.directories.add(path)
+            path = os.path.dirname(path)
+
     def _check_leaves_links(self, source: Node, target: Target) -> None:
         """A buffered file with several names cannot be renamed out of the write buffer: the
         new name would hold a copy, yet keep the inode number the kernel knows for all its
@@ -376,6 +386,7 @@ class Writer:
         memfile = self._memfile_for(node)
         name = memfile_name(node)
         if name[0] == "chunk":
+            self._keep_directories_above(node)
             self.overlay.unbind(name)
             self.flusher.chunk_changed(name[1], name[2])
         else:
