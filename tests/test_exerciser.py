@@ -976,8 +976,13 @@ class World:
         m = self.both(what, fn, [src, dst], deep=[parent_of(src), parent_of(dst)],
                       then=(lambda: self._break_link(dst)) if crossing else None)
         if m[0] == "ok" and src != dst:
+            # a file renamed onto a backing file's name in an array directory stays a backing
+            # file there (the mount writes it into the store as a plain file)
+            onto_backing = dst in self.backing and not state.is_dir(src)
             self._moved(dst, None)
             self._moved(src, dst if state.is_dir(src) else None)
+            if onto_backing:
+                self.backing.add(dst)
         if m[0] == "ok" and state.is_dir(src):
             moved = {d for d in self.made_dirs if d == src or d.startswith(src + "/")}
             self.made_dirs -= moved  # (plain directories only get here)
@@ -2261,6 +2266,17 @@ FOUND = [
     ("emptied-key-dir-stays", "a key directory whose last chunk a repack removed (its shard keeps other "
      "rows): not listed, lstat still finds it (stress seed 4)", "v3", [
         ("unlink", "a2/c/0/0"), ("unlink", "a2/c/0/1"), ("fsyncdir", "a2/c/0"), ("listdir", "a2/c")]),
+    ("rename-onto-backing-file", "the model took a chunk renamed onto a backing file in an array directory "
+     "for a buffered file (its link() is a copy there: nlink 1 != 2; stress seed 1, the exerciser's own "
+     "bug)", "v3", [
+        ("rename", "a2/c/0/0", "a2/notes.txt"), ("write", "a2/notes.txt", "ct", 0, b"abcd"),
+        ("link", "a2/notes.txt", "a2/c/1/2"), ("stat", "a2/notes.txt")]),
+    ("unlinked-open-name-made-again", "a buffered file unlinked while open, then made again under its name: "
+     "fstat on the old descriptor showed the new file (stress seed 1 v2)", "v3", [
+        ("write", "a2/tmp1", "ct", 0, b"abcd"), ("open", 0, "a2/tmp1", "rw"), ("unlink", "a2/tmp1"),
+        ("write", "a2/tmp1", "ct", 0, b"0123456789"), ("fstat", 0),
+        ("write", "a2/c/1/1", "ct", 0, b"abcd"), ("open", 1, "a2/c/1/1", "rw"), ("unlink", "a2/c/1/1"),
+        ("write", "a2/c/1/1", "ct", 0, b"0123456789"), ("fstat", 1), ("pread", 1, 0, 64)]),
 ]
 
 

@@ -27,7 +27,7 @@ import pyfuse3
 
 from .lru import LRU
 from .overlay import is_below, moved_path
-from .tree import Chunk, Node, Plain, Replaced
+from .tree import Chunk, Node, Plain, Replaced, Scratch
 
 FIRST_FREE_INODE = pyfuse3.ROOT_INODE + 1
 CHUNK_INODE = 1 << 62  # set in chunk numbers; path hashes stay below it (and all fit in int64)
@@ -177,11 +177,18 @@ class InodeTable:
         self._tree.set_link_inode(node, inode)
         return inode
 
-    def unlinked(self, node: Node, resolve) -> None:
-        """``node``'s name is gone: a hard-linked inode means one of its other names."""
+    def unlinked(self, node: Node, resolve, last: bool = False, held: bool = False) -> None:
+        """``node``'s name is gone: a hard-linked inode means one of its other names. The
+        last name of a buffered file (``last``): a file made at that name later is another
+        file, with another number (descriptors open on this one show its own attributes)."""
         inode = self._by_path.get(node.path) or self.inode_of(node)
         names = self._links.get(inode)
         if names is None:
+            known = self._nodes.get(inode)
+            if last and isinstance(node, (Chunk, Scratch)) and (held or (
+                    isinstance(known, (Chunk, Scratch)) and known.path == node.path)):
+                self._nodes[inode] = Replaced(node.path)  # (``held``: open, so the kernel holds it)
+                self._lookups.setdefault(inode, 1)
             return
         names.discard(node.path)
         if self._by_path.get(node.path) == inode:  # (a file made there later is another file)
@@ -191,6 +198,10 @@ class InodeTable:
             if other is not None:
                 self._nodes[inode] = other
                 return
+        if inode in self._nodes and self._nodes[inode].path == node.path:
+            # its last name went: a file made at that name later is another file (the
+            # descriptors still open on this one show its own attributes, nlink 0)
+            self._nodes[inode] = Replaced(node.path)
 
     def move_tree(self, old: str, new: str, resolve) -> None:
         """Directory ``old`` was renamed to ``new``: the inodes the kernel holds below it

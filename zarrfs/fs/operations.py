@@ -358,9 +358,12 @@ class Operations(pyfuse3.Operations):
     async def unlink(self, parent_inode, name, ctx):
         parent, name = self._node(parent_inode), os.fsdecode(name)
         node = self.tree.lookup(parent, name)
+        memfile = node and self.tree._memfile(node)
+        last = memfile is not None and len(memfile.names) == 1  # a buffered file's only name
+        held = node is not None and self.inodes.inode_of(node) in self._open_by_inode
         await self._writer().unlink(parent, name)
         if node is not None:
-            self.inodes.unlinked(node, self.tree.resolve)
+            self.inodes.unlinked(node, self.tree.resolve, last, held)
 
     @_changes_store
     @_kernel_errors
