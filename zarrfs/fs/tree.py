@@ -21,7 +21,6 @@ node never goes stale in a way that serves wrong bytes.
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import stat
 import time
@@ -379,23 +378,6 @@ class ViewTree:
             return False
         except OSError:  # there but unreachable (a symlink out of the store): its chunks are EIO
             return True
-
-    def keep_key_directories(self, array_key: str, shard: tuple[int, ...]) -> None:
-        """A repack removed a shard, and the store its backing directories once empty: the key
-        directories the view showed above its chunks stay, as directories stay when their
-        files are removed, until rmdir (or a remount: the view then shows what the store holds)."""
-        view = self._array_view(array_key)
-        if view is None or view.array.ndim == 0:
-            return
-        array = view.array
-        ranges = [range(s * n, min((s + 1) * n, g)) for s, n, g in zip(shard, array.chunks_per_shard, array.chunk_grid)]
-        if not all(ranges):
-            return
-        rows = itertools.product(*ranges[:-1], [ranges[-1].start])  # one chunk per leaf directory
-        parts = {key[:depth] for coords in rows for key in [view.keys.components(coords)] for depth in range(1, len(key))}
-        for path in (join(array_key, *p) for p in parts):
-            if path not in self.overlay.removed_directories and self.resolve(path) is None:
-                self.overlay.directories.add(path)
 
     def _written_under(self, array_key: str, prefix: tuple[int, ...]) -> list[tuple[int, ...]]:
         """Coordinates of chunks in the write buffer under a coordinate prefix."""
