@@ -11,8 +11,8 @@ How POSIX maps onto objects:
   so that an empty directory exists (obstore normalises away a trailing ``/``,
   so the ``DIR/`` markers of s3fs and rclone can be read but not written).
 - One delimited LIST per directory serves ``listdir`` and ``lstat`` of every
-  entry in it, reused for ``reuse_listings_for`` seconds and dropped by any
-  write through this store and by ``changing()``. Bytes are never served from a
+  entry in it, reused for ``reuse_listings_for`` seconds; a write through this
+  store drops the listings of the directories above what it changed. Bytes are never served from a
   stale listing: every ranged read names the ETag it expects (``If-Match``).
 - Whole files are written by one complete PUT, conditional on the version they
   were merged from (``If-Match``, or ``If-None-Match: *`` for a new key).
