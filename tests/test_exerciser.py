@@ -2277,6 +2277,10 @@ FOUND = [
         ("write", "a2/tmp1", "ct", 0, b"0123456789"), ("fstat", 0),
         ("write", "a2/c/1/1", "ct", 0, b"abcd"), ("open", 1, "a2/c/1/1", "rw"), ("unlink", "a2/c/1/1"),
         ("write", "a2/c/1/1", "ct", 0, b"0123456789"), ("fstat", 1), ("pread", 1, 0, 64)]),
+    ("linked-plain-copy-keeps-mode", "a plain file linked onto a scratch name in an array directory (a copy "
+     "there) took mode 0644, not its own (stress seed 1 v3)", "v3", [
+        ("write", "g/notes.txt", "ct", 0, b"abcd"), ("chmod", "g/notes.txt", 0o600),
+        ("link", "g/notes.txt", "a2/x.partial"), ("stat", "a2/x.partial")]),
 ]
 
 

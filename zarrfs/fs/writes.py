@@ -430,7 +430,7 @@ class Writer:
             # (an empty .zattrs is applied, but the v2 view shows none: the link still succeeded)
             return self.tree.lookup(new_parent, new) or self.node_of(target), False
         if isinstance(node, Plain):
-            self._bind(target, MemFile(bytearray(self._content_of(node))))
+            self._bind(target, self._copy_of_plain(node))
             return self.node_of(target), False
         self._bind(target, self._memfile_for(node))
         return self.node_of(target), True
@@ -447,6 +447,13 @@ class Writer:
         except FileNotFoundError:
             pass
         return b""
+
+    def _copy_of_plain(self, node: Plain) -> MemFile:
+        """A buffered copy of a plain file, with its mode and owner (as cp -p would keep
+        them; a link is a second name of the same file, so nothing of it may change)."""
+        st = self.tree.store.lstat(node.path)
+        return MemFile(bytearray(self._content_of(node)), mode=stat.S_IFREG | stat.S_IMODE(st.st_mode),
+                       uid=st.st_uid, gid=st.st_gid)
 
     def _content_of(self, node: Node) -> bytes:
         if isinstance(node, Plain):
