@@ -2281,6 +2281,10 @@ FOUND = [
      "there) took mode 0644, not its own (stress seed 1 v3)", "v3", [
         ("write", "g/notes.txt", "ct", 0, b"abcd"), ("chmod", "g/notes.txt", 0o600),
         ("link", "g/notes.txt", "a2/x.partial"), ("stat", "a2/x.partial")]),
+    ("unlinked-plain-file-size", "fstat of a plain file open to read, after its unlink, gave size 2**63-1 "
+     "(stress seed 3 v3)", "v3", [
+        ("write", "g/notes.txt", "ct", 0, b"abcd"), ("open", 0, "g/notes.txt", "r"),
+        ("unlink", "g/notes.txt"), ("fstat", 0), ("pread", 0, 0, 64), ("close", 0)]),
 ]
 
 

@@ -149,8 +149,9 @@ class Operations(pyfuse3.Operations):
             content = self._handles[fh].content
             if isinstance(content, MemContent):
                 return Attributes.of_memfile(content.memfile)
-            if isinstance(content, FileRange):
-                return replace(Attributes.of(content.shared.stat()).as_file(content.length), nlink=0)
+            if isinstance(content, FileRange):  # a chunk's range of its shard, or a whole plain file
+                st = content.shared.stat()
+                return replace(Attributes.of(st).as_file(min(content.length, st.st_size - content.offset)), nlink=0)
             if isinstance(content, PlainWriter):  # a plain file open for writing: its own attributes
                 return Attributes.of(content.file.stat())
         raise OSError(errno.ENOENT, "no such file")
