@@ -350,12 +350,8 @@ class ViewTree:
             return False
         if not coords:
             return True
-        array, prefix = view.array, np.array(coords, dtype=np.int64)
-        for shard in self._shards_below(array_key, view, array.shard_of(coords)):
-            present = self.shards.present_chunks(array_key, array, shard)
-            if np.any(np.all(present[:, : len(coords)] == prefix, axis=1)):
-                return True
-        return False
+        return any(len(self._stored_in(array_key, view.array, shard, coords))
+                   for shard in self._shards_below(array_key, view, view.array.shard_of(coords)))
 
     def _stored_indices(self, array_key: str, view: DirView, coords: tuple[int, ...]) -> set[int]:
         """Indices along the next axis under the chunk-coordinate prefix ``coords`` at which
@@ -365,11 +361,13 @@ class ViewTree:
         self.shards.prefetch(array_key, array, shards)
         found: set[int] = set()
         for shard in shards:
-            present = self.shards.present_chunks(array_key, array, shard)
-            if axis:
-                present = present[np.all(present[:, :axis] == np.array(coords, dtype=np.int64), axis=1)]
-            found.update(present[:, axis].tolist())
+            found.update(self._stored_in(array_key, array, shard, coords)[:, axis].tolist())
         return found
+
+    def _stored_in(self, array_key: str, array, shard: tuple[int, ...], coords: tuple[int, ...]) -> np.ndarray:
+        """Coordinates of the chunks ``shard`` holds under the chunk-coordinate prefix ``coords``."""
+        present = self.shards.present_chunks(array_key, array, shard)
+        return present[np.all(present[:, : len(coords)] == np.array(coords, dtype=np.int64), axis=1)]
 
     def _is_backing_dir(self, key: str) -> bool:
         try:
