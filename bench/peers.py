@@ -164,6 +164,14 @@ class Ratarmount(ForegroundPeer):
         return [ratarmount_command(), "-f", dataset.image("tar"), mountpoint]
 
 
+class PyfuseFloor(ForegroundPeer):
+    """bench/floor.py: the plain files served by a minimal pyfuse3 filesystem with every
+    attribute in memory, i.e. what pyfuse3 and the kernel allow (issue 14)."""
+
+    def command(self, dataset, mountpoint):
+        return [sys.executable, Path(__file__).with_name("floor.py"), dataset.plain, mountpoint]
+
+
 class Zarrfs(System):
     """`zarrfs mount` returns once the mount answers; its wall time is the mount time."""
 
@@ -219,6 +227,7 @@ READ_SYSTEMS = [
     SquashfuseLL("squashfuse_ll", "peer"),
     FuseZip("fuse-zip", "peer"),
     Ratarmount("ratarmount", "peer"),
+    PyfuseFloor("pyfuse3-floor", "peer"),
     Zarrfs("zarrfs", "zarrfs"),
     Zarrfs("zarrfs-ro", "zarrfs", ["--read-only"]),
 ]

@@ -11,7 +11,7 @@ import sys
 
 READ_STEPS = ("mount", "list", "stat", "cat cold", "cat warm", "py read")
 FILE_STEPS = ("list", "stat", "cat cold", "cat warm", "py read")  # steps that touch every file once
-PEERS = ("plain", "squashfuse_ll", "fuse-zip", "ratarmount")
+PEERS = ("plain", "squashfuse_ll", "fuse-zip", "ratarmount", "pyfuse3-floor")
 ZARRFS_ROWS = ("zarrfs", "zarrfs-ro")
 
 
@@ -111,14 +111,18 @@ def targets(results: dict) -> list[tuple[str, str, float | None, float]]:
             def add(what, step, peer, limit):
                 if peer in med:
                     found.append((f"{name} {what} / {peer}", z, ratio(med[z][step], med[peer][step]), limit))
-            add("cat cold", "cat cold", "squashfuse_ll", 1.0)
-            add("cat cold", "cat cold", "ratarmount", 0.5)
-            add("stat", "stat", "squashfuse_ll", 0.15)
-            add("stat", "stat", "plain", 5.0)
-            add("cat warm", "cat warm", "squashfuse_ll", 0.8)
+            # issue 14's targets
+            add("list", "list", "pyfuse3-floor", 1.2)
+            add("stat", "stat", "squashfuse_ll", 0.12)
+            add("cat cold", "cat cold", "squashfuse_ll", 0.8)
+            add("cat warm", "cat warm", "squashfuse_ll", 0.35)
+        if "zarrfs" in med and "zarrfs-ro" in med:
+            for step in ("cat cold", "cat warm"):
+                found.append((f"{name} {step}: default / --read-only", "zarrfs",
+                              ratio(med["zarrfs"][step], med["zarrfs-ro"][step]), 1.1))
     for name, zarr in results["zarr"].items():
         found.append((f"{name} zarr2 via v2 view / zarr3 native", "zarrfs",
-                      ratio(median(zarr["zarr2 v2 view"]), median(zarr["zarr3 native"])), 1.5))
+                      ratio(median(zarr["zarr2 v2 view"]), median(zarr["zarr3 native"])), 2.0 if name == "d2" else 1.5))
     for name, w in results["write"].items():
         found.append((f"{name} write / plain", "zarrfs", ratio(median(r["seconds"] for r in w["zarrfs"]),
                                                                median(r["seconds"] for r in w["plain"])), 2.0))
