@@ -13,6 +13,7 @@ a real Dask LocalCluster, three ``--part``s as three processes, and bad input.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
@@ -551,3 +552,117 @@ def test_pack_into_and_unpack_from_s3(seaweedfs, many_shards, tmp_path, monkeypa
     out, original = files_of(tmp_path / "out"), files_of(src)
     assert {k: v for k, v in out.items() if "zarr.json" not in k} == \
         {k: v for k, v in original.items() if "zarr.json" not in k}
+
+
+def test_pack_from_s3(seaweedfs, many_shards, tmp_path, monkeypatch):
+    """SRC on the test's SeaweedFS (chunk files read with ObjectStore.read_many): the same
+    shards as packing the local SRC."""
+    from backends import credentials_environment
+
+    for name, value in credentials_environment().items():
+        monkeypatch.setenv(name, value)
+    src, data = many_shards
+    url, endpoint = seaweedfs.url(), ("--endpoint-url", seaweedfs.endpoint)
+    zarrfs("pack", src, tmp_path / "packed", "--shards", "1")  # 1 chunk a shard: the chunk files, unpacked
+    zarrfs("unpack", tmp_path / "packed", url, *endpoint)  # SRC's chunk files, into the bucket
+    zarrfs("pack", url, tmp_path / "from-s3", "--shards", "4", "--jobs", "1", *endpoint)
+    zarrfs("pack", src, tmp_path / "from-disk", "--shards", "4")
+    assert files_of(tmp_path / "from-s3") == files_of(tmp_path / "from-disk")
+    assert arrays_equal(read_zarr3(tmp_path / "from-s3" / "a"), data)
+
+
+# -- the fast paths: reading chunk files a directory at a time, the planner's rows --------------
+
+
+def test_read_many_reads_regular_files_only_and_follows_nothing(tmp_path):
+    from zarrfs.store.base import TooLarge
+    from zarrfs.store.local import LocalStore
+
+    root = tmp_path / "store"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "a").write_bytes(b"aaaa")
+    (root / "d" / "empty").write_bytes(b"")
+    (root / "d" / "big").write_bytes(b"x" * 3 * 2**20)
+    (root / "d" / "link").symlink_to("a")  # inside the store, and still not followed
+    (root / "d" / "out").symlink_to(tmp_path / "secret")
+    (tmp_path / "secret").write_bytes(b"secret")
+    os.mkfifo(root / "d" / "fifo")  # never blocks the reader
+    (root / "d" / "sub").mkdir()
+    (root / "away").symlink_to(tmp_path)  # a directory outside the store
+    store = LocalStore(str(root))
+    assert store.read_many("d", ["a", "missing", "empty", "big"]) == [b"aaaa", None, b"", b"x" * 3 * 2**20]
+    assert store.read_many("nowhere", ["a", "b"]) == [None, None]
+    for name in ("link", "out", "fifo", "sub"):
+        with pytest.raises(OSError) as error:
+            store.read_many("d", ["a", name])
+        assert error.value.errno in (errno.EIO, errno.EISDIR), name
+    with pytest.raises(OSError):
+        store.read_many("away", ["secret"])
+    for name in ("../d/a", "", ".", ".."):
+        with pytest.raises(ValueError):
+            store.read_many("d", [name])
+    with pytest.raises(TooLarge):
+        store.read_many("d", ["a", "big"], limit=2**20)
+    assert store.read_many("d", ["a"], limit=4) == [b"aaaa"]
+    with pytest.raises(TooLarge):
+        store.read_many("d", ["a"], limit=3)
+
+
+def test_the_planner_reads_key_directories_as_the_walker_would(tmp_path):
+    """The planner's directory-at-a-time path for packed arrays gives the plan (shards,
+    counts) and the errors that the walker's file-by-file path gives."""
+    import io
+
+    from zarrfs.pack import _Planner
+    from zarrfs.store.local import LocalStore
+    from zarrfs.walk import Progress, StoreWalker
+
+    src = tmp_path / "src"
+    a = zarr.create_array(src / "a", shape=(30, 20, 10), chunks=(2, 3, 4), dtype="uint8",
+                          config={"write_empty_chunks": True})
+    a[...] = 1
+    zarr.create_array(src / "v2", shape=(9, 9), chunks=(2, 2), dtype="uint8", zarr_format=2,
+                      chunk_key_encoding={"name": "v2", "separator": "/"})[...] = 2
+    os.remove(src / "a" / "c" / "3" / "2" / "1")  # sparse
+    plans = {}
+
+    class Walker(_Planner):  # the walker's own way, file by file
+        _array = StoreWalker._array
+
+    for planner in (_Planner, Walker):
+        p = planner(LocalStore(str(src)), Progress(io.StringIO()), 4, io.StringIO())
+        p.walk()
+        plans[planner.__name__] = [(x.key, sorted(x.shards), x.chunk_files) for x in p.plan.arrays], \
+            p.plan.files_before, sorted(p.plan.errors)
+    assert plans["_Planner"] == plans["Walker"] and not plans["_Planner"][2]
+    # strays in key directories: each is an error, named as the walker names it
+    for stray in ("c/0/0/01", "c/0/0/x", "c/0/0/9", "c/0/99/0", "c/3/2/1/0", "c/x/0/0", "c/0/0/.zarrfs-tmp-x"):
+        path = src / "a" / stray
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"s")
+    (src / "v2" / "0" / "7").write_bytes(b"s")
+    for planner in (_Planner, Walker):
+        p = planner(LocalStore(str(src)), Progress(io.StringIO()), 4, io.StringIO())
+        p.walk()
+        plans[planner.__name__] = [(x.key, sorted(x.shards), x.chunk_files) for x in p.plan.arrays], \
+            p.plan.files_before, sorted(p.plan.errors)
+    assert plans["_Planner"] == plans["Walker"]
+    assert len(plans["_Planner"][2]) == 8, plans["_Planner"][2]
+
+
+@pytest.mark.parametrize("location", ["start", "end"])
+def test_encode_shard_puts_chunks_in_c_order_with_the_index(location):
+    from zarrfs.format.shard_codec import encode_shard
+    from zarrfs.format.shard_index import IndexFormat
+
+    layout = parse_array_document(json.loads(json.dumps({**_sharded_doc(Path(".")), "codecs": [
+        {"name": "sharding_indexed", "configuration": {
+            "chunk_shape": [4, 4], "codecs": [{"name": "bytes"}],
+            "index_codecs": [{"name": "bytes"}, {"name": "crc32c"}], "index_location": location}}]})))
+    fmt = layout.levels[0]
+    assert isinstance(fmt, IndexFormat)
+    chunks = {(3, 1): b"last", (0, 2): b"first!", (1, 0): b"", (2, 3): b"x" * 100}
+    shard = encode_shard(fmt, chunks)
+    assert read_chunks(layout, shard) == chunks
+    payload = b"first!" + b"" + b"x" * 100 + b"last"
+    assert (shard[fmt.nbytes:] if location == "start" else shard[:-fmt.nbytes]) == payload

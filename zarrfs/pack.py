@@ -51,7 +51,7 @@ import os
 import stat
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, TextIO
 
@@ -63,11 +63,13 @@ from .format.v2 import NoV2Equivalent, v2_to_v3
 from .fs.shards import join
 from .store import is_object_store_url
 from .store.local import zarrfs_own
-from .walk import Progress, StoreError, StoreWalker, V2_GROUP, bounded_map, open_store, quiet_zarrfs_log
+from .walk import Progress, StoreError, StoreWalker, V2_GROUP, bounded_map, decode_key, open_store, \
+    quiet_zarrfs_log
 
 V3_METADATA, V2_ARRAY, V2_ATTRS = "zarr.json", ".zarray", ".zattrs"
 METADATA_NAMES = frozenset({V3_METADATA, V2_ARRAY, V2_ATTRS, V2_GROUP})
 COPY_BATCH = 64  # files copied as they are per task: a task costs more than a small file
+BATCH_MAX = 8  # shard tasks sent to a pool process or Dask worker at once (``_batches``)
 
 
 class PackError(Exception):
@@ -233,6 +235,73 @@ class _Planner(StoreWalker):
             array.shards.add(_layout(array.target_json).shard_of(coords))
 
 
+    # -- the chunk files of a packed array with "/" keys, a directory at a time -----------
+    # Millions of chunk files: the walker's way (a generator level per key component, a key
+    # decoded and a hook called per file) cost 19 µs a file, most of a pack of small chunks.
+    # Here a directory of the last axis is one scan, its names checked in one loop; any
+    # entry that is not at once a chunk of the grid goes the walker's way (and its error).
+
+    def _array(self, dir_key: str, zarr_format: int, layout: ArrayLayout, entries: list[tuple[str, bool]]) -> None:
+        keys = layout.key_encoding
+        if keys.separator != "/" or layout.ndim == 0 or layout.is_sharded:
+            return super()._array(dir_key, zarr_format, layout, entries)
+        array = self.array(dir_key, zarr_format, layout)
+        for name, is_dir in entries:
+            if zarrfs_own(name):
+                self._scratch(dir_key, name, is_dir)
+            elif keys.decode_prefix((name,), layout.ndim) is None:  # metadata, strays
+                if is_dir:
+                    self.walk(join(dir_key, name))
+                else:
+                    self._count_file()
+                    self.array_file(array, dir_key, name)
+            elif is_dir and array.target is not None:
+                self._key_directory(array, dir_key, layout, (name,))
+            else:
+                self._key_files(array, dir_key, layout, (name,), is_dir)
+
+    def _key_files(self, array: ArrayPlan, dir_key: str, layout: ArrayLayout, parts: tuple[str, ...],
+                   is_dir: bool) -> None:
+        """The walker's way (``StoreWalker._array``): file by file."""
+        for file_parts in self._files_below(dir_key, parts, is_dir):
+            self._count_file()
+            coords = decode_key(layout.key_encoding, file_parts, layout.ndim)
+            valid = coords is not None and all(i < n for i, n in zip(coords, layout.shard_grid))
+            self.key_file(array, dir_key, layout, file_parts, coords if valid else None)
+
+    def _key_directory(self, array: ArrayPlan, dir_key: str, layout: ArrayLayout, parts: tuple[str, ...]) -> None:
+        keys, ndim, grid = layout.key_encoding, layout.ndim, layout.shard_grid
+        entries = self._scandir(join(dir_key, *parts))
+        if entries is None:
+            return
+        prefix = keys.decode_prefix(parts, ndim)
+        if len(parts) < keys.depth(ndim) - 1 or prefix is None or len(prefix) != ndim - 1 \
+                or not all(i < n for i, n in zip(prefix, grid)):
+            for name, is_dir in entries:  # not yet the last axis (or no valid prefix)
+                if is_dir and prefix is not None and len(prefix) < ndim - 1:
+                    self._key_directory(array, dir_key, layout, parts + (name,))
+                else:
+                    self._key_files(array, dir_key, layout, parts + (name,), is_dir)
+            return
+        last_grid, found = grid[-1], []
+        for name, is_dir in entries:
+            # parse_index inlined: canonical decimal (no sign, no leading zero), inside the grid
+            if not is_dir and name.isdigit() and name.isascii() and (name[0] != "0" or len(name) == 1) \
+                    and int(name) < last_grid:
+                found.append(int(name))
+            else:
+                self._key_files(array, dir_key, layout, parts + (name,), is_dir)
+        if not found:
+            return
+        self._seen += len(found)
+        self.progress.update(f"{self.label}: scanning the store, {self._seen} files")
+        self.plan.files_before += len(found)
+        array.chunk_files += len(found)
+        per_shard = _layout(array.target_json).chunks_per_shard
+        outer = tuple(i // n for i, n in zip(prefix, per_shard))
+        array.shards.update(outer + (last,) for last in {i // per_shard[-1] for i in found})
+
+
 @functools.lru_cache(maxsize=256)
 def _layout(target: str) -> ArrayLayout:
     return parse_array_document(json.loads(target))
@@ -268,30 +337,89 @@ def _store(url: str, endpoint_url: str | None = None):
 
 def run_task(src_url: str, dst_url: str, endpoint_url: str | None, task: ShardTask | CopyTask) -> TaskResult:
     """One task; module level, so that process pools and Dask can ship it by name."""
-    src, dst = _store(src_url, endpoint_url), _store(dst_url, endpoint_url)
-    if isinstance(task, CopyTask):
-        return _copy_files(src, dst, task.keys)
-    return _pack_shard(src, dst, task)
+    return run_tasks(src_url, dst_url, endpoint_url, (task,))[0]
 
 
-def _pack_shard(src, dst, task: ShardTask) -> TaskResult:
+def run_tasks(src_url: str, dst_url: str, endpoint_url: str | None, tasks: Iterable) -> list[TaskResult]:
+    """Several tasks, in order, each shard's write overlapped with reading the next one's
+    chunks (see ``_pipelined``); returns once every shard is durable."""
+    return list(_pipelined(_store(src_url, endpoint_url), _store(dst_url, endpoint_url), tasks))
+
+
+def _pipelined(src, dst, tasks: Iterable) -> Iterator[TaskResult]:
+    """Run ``tasks`` here, yielding each result once its objects are durable. A shard is
+    read and assembled in this thread and written (write, fsync, rename, fsync of the
+    directory; or one PUT) by one writer thread meanwhile: writing waits on the disk or the
+    network with the GIL released, so the next shard's reads go on. At most one shard is
+    being written while the next is read: memory stays two shards per process."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarrfs-pack-writer") as writer:
+        pending: tuple[Future, TaskResult] | None = None
+        try:
+            for task in tasks:
+                if isinstance(task, CopyTask):
+                    result, write = _copy_files(src, dst, task.keys), None
+                else:
+                    result, write = _prepare_shard(src, dst, task)
+                if pending is not None:
+                    pending[0].result()
+                    yield pending[1]
+                    pending = None
+                if write is None:
+                    yield result
+                else:
+                    pending = writer.submit(dst.replace_durably, *write), result
+            if pending is not None:
+                pending[0].result()
+                yield pending[1]
+                pending = None
+        finally:
+            if pending is not None:
+                pending[0].cancel()
+
+
+def _prepare_shard(src, dst, task: ShardTask) -> tuple[TaskResult, tuple[str, bytes] | None]:
+    """The result of a shard's task and ``(key, bytes)`` to write, None when DST has it
+    complete already (or there is nothing to write: every chunk gone since the plan)."""
     layout = _layout(task.target)
     (key,) = task.outputs()
     result = TaskResult(task.array, objects=1)
     if _shard_complete(src, dst, task, layout, key):
-        return result
+        return result, None
     chunks = {}
-    for local, source_key in _chunk_keys(task, layout):
-        try:
-            chunks[local] = src.read(source_key)
-        except FileNotFoundError:  # an absent chunk: the fill value
-            continue
+    for directory, locals_, names in _chunk_files(task, layout):
+        for local, data in zip(locals_, src.read_many(directory, names)):
+            if data is not None:  # an absent chunk: the fill value
+                chunks[local] = data
     data = write_shard(layout, chunks)
-    if data is not None:
-        dst.replace_durably(key, data)
-        result.written, result.chunks = 1, len(chunks)
-        result.bytes = sum(len(c) for c in chunks.values())
-    return result
+    if data is None:
+        return result, None
+    result.written, result.chunks = 1, len(chunks)
+    result.bytes = sum(map(len, chunks.values()))
+    return result, (key, data)
+
+
+def _chunk_files(task: ShardTask, layout: ArrayLayout) -> list[tuple[str, list[tuple[int, ...]], list[str]]]:
+    """``(source directory, local coords, file names)`` of every grid position of the shard,
+    by directory (the same keys as ``_chunk_keys``): with the ``/`` separator one directory
+    per coordinate prefix, whose names are the last coordinate, computed once per row."""
+    first = [s * n for s, n in zip(task.shard, layout.chunks_per_shard)]
+    ranges = [range(min(n, g - f)) for n, g, f in zip(layout.chunks_per_shard, layout.chunk_grid, first)]
+    keys = layout.key_encoding
+    groups = []
+    if keys.separator == "/" and ranges:
+        names = [str(first[-1] + i) for i in ranges[-1]]
+        for outer in itertools.product(*ranges[:-1]):
+            coords = tuple(f + i for f, i in zip(first, outer))
+            directory = join(task.array, *keys.prefix_components(coords))
+            groups.append((directory, [outer + (i,) for i in ranges[-1]], names))
+        return groups
+    by_directory: dict[str, tuple[list, list]] = {}
+    for local, source_key in _chunk_keys(task, layout):
+        directory, _, name = source_key.rpartition("/")
+        entry = by_directory.setdefault(directory, ([], []))
+        entry[0].append(local)
+        entry[1].append(name)
+    return [(directory, locals_, names) for directory, (locals_, names) in by_directory.items()]
 
 
 def _chunk_keys(task: ShardTask, layout: ArrayLayout) -> Iterator[tuple[tuple[int, ...], str]]:
@@ -378,34 +506,45 @@ def tasks_of_part(tasks: list, part: tuple[int, int] | None) -> list:
     return tasks[index - 1::count]
 
 
+def _batches(tasks: list, workers: int) -> list[tuple]:
+    """Consecutive tasks sent to a worker together (``run_tasks``): a round trip to a pool
+    process or through a Dask scheduler costs more than a small shard, and within a batch
+    each shard's write overlaps the next one's reads. Still four batches or more per
+    worker, so that the workers end together."""
+    size = max(1, min(BATCH_MAX, len(tasks) // (4 * max(workers, 1))))
+    return [tuple(tasks[i:i + size]) for i in range(0, len(tasks), size)]
+
+
 def _run_local(stores: tuple, tasks: list, jobs: int) -> Iterator[TaskResult]:
     """``stores``: the first arguments of ``run_task``."""
     if jobs == 1 or len(tasks) < 2:
-        yield from (run_task(*stores, t) for t in tasks)
+        yield from _pipelined(_store(stores[0], stores[2]), _store(stores[1], stores[2]), tasks)
         return
     # Processes, not threads: packing small chunks is Python work per chunk, and threads
     # would share one GIL. fork: the workers start at once and inherit the imports; but an
     # object store's client runs threads of its own, which a forked child would lack.
     method = "spawn" if any(is_object_store_url(url) for url in stores[:2]) else "fork"
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method)) as pool:
-        yield from bounded_map(pool, functools.partial(run_task, *stores), tasks, 4 * jobs)
+        for results in bounded_map(pool, functools.partial(run_tasks, *stores), _batches(tasks, jobs), 2 * jobs):
+            yield from results
 
 
 def _run_dask(stores: tuple, tasks: list, address: str) -> Iterator[TaskResult]:
-    """On an existing Dask distributed scheduler; at most a few tasks per worker thread are
+    """On an existing Dask distributed scheduler; at most a few batches per worker thread are
     submitted at a time, so that a million shards are never a million futures."""
     from distributed import Client, as_completed
 
     with Client(address, timeout=30) as client:
-        window = max(2, 2 * sum(client.nthreads().values()))
-        pending = iter(tasks)
-        futures = as_completed([client.submit(run_task, *stores, t, pure=False)
-                                for t in itertools.islice(pending, window)])
+        threads = sum(client.nthreads().values())
+        window = max(2, 2 * threads)
+        pending = iter(_batches(tasks, threads))
+        futures = as_completed([client.submit(run_tasks, *stores, batch, pure=False)
+                                for batch in itertools.islice(pending, window)])
         for future in futures:
-            yield future.result()
+            yield from future.result()
             future.release()
-            for task in itertools.islice(pending, 1):
-                futures.add(client.submit(run_task, *stores, task, pure=False))
+            for batch in itertools.islice(pending, 1):
+                futures.add(client.submit(run_tasks, *stores, batch, pure=False))
 
 
 # -- the metadata, last ------------------------------------------------------------------

@@ -8,8 +8,6 @@ Keys are innermost-chunk coordinates local to the (outermost) shard.
 
 from __future__ import annotations
 
-import itertools
-
 from .metadata import ArrayLayout
 from .shard_index import IndexFormat
 
@@ -52,16 +50,19 @@ def write_shard(layout: ArrayLayout, chunks: Chunks, depth: int = 0) -> bytes | 
 
 
 def encode_shard(fmt: IndexFormat, chunks: Chunks) -> bytes:
-    """One level: payloads in C order, the index where ``fmt`` puts it."""
+    """One level: payloads in C order, the index where ``fmt`` puts it. The shard is
+    assembled once (one join of the payloads and the index: no copy of a copy)."""
     entries = fmt.empty_entries()
-    start = fmt.nbytes if fmt.location == "start" else 0
-    payload = bytearray()
-    for local in itertools.product(*(range(n) for n in fmt.chunks_per_shard)):
-        data = chunks.get(local)
-        if data is None:
+    offset = fmt.nbytes if fmt.location == "start" else 0
+    parts = []
+    shape = fmt.chunks_per_shard
+    # C order of the local coordinates is their sorted order (keys outside the shard are not in it)
+    for local in sorted(chunks):
+        if len(local) != len(shape) or not all(0 <= i < n for i, n in zip(local, shape)):
             continue
-        entries[local] = (start + len(payload), len(data))
-        payload += data
+        data = chunks[local]
+        entries[local] = (offset, len(data))
+        offset += len(data)
+        parts.append(data)
     index = fmt.encode(entries)
-    return index + bytes(payload) if fmt.location == "start" else bytes(payload) + index
-
+    return b"".join([index, *parts] if fmt.location == "start" else [*parts, index])

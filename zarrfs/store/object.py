@@ -654,6 +654,16 @@ class ObjectStore:
     def remove_lock_file(self, array_key: str) -> None:
         """There is no lock file on an object store."""
 
+    def read_many(self, dir_key: str, names, limit: int | None = None) -> list[bytes | None]:
+        """``read`` of each ``dir_key/name`` in turn, None for a missing one (one GET each)."""
+        found: list[bytes | None] = []
+        for name in names:
+            try:
+                found.append(self.read(join_key(dir_key, name), limit))
+            except FileNotFoundError:
+                found.append(None)
+        return found
+
 
 class ObjectFile:
     """One version (ETag) of an object, for reading: every read is conditional on it."""
