@@ -2285,6 +2285,19 @@ FOUND = [
      "(stress seed 3 v3)", "v3", [
         ("write", "g/notes.txt", "ct", 0, b"abcd"), ("open", 0, "g/notes.txt", "r"),
         ("unlink", "g/notes.txt"), ("fstat", 0), ("pread", 0, 0, 64), ("close", 0)]),
+    ("unlinked-stored-chunk-made-again", "a stored chunk unlinked while open, then written again under its "
+     "name: the old descriptor showed the new file (size 10, nlink 1)", "v3", [
+        ("open", 0, "a2/c/0/0", "r"), ("unlink", "a2/c/0/0"), ("write", "a2/c/0/0", "ct", 0, b"0123456789"),
+        ("fstat", 0), ("pread", 0, 0, 64)]),
+    ("unlinked-plain-made-again", "the same for a plain file", "v3", [
+        ("open", 0, "README.txt", "r"), ("unlink", "README.txt"), ("write", "README.txt", "ct", 0, b"0123456789"),
+        ("fstat", 0), ("pread", 0, 0, 64)]),
+    ("unlinked-open-chunk-dir-renamed", "a chunk unlinked while open and written again, then its array "
+     "renamed: the old descriptor followed the name to the new file (moved/c/1/1)",
+     "v3", [
+        ("write", "a2/c/1/1", "ct", 0, b"abcd"), ("open", 0, "a2/c/1/1", "rw"), ("unlink", "a2/c/1/1"),
+        ("write", "a2/c/1/1", "ct", 0, b"0123456789"), ("rename", "a2", "moved"), ("fstat", 0),
+        ("pread", 0, 0, 64)]),
 ]
 
 

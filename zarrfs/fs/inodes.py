@@ -179,14 +179,14 @@ class InodeTable:
 
     def unlinked(self, node: Node, resolve, last: bool = False, held: bool = False) -> None:
         """``node``'s name is gone: a hard-linked inode means one of its other names. The
-        last name of a buffered file (``last``): a file made at that name later is another
-        file, with another number (descriptors open on this one show its own attributes)."""
+        last name of a file (``last``): a file made at that name later is another file,
+        with another number (descriptors open on this one show its own attributes)."""
         inode = self._by_path.get(node.path) or self.inode_of(node)
         names = self._links.get(inode)
         if names is None:
             known = self._nodes.get(inode)
-            if last and isinstance(node, (Chunk, Scratch)) and (held or (
-                    isinstance(known, (Chunk, Scratch)) and known.path == node.path)):
+            if last and isinstance(node, (Chunk, Scratch, Plain)) and (held or (
+                    isinstance(known, (Chunk, Scratch, Plain)) and known.path == node.path)):
                 self._nodes[inode] = Replaced(node.path)  # (``held``: open, so the kernel holds it)
                 self._lookups.setdefault(inode, 1)
             return
@@ -208,10 +208,11 @@ class InodeTable:
         mean the moved names (``resolve(path) -> Node | None``), and chunk numbers of
         arrays below it stay what they were."""
         for inode, node in list(self._nodes.items()):
-            if is_below(node.path, old) and node.path != old:
+            # (a file that lost its name keeps meaning its file, not what now has that name)
+            if is_below(node.path, old) and node.path != old and not isinstance(node, Replaced):
+                # (nothing there: the old path is no longer its name, whatever is made there later)
                 fresh = resolve(moved_path(node.path, old, new))
-                if fresh is not None:
-                    self._nodes[inode] = fresh
+                self._nodes[inode] = fresh if fresh is not None else Replaced(node.path)
         for path in [p for p in self._by_path if is_below(p, old) and p != old]:
             self._by_path[moved_path(path, old, new)] = self._by_path.pop(path)
         for names in self._links.values():  # the names of hard-linked inodes moved too
@@ -227,6 +228,8 @@ class InodeTable:
     def resolve_again(self, prefix: str, resolve) -> None:
         """Nodes below ``prefix`` are looked up again by path (``resolve(path) -> Node | None``)."""
         for inode, node in list(self._nodes.items()):
+            if isinstance(node, Replaced):
+                continue  # a file that lost its name: what has that name now is another file
             if node.path.startswith(prefix + "/") if prefix else node.path:
                 fresh = resolve(node.path)
                 if fresh is not None and fresh.path == node.path:

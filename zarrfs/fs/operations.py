@@ -112,6 +112,12 @@ class Operations(pyfuse3.Operations):
         the tree lock, so that its waits on the network stop no other request."""
         if self.tree_lock is None:
             return call(*args)
+        return await self.tree_lock.call(call, *args, limiter=self._tree_calls)
+
+    async def _changing_tree(self, call, *args):
+        """A change (create, mkdir): as ``_in_tree``, but on an object store always in a worker thread."""
+        if self.tree_lock is None:
+            return call(*args)
         return await trio.to_thread.run_sync(self.tree_lock.run, call, *args, limiter=self._tree_calls)
 
     @_kernel_errors
@@ -119,7 +125,8 @@ class Operations(pyfuse3.Operations):
         node = await self._in_tree(self.tree.lookup, self._node(parent_inode), os.fsdecode(name))
         if node is None:
             return self._negative_entry()
-        return self._remembered_entry(node)
+        attributes = await self._in_tree(self.tree.attributes, node)
+        return self._entry(node, attributes, self.inodes.remember(node))
 
     @_kernel_errors
     async def getattr(self, inode, ctx=None):
@@ -229,7 +236,7 @@ class Operations(pyfuse3.Operations):
         thread, looking again if its shard was replaced since it was located."""
         for _ in range(3):
             content = await self._in_tree(self.tree.open, node)
-            if not isinstance(content, FetchedChunk):
+            if not isinstance(content, FetchedChunk) or content.data is not None:
                 return content
             try:
                 await trio.to_thread.run_sync(content.fetch, limiter=self._fetches)
@@ -322,24 +329,25 @@ class Operations(pyfuse3.Operations):
     @_changes_store
     @_kernel_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
-        node, content = self._writer().create(self._node(parent_inode), os.fsdecode(name), mode, flags,
-                                              (ctx.uid, ctx.gid))
-        entry = self._entry(node, self.tree.attributes(node))
+        node, content = await self._changing_tree(self._writer().create, self._node(parent_inode),
+                                                  os.fsdecode(name), mode, flags, (ctx.uid, ctx.gid))
+        entry = self._entry(node, await self._in_tree(self.tree.attributes, node))
         self.inodes.remember(node)
         return self._file_info(entry.st_ino, node, content), entry
 
     @_changes_store
     @_kernel_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
-        node = self._writer().mkdir(self._node(parent_inode), os.fsdecode(name), mode, (ctx.uid, ctx.gid))
-        return self._remembered_entry(node)
+        node = await self._changing_tree(self._writer().mkdir, self._node(parent_inode), os.fsdecode(name), mode,
+                                         (ctx.uid, ctx.gid))
+        return await self._remembered_entry(node)
 
     @_changes_store
     @_kernel_errors
     async def symlink(self, parent_inode, name, target, ctx):
-        node = self._writer().symlink(self._node(parent_inode), os.fsdecode(name), os.fsdecode(target),
-                                      (ctx.uid, ctx.gid))
-        return self._remembered_entry(node)
+        node = await self._changing_tree(self._writer().symlink, self._node(parent_inode), os.fsdecode(name),
+                                         os.fsdecode(target), (ctx.uid, ctx.gid))
+        return await self._remembered_entry(node)
 
     @_changes_store
     @_kernel_errors
@@ -348,7 +356,7 @@ class Operations(pyfuse3.Operations):
         node, shared = await self._writer().link(source, self._node(new_parent_inode), os.fsdecode(new_name))
         if not shared:
             try:
-                return self._remembered_entry(node)
+                return await self._remembered_entry(node)
             except FileNotFoundError:  # metadata the view does not show (an empty .zattrs)
                 return self._entry(node, self.tree.attributes(source))
         attributes = self.tree.attributes(node)
@@ -359,12 +367,20 @@ class Operations(pyfuse3.Operations):
     async def unlink(self, parent_inode, name, ctx):
         parent, name = self._node(parent_inode), os.fsdecode(name)
         node = self.tree.lookup(parent, name)
-        memfile = node and self.tree._memfile(node)
-        last = memfile is not None and len(memfile.names) == 1  # a buffered file's only name
+        last = node is not None and self._only_name(node)
         held = node is not None and self.inodes.inode_of(node) in self._open_by_inode
         await self._writer().unlink(parent, name)
         if node is not None:
             self.inodes.unlinked(node, self.tree.resolve, last, held)
+
+    def _only_name(self, node: Node) -> bool:
+        """Whether ``node`` is its file's only name: a stored chunk, a buffered file with
+        one name, a plain file with one link in the store."""
+        if isinstance(node, Plain):
+            st = self.tree.store.lstat(node.path)
+            return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+        memfile = self.tree._memfile(node)
+        return isinstance(node, (Chunk, Scratch)) and (memfile is None or len(memfile.names) == 1)
 
     @_changes_store
     @_kernel_errors
@@ -471,8 +487,8 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         return self.writer
 
-    def _remembered_entry(self, node: Node) -> pyfuse3.EntryAttributes:
-        attributes = self.tree.attributes(node)  # first: it raises if the node has gone
+    async def _remembered_entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        attributes = await self._in_tree(self.tree.attributes, node)  # first: it raises if the node has gone
         return self._entry(node, attributes, self.inodes.remember(node))
 
     # -- helpers ------------------------------------------------------------
