@@ -15,7 +15,10 @@ timed on the same disk:
 
 Every run reads the source from the page cache (it was just written or read); the
 destination is removed and the filesystem synced between runs; each step is run --repeats
-times (3) and the median is reported (cp -r into a mount once). Peak RSS is the largest process's (GNU time's %M;
+times (3), interleaved (round r runs each step once), and the median is reported with every
+run's seconds and the 1-minute load average before each (cp -r into a mount once, in round 1).
+CPU seconds are user + system of the command and the children it waited for (GNU time:
+the pool's processes count, Dask's workers and the kernel's writeback do not). Peak RSS is the largest process's (GNU time's %M;
 for Dask the client, workers not counted). --million adds a 1,000,000-chunk store (16-byte
 chunks, 100 shards) to show that pack's memory follows the shards in flight, not the store.
 Raw numbers go to bench/results/pack-<time>.json.
@@ -105,12 +108,14 @@ def ensure_plain(dataset: PackDataset) -> None:
 # -- the runs -----------------------------------------------------------------------------
 
 
-def time_command(args: list, **kwargs) -> tuple[float, float, str]:
-    """(seconds, peak RSS MiB of the largest process, stdout) of one command under GNU time."""
+def time_command(args: list, **kwargs) -> tuple[float, float, str, float]:
+    """(seconds, peak RSS MiB of the largest process, stdout, CPU seconds: user + system of
+    the command and the children it waited for) of one command under GNU time."""
     with tempfile.NamedTemporaryFile("r") as report:
-        seconds, result = timed(run, ["/usr/bin/time", "-f", "%M", "-o", report.name, *args],
+        seconds, result = timed(run, ["/usr/bin/time", "-f", "%M %U %S", "-o", report.name, *args],
                                 capture_output=True, text=True, **kwargs)
-        return seconds, int(report.read().split()[-1]) / 1024, result.stdout
+        rss, user, system = report.read().split()[-3:]
+        return seconds, int(rss) / 1024, result.stdout, float(user) + float(system)
 
 
 def count_files(root: Path) -> int:
@@ -121,19 +126,21 @@ def bench_cp(dataset: PackDataset, out: Path, durable: bool = False) -> dict:
     """cp -r; ``durable``: then sync the filesystem, as pack makes every shard durable."""
     remove_tree(out)
     sync = ' && sync -f "$2"' if durable else ""
-    seconds, rss, _ = time_command(["sh", "-c", f'cp -r "$1" "$2"{sync}', "sh", dataset.plain, out])
+    seconds, rss, _, cpu = time_command(["sh", "-c", f'cp -r "$1" "$2"{sync}', "sh", dataset.plain, out])
     files = count_files(out)
     remove_tree(out)
-    return {"seconds": seconds, "peak_rss_mib": rss, "files_after": files}
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mib": rss, "files_after": files}
 
 
 def bench_pack(dataset: PackDataset, out: Path, *options) -> dict:
     remove_tree(out)
-    seconds, rss, stdout = time_command([ZARRFS, "pack", dataset.plain, out, "--shards", dataset.shards, *options])
+    seconds, rss, stdout, cpu = time_command([ZARRFS, "pack", dataset.plain, out, "--shards", dataset.shards,
+                                              *options])
     assert "; complete" in stdout, stdout
     files = count_files(out)
     remove_tree(out)
-    return {"seconds": seconds, "peak_rss_mib": rss, "files_after": files, "summary": stdout.strip()}
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mib": rss, "files_after": files,
+            "summary": stdout.strip()}
 
 
 def bench_pack_dask(dataset: PackDataset, out: Path) -> dict:
@@ -163,15 +170,19 @@ def bench_cp_into_mount(dataset: PackDataset, work: Path) -> dict:
     return {"seconds": seconds, "files_after": files, "cp_errors": copy.stderr.count("\n")}
 
 
-def median_of(step, repeats: int) -> dict:
-    """The run with the median time of ``repeats`` runs, each after a sync, so that no run
-    pays for the writeback of the one before."""
-    runs = []
-    for _ in range(repeats):
-        os.sync()
-        runs.append(step())
-    runs.sort(key=lambda r: r["seconds"])
-    return {**runs[len(runs) // 2], "all_seconds": [r["seconds"] for r in runs]}
+def one_run(step) -> dict:
+    """One run after a sync (no run pays for the writeback of the one before), with the
+    1-minute load average just before it."""
+    os.sync()
+    load = float(load_average().split()[0])
+    return {**step(), "load": load}
+
+
+def median_of(runs: list[dict]) -> dict:
+    """The run with the median time, and every run's seconds and load average."""
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    return {**ordered[len(ordered) // 2], "all_seconds": [r["seconds"] for r in runs],
+            "all_loads": [r["load"] for r in runs]}
 
 
 def bench_dataset(dataset: PackDataset, work: Path, mount: bool, full: bool, repeats: int) -> dict:
@@ -188,26 +199,40 @@ def bench_dataset(dataset: PackDataset, work: Path, mount: bool, full: bool, rep
                  "pack dask (2 workers)": lambda: bench_pack_dask(dataset, out)}
     if mount:
         steps["cp -r into mount"] = lambda: bench_cp_into_mount(dataset, work)
-    for name, step in steps.items():
-        log(f"{dataset.name}: {name}")
-        result[name] = median_of(step, 1 if name == "cp -r into mount" else repeats)  # minutes on D2
-        log(f"{dataset.name}: {name}: {result[name]['seconds']:.2f} s")
+    # Interleaved: round r runs every step once, so that a burst of load from elsewhere hits
+    # all steps alike, not all repeats of one step.
+    runs: dict[str, list[dict]] = {name: [] for name in steps}
+    for round_ in range(repeats):
+        for name, step in steps.items():
+            if name == "cp -r into mount" and round_:  # once: minutes on D2
+                continue
+            runs[name].append(one_run(step))
+            log(f"{dataset.name}: {name}: {runs[name][-1]['seconds']:.2f} s (load {runs[name][-1]['load']:.1f})")
+    for name in steps:
+        result[name] = median_of(runs[name])
     return result
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| dataset | step | seconds | MiB/s | vs cp -r | files before → after | peak RSS MiB |",
-             "|---|---|---:|---:|---:|---|---:|"]
+    lines = ["| dataset | step | seconds (all runs) | load | CPU s | MiB/s | vs cp -r | vs into mount | "
+             "files before → after | peak RSS MiB |",
+             "|---|---|---:|---|---:|---:|---:|---:|---|---:|"]
     for r in results:
         total = r["chunks"] * r["chunk_bytes"] / 2**20
         cp = r["cp -r"]["seconds"] if "cp -r" in r else None
+        mount = r["cp -r into mount"]["seconds"] if "cp -r into mount" in r else None
         for step in (k for k in r if isinstance(r[k], dict)):
             s = r[step]
             rss = f"{s['peak_rss_mib']:.0f}" if "peak_rss_mib" in s else "—"
             ratio = f"{s['seconds'] / cp:.2f} ×" if cp else "—"
+            faster = f"{mount / s['seconds']:.1f} × faster" if mount and step.startswith("pack") else "—"
             errors = f" ({s['cp_errors']} cp errors)" if s.get("cp_errors") else ""
-            lines.append(f"| {r['dataset']} | {step}{errors} | {s['seconds']:.2f} | {total / s['seconds']:.0f} | "
-                         f"{ratio} | {r['files_before']:,} → {s['files_after']:,} | {rss} |")
+            every = ", ".join(f"{x:.2f}" for x in s.get("all_seconds", [s["seconds"]]))
+            loads = "–".join(f"{x:.1f}" for x in (min(s["all_loads"]), max(s["all_loads"]))) if "all_loads" in s else "—"
+            cpu = f"{s['cpu_seconds']:.2f}" if "cpu_seconds" in s else "—"
+            lines.append(f"| {r['dataset']} | {step}{errors} | {s['seconds']:.2f} ({every}) | {loads} | {cpu} | "
+                         f"{total / s['seconds']:.0f} | {ratio} | {faster} | {r['files_before']:,} → "
+                         f"{s['files_after']:,} | {rss} |")
     return "\n".join(lines)
 
 

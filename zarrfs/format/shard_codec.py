@@ -8,6 +8,8 @@ Keys are innermost-chunk coordinates local to the (outermost) shard.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .metadata import ArrayLayout
 from .shard_index import IndexFormat
 
@@ -51,18 +53,19 @@ def write_shard(layout: ArrayLayout, chunks: Chunks, depth: int = 0) -> bytes | 
 
 def encode_shard(fmt: IndexFormat, chunks: Chunks) -> bytes:
     """One level: payloads in C order, the index where ``fmt`` puts it. The shard is
-    assembled once (one join of the payloads and the index: no copy of a copy)."""
-    entries = fmt.empty_entries()
-    offset = fmt.nbytes if fmt.location == "start" else 0
-    parts = []
+    assembled once (one join of the payloads and the index: no copy of a copy), and the
+    index is filled by one numpy assignment (a shard may hold thousands of small chunks)."""
     shape = fmt.chunks_per_shard
     # C order of the local coordinates is their sorted order (keys outside the shard are not in it)
-    for local in sorted(chunks):
-        if len(local) != len(shape) or not all(0 <= i < n for i, n in zip(local, shape)):
-            continue
-        data = chunks[local]
-        entries[local] = (offset, len(data))
-        offset += len(data)
-        parts.append(data)
+    present = [local for local in sorted(chunks)
+               if len(local) == len(shape) and all(0 <= i < n for i, n in zip(local, shape))]
+    parts = [chunks[local] for local in present]
+    entries = fmt.empty_entries()
+    if present:
+        sizes = np.fromiter(map(len, parts), dtype=np.uint64, count=len(parts))
+        offsets = np.cumsum(sizes) - sizes + np.uint64(fmt.nbytes if fmt.location == "start" else 0)
+        flat = entries.reshape(-1, 2)
+        where = np.ravel_multi_index(tuple(np.array(present, dtype=np.intp).T), shape) if shape else [0]
+        flat[where, 0], flat[where, 1] = offsets, sizes
     index = fmt.encode(entries)
     return b"".join([index, *parts] if fmt.location == "start" else [*parts, index])
