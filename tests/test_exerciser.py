@@ -2298,6 +2298,10 @@ FOUND = [
         ("write", "a2/c/1/1", "ct", 0, b"abcd"), ("open", 0, "a2/c/1/1", "rw"), ("unlink", "a2/c/1/1"),
         ("write", "a2/c/1/1", "ct", 0, b"0123456789"), ("rename", "a2", "moved"), ("fstat", 0),
         ("pread", 0, 0, 64)]),
+    ("shrink-drops-open-scratch", "a shrink dropped a key directory holding a scratch file still open: "
+     "lstat still found it (stress seed 3 v2: g/n2/2/01)", "v3", [
+        ("open", 3, "a2/c/1/x.partial", "rwc"), ("resize", "a2", [2, 6], "rename"), ("pwrite", 3, 0, b"abcd"),
+        ("fstat", 3), ("write", "a2/c/1/x.partial", "ct", 0, b"0123456789"), ("fstat", 3)]),
 ]
 
 

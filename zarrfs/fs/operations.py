@@ -455,15 +455,17 @@ class Operations(pyfuse3.Operations):
         find their cached names until the entry timeout (lstat succeeds, an O_CREAT open
         does not create). Dropping the array directory's own entry drops every unused
         name cached below it; the names of dropped chunks still open are dropped one by
-        one, or the dropped key directory above them (else the directory's entry, looked up
-        again, brings them back). The kernel
+        one (with the scratch files of dropped key directories), or the dropped key directory
+        above them (else the directory's entry, looked up again, brings them back). The kernel
         takes the lock of the directory holding each entry, so this waits in a worker
         thread, and not long: a rename into that directory (metadata by rename) holds
         its lock until this very request ends. (An array at the mount root has no entry
         of its own: its unused dropped names stay cached until the entry timeout.)"""
-        open_paths = {h.node.path for h in self._handles.values()
-                      if isinstance(h, FileHandle) and isinstance(h.node, Chunk) and h.node.array == dir_key}
-        dropped = {self._topmost_gone(p, dir_key) for p in open_paths if self.tree.resolve(p) is None}
+        gone = [h for h in self._handles.values() if isinstance(h, FileHandle) and isinstance(h.node, (Chunk, Scratch))
+                and h.node.array == dir_key and self.tree.resolve(h.node.path) is None]
+        for handle in gone:  # (a file made at its name later is another file)
+            self.inodes.replaced(handle.node, handle.inode)
+        dropped = {self._topmost_gone(h.node.path, dir_key) for h in gone}
         entries = [e for e in map(self._kernel_entry, sorted(dropped) + ([dir_key] if dir_key else [])) if e]
         with trio.move_on_after(INVALIDATE_WAIT):
             await trio.to_thread.run_sync(forget_entries, entries, abandon_on_cancel=True)
