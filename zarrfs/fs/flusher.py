@@ -58,6 +58,7 @@ class Flusher:
         self._threads = trio.CapacityLimiter(2)
         self._dirty_bytes_cache = (-1.0, 0)
         self._written_since_count = 0
+        self._clock_offset = 0.0  # trio's clock minus time.monotonic(), as last seen
 
     # -- what changed --------------------------------------------------------
 
@@ -71,7 +72,16 @@ class Flusher:
     def chunk_changed(self, array_key: str, coords: tuple[int, ...]) -> None:
         view = self.tree._array_view(array_key)
         if view is not None:
-            self.dirty[(array_key, view.array.shard_of(coords))] = trio.current_time()
+            self.dirty[(array_key, view.array.shard_of(coords))] = self._now()
+
+    def _now(self) -> float:
+        """trio's clock, also in a worker thread (on an object store, a create runs in one)."""
+        try:
+            now = trio.current_time()
+        except RuntimeError:  # not in the loop's thread
+            return time.monotonic() + self._clock_offset
+        self._clock_offset = now - time.monotonic()
+        return now
 
     def dirty_bytes(self) -> int:
         """At least the bytes of chunks not yet in shards. Writers ask on every write

@@ -61,6 +61,10 @@ class Shards:
         self._located: LRU[tuple[ArrayLayout, ChunkLocation]] = LRU(LOCATIONS_KEPT)
         self._unusable: set[str] = set()  # shard keys that cannot be reached, logged once each
         self._pool: ThreadPoolExecutor | None = None  # index reads of a listing, on object stores
+        # A shard's bytes are read only at the version its stat names, and a read of another
+        # version fails (FileChanged: look again), so an object store may answer from an
+        # older listing than other stats get (ObjectStore.versioned_stat).
+        self.known_stat = getattr(store, "versioned_stat", store.recent_stat)
 
     @property
     def cache(self) -> LRU:
@@ -74,7 +78,7 @@ class Shards:
         Something else at a shard key (a directory, a FIFO, a symlink) is returned too:
         reading its index fails, and its chunks are EIO, not absent (SPEC §7)."""
         try:
-            return self.store.recent_stat(shard_key)
+            return self.known_stat(shard_key)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as error:  # e.g. a path through a symlink out of the store
@@ -83,6 +87,15 @@ class Shards:
                 log.error("shard %s is corrupt: it cannot be reached (%s); its chunks read as EIO",
                           shard_key, error.strerror)
             raise CorruptShard(f"{shard_key} cannot be reached ({error.strerror})") from None
+
+    def index_known(self, array_key: str, array: ArrayLayout, shard_coords: tuple[int, ...]) -> bool:
+        """Whether the shard's (outermost) index is cached at the version known now."""
+        shard_key = self.shard_key(array_key, array, shard_coords)
+        try:
+            st = self.stat_shard(shard_key)
+        except CorruptShard:
+            return False
+        return st is not None and self._indexes.get((shard_key, version(st), 0, st.st_size)) is not None
 
     def locate(self, array_key: str, array: ArrayLayout, coords: tuple[int, ...]) -> ChunkLocation | None:
         """Where the chunk's bytes are, or None if it is absent. Raises CorruptShard."""

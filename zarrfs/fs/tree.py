@@ -165,8 +165,17 @@ class FetchedChunk:
         self.store, self.location, self.version = store, location, location.version
         self.data: bytes | None = None
 
+    def fetch_cached(self) -> None:
+        """The bytes, if the store has them without a request (a whole small shard)."""
+        where = self.location
+        cached = getattr(self.store, "cached_range", None)
+        if where.length and cached is not None:
+            self.data = cached(where.shard_key, version(where.shard_stat), where.length, where.offset)
+
     def fetch(self) -> None:
         """Raises FileChanged if the shard was replaced since it was located."""
+        if self.data is not None:
+            return
         where = self.location
         self.data = self.store.pread_version(where.shard_key, version(where.shard_stat), where.length,
                                              where.offset) if where.length else b""
@@ -257,8 +266,25 @@ class ViewTree:
         """The entries of directory ``node``: ``(name, node, attributes or None)``.
 
         Attributes are given where the listing knows them anyway (chunks: from
-        the index just read), which spares a lookup per chunk.
+        the index just read), which spares a lookup per chunk; on an object store,
+        every entry's (asked here, in the caller's worker thread, not one by one
+        later on the daemon's loop).
         """
+        entries = self._children(node)
+        if self.store.capabilities.cheap_calls:
+            return entries
+        return [self._with_attributes(entry) for entry in entries]
+
+    def _with_attributes(self, entry: Entry) -> Entry:
+        name, node, attributes = entry
+        if attributes is None:
+            try:
+                attributes = self.attributes(node)
+            except (OSError, CorruptShard):  # gone since, or EIO: asked again (and answered so) when listed
+                pass
+        return name, node, attributes
+
+    def _children(self, node: Node) -> list[Entry]:
         if isinstance(node, ControlDir):
             return [(STATUS_FILE, StatusFile(join(node.path, STATUS_FILE)), None)]
         scratch = [(n, Scratch(join(node.path, n), self._array_of(node)), Attributes.of_memfile(f))
@@ -345,13 +371,25 @@ class ViewTree:
         """Whether the store holds a chunk under a key directory. Not merely a shard whose
         region covers it: ``cp -r`` of a large array into the mount makes each key
         directory with mkdir, which must not meet one the view showed as soon as a
-        neighbouring row's shard was repacked (EEXIST, and cp skips its chunks)."""
-        if not self._is_backing_dir(self._shard_dir(array_key, view, coords)):
+        neighbouring row's shard was repacked (EEXIST, and cp skips its chunks).
+
+        On an object store, "yes" may come from listings up to a minute old and from
+        indexes read before (shards whose versions are named by every read, so a
+        change shows when read), asking first the shards whose index is known; "no" is
+        asked again of fresh listings."""
+        tries = (False,) if self.store.capabilities.cheap_calls else (True, False)
+        return any(self._stored_under_as_known(array_key, view, coords, known) for known in tries)
+
+    def _stored_under_as_known(self, array_key: str, view: DirView, coords: tuple[int, ...], known: bool) -> bool:
+        if not self._is_backing_dir(self._shard_dir(array_key, view, coords), known):
             return False
         if not coords:
             return True
-        return any(len(self._stored_in(array_key, view.array, shard, coords))
-                   for shard in self._shards_below(array_key, view, view.array.shard_of(coords)))
+        array = view.array
+        shards = self._shards_below(array_key, view, array.shard_of(coords), known)
+        if known:
+            shards.sort(key=lambda shard: not self.shards.index_known(array_key, array, shard))
+        return any(len(self._stored_in(array_key, array, shard, coords)) for shard in shards)
 
     def _stored_indices(self, array_key: str, view: DirView, coords: tuple[int, ...]) -> set[int]:
         """Indices along the next axis under the chunk-coordinate prefix ``coords`` at which
@@ -369,9 +407,11 @@ class ViewTree:
         present = self.shards.present_chunks(array_key, array, shard)
         return present[np.all(present[:, : len(coords)] == np.array(coords, dtype=np.int64), axis=1)]
 
-    def _is_backing_dir(self, key: str) -> bool:
+    def _is_backing_dir(self, key: str, known: bool = False) -> bool:
+        """(``known``: a "yes" may come from an older listing, ObjectStore.versioned_stat.)"""
         try:
-            return stat.S_ISDIR(self.store.recent_stat(key).st_mode)
+            st = self.shards.known_stat(key) if known else self.store.recent_stat(key)
+            return stat.S_ISDIR(st.st_mode)
         except (FileNotFoundError, NotADirectoryError):
             return False
         except OSError:  # there but unreachable (a symlink out of the store): its chunks are EIO
@@ -438,20 +478,28 @@ class ViewTree:
                 entries.append((parts[-1], node, attributes))
         return entries
 
-    def _shards_below(self, array_key: str, view: DirView, prefix: tuple[int, ...] = ()) -> list[tuple[int, ...]]:
+    def _shards_below(self, array_key: str, view: DirView, prefix: tuple[int, ...] = (),
+                      known: bool = False) -> list[tuple[int, ...]]:
         """Shard coordinates of every shard file of the array under a shard-coordinate
-        prefix, wherever the backing keys put them (a v3 ``c/5`` is the v2 view's ``5``)."""
+        prefix, wherever the backing keys put them (a v3 ``c/5`` is the v2 view's ``5``).
+        ``known``: from listings up to a minute old (ObjectStore.versioned_listdir), for a
+        caller that only takes a "yes" from them."""
         array = view.array
         encoding = array.key_encoding
+        listdir = self._known_listdir if known else self.store.listdir
         if encoding.depth(array.ndim) == 1:  # every shard is a file in the array directory
-            decoded = (encoding.decode_prefix((n,), array.ndim) for n in self.store.listdir(array_key))
+            decoded = (encoding.decode_prefix((n,), array.ndim) for n in listdir(array_key))
             return [c for c in decoded if c is not None and c[: len(prefix)] == prefix
                     and all(i < n for i, n in zip(c, array.shard_grid))]
         shards = [prefix]
         for axis in range(len(prefix), array.ndim):  # one directory level per axis under "c"
             shards = [prefix + (i,) for prefix in shards for i in self._listed_indices(
-                join(array_key, *encoding.prefix_components(prefix)), array.shard_grid[axis])]
+                join(array_key, *encoding.prefix_components(prefix)), array.shard_grid[axis], listdir)]
         return shards
+
+    def _known_listdir(self, key: str) -> list[str]:
+        versioned = getattr(self.store, "versioned_listdir", None)
+        return versioned(key) if versioned is not None else self.store.listdir(key)
 
     def _store_names(self, key: str) -> list[str]:
         try:
@@ -459,9 +507,9 @@ class ViewTree:
         except OSError:
             return []
 
-    def _listed_indices(self, key: str, bound: int) -> list[int]:
+    def _listed_indices(self, key: str, bound: int, listdir=None) -> list[int]:
         try:
-            listed = self.store.listdir(key)
+            listed = (listdir or self.store.listdir)(key)
         except (FileNotFoundError, NotADirectoryError):
             return []
         except OSError:  # unreachable (a symlink out of the store): every shard may be there, and is EIO
@@ -557,7 +605,9 @@ class ViewTree:
         if view is not None and view.strip_crc:
             return self._verified_without_crc(node)
         if not self.store.capabilities.cheap_calls:
-            return FetchedChunk(self.store, self._locate_or_gone(node)[1])
+            content = FetchedChunk(self.store, self._locate_or_gone(node)[1])
+            content.fetch_cached()
+            return content
         for _ in range(3):
             view, location = self._locate_or_gone(node)
             shared = self.store.share(location.shard_key)  # the reader keeps this version

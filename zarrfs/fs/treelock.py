@@ -11,20 +11,42 @@ guards Python's: the loop holds the lock during each of its task steps
 (``TreeLock.released``, which ObjectStore calls around each request). Code keeps
 its single-threaded shape: between two store calls nothing else runs, as
 between two awaits on the loop.
+
+A thread hop costs more than a lookup whose answers are all cached (a listing
+seen a moment ago, an index read before), so ``call`` tries the tree code on the
+loop first, and only when it reaches a wait on the network (``released`` raises
+WouldWait there) runs it again in a worker thread. Tree code that may be tried
+so changes nothing but caches before its first store request.
+
+A store request made on the loop outside ``call`` (it would stop every other
+request while it waits) is logged as a warning, once per place it comes from.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
+import traceback
 
 import trio
+
+log = logging.getLogger("zarrfs")
+
+
+class WouldWait(BaseException):
+    """A call tried on the loop (``TreeLock.call``) reached a wait on the network: it is run
+    again in a worker thread. Not an Exception, so that no ``except Exception`` or
+    ``except OSError`` of tree code takes it for a failure of the store."""
 
 
 class TreeLock:
     def __init__(self):
         self._lock = threading.Lock()
         self._holder = threading.local()
+        self.loop_thread: int | None = None  # set by HoldDuringTaskSteps
+        self.waits_on_loop = 0  # store requests made on the loop outside ``call`` (logged)
+        self._logged: set[str] = set()
 
     def acquire(self) -> None:
         self._lock.acquire()
@@ -49,11 +71,35 @@ class TreeLock:
         if not getattr(self._holder, "held", False):
             yield
             return
+        if getattr(self._holder, "trying", False):
+            raise WouldWait
+        if threading.get_ident() == self.loop_thread:
+            self._on_loop()
         self.release()
         try:
             yield
         finally:
             self.acquire()
+
+
+    async def call(self, call, *args, limiter: trio.CapacityLimiter | None = None):
+        """``call(*args)`` from the loop: right there when it needs no network, else in a
+        worker thread holding the lock (at most ``limiter``'s many at once)."""
+        self._holder.trying = True
+        try:
+            return call(*args)
+        except WouldWait:
+            pass
+        finally:
+            self._holder.trying = False
+        return await trio.to_thread.run_sync(self.run, call, *args, limiter=limiter)
+
+    def _on_loop(self) -> None:
+        self.waits_on_loop += 1
+        where = "".join(traceback.format_stack(limit=12)[:-3])
+        if where not in self._logged and len(self._logged) < 100:
+            self._logged.add(where)
+            log.warning("a store request on the event loop (every other request waits for it):\n%s", where)
 
 
 class HoldDuringTaskSteps(trio.abc.Instrument):
@@ -64,6 +110,7 @@ class HoldDuringTaskSteps(trio.abc.Instrument):
 
     def before_task_step(self, task) -> None:
         self.lock.acquire()
+        self.lock.loop_thread = threading.get_ident()
 
     def after_task_step(self, task) -> None:
         self.lock.release()

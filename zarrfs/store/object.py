@@ -28,6 +28,7 @@ from __future__ import annotations
 import configparser
 import contextlib
 import errno
+import logging
 import os
 import re
 import stat as stat_module
@@ -52,12 +53,13 @@ from .local import ABANDONED_AFTER_SECONDS, STAGED_PREFIX, TEMPORARY, join_key, 
 DIRECTORY_MARKER = ".zarrfs-dir"  # the object that makes an empty directory exist
 SMALL_OBJECT = 8 << 20  # objects up to this size are fetched whole once several ranges are wanted
 FETCH_WAIT_SECONDS = 60.0  # for another reader's whole fetch of the same object, at most
-WHOLE_AFTER_RANGES = 3  # ... that many ranged reads of one version
+WHOLE_AFTER_RANGES = 3  # ... that many ranged reads of one version (its index read, a chunk): the 2nd chunk read fetches it whole
 WHOLE_CACHE_BYTES = 256 << 20  # bytes of whole small objects kept (LRU by (key, ETag)): a
 # reader walking an array row by row crosses a whole row of shards (16 × 4 MiB in the
 # benchmark's D1) before it comes back to the first; a smaller cache evicts each shard
 # just before it is wanted again (docs/performance.md, S3)
 WANTED_MAX = 4096  # (key, ETag) pairs whose ranged reads are counted
+VERSIONED_STATS_FOR = 60.0  # seconds a listing's ETag of a shard serves readers that read by If-Match
 LISTINGS_MAX = 4096  # directory listings kept; past it all are dropped (they refill)
 TRUNCATE_TRIES = 5  # read-modify-put attempts of ``truncate`` against concurrent writers
 FILE_MODE = stat_module.S_IFREG | 0o644
@@ -71,6 +73,7 @@ RETRY = {"max_retries": 5, "retry_timeout": timedelta(seconds=30),
 CLIENT = {"connect_timeout": timedelta(seconds=5), "timeout": timedelta(seconds=120)}
 
 _STATUS = re.compile(r"status code: (\d{3})")
+log = logging.getLogger("zarrfs")
 
 
 @dataclass
@@ -106,6 +109,7 @@ class ObjectStore:
         self._whole: OrderedDict[tuple, bytes] = OrderedDict()  # (key, etag) -> the small object's bytes
         self._fetching: dict[tuple, threading.Event] = {}  # (key, etag) -> set when its whole fetch ends
         self._whole_bytes = 0
+        self._confirmed: dict[tuple, float] = {}  # (key, etag) of a whole object -> when a request last found it current
         self._probe_result: tuple[str | None] | None = None
         settings = aws_settings(profile)
         endpoint = endpoint_url or settings.pop("endpoint", None)
@@ -146,10 +150,11 @@ class ObjectStore:
     def _request(self, kind: str, key: str, call, count: int = 1):
         """``call()``, counted as ``count`` requests of ``kind``. obstore's errors become
         OSErrors; precondition failures stay obstore's, for the caller to name."""
-        with self._lock:
-            self.requests[kind] += count
         try:
-            with self.waiting():
+            with self.waiting():  # (counted inside: a call tried on the daemon's loop stops here)
+                with self._lock:
+                    self.requests[kind] += count
+                log.debug("request %s %s", kind, key)
                 return call()
         except (PreconditionError, AlreadyExistsError):
             raise
@@ -202,6 +207,25 @@ class ObjectStore:
     def _forget_whole(self, key: str) -> None:
         for name in [name for name in self._whole if name[0] == key]:
             self._whole_bytes -= len(self._whole.pop(name))
+            self._confirmed.pop(name, None)
+
+    def _current_whole(self, name: tuple) -> bytes | None:
+        """The cached whole object ``(key, etag)`` if it is known to be current: its fetch
+        or a listing found it so in the last ``reuse_listings_for`` seconds (a shard's stat
+        may come from an older listing, ``versioned_stat``: then a listing tells first).
+        Called holding the lock."""
+        whole = self._whole.get(name)
+        if whole is None:
+            return None
+        now = time.monotonic()
+        if now - self._confirmed.get(name, -1e9) >= self.reuse_listings_for:
+            parent, base = split_key(name[0])
+            listing = self._listings.get(parent)
+            listed = listing.files.get(base) if listing is not None else None
+            if listed is None or listed.version != name[1] or now - listing.when >= self.reuse_listings_for:
+                return None
+        self._whole.move_to_end(name)
+        return whole
 
     # -- listings ----------------------------------------------------------------
 
@@ -209,8 +233,8 @@ class ObjectStore:
         """The delimited LIST of ``directory``, perhaps as seen a moment ago."""
         with self._lock:
             listing = self._listings.get(directory)
-            if (listing is not None and not fresh and listing.generation == self._generation
-                    and time.monotonic() - listing.when < self.reuse_listings_for):
+            # (a change through this store drops the listings it changes: the others stay good)
+            if listing is not None and not fresh and time.monotonic() - listing.when < self.reuse_listings_for:
                 return listing
             generation = self._generation
         found = self._request("LIST", directory, lambda: obstore.list_with_delimiter(self._s3, directory or None))
@@ -226,6 +250,10 @@ class ObjectStore:
         """``key``'s attributes from its directory's listing. Raises FileNotFoundError."""
         if not key:
             return self._directory_stat()
+        with self._lock:  # a directory whose own listing, seen a moment ago, holds something
+            own = self._listings.get(key)
+            if own is not None and own.proven and time.monotonic() - own.when < self.reuse_listings_for:
+                return self._directory_stat()
         parent, name = split_key(key)
         listing = self._listing(parent)
         if name in listing.files:
@@ -236,6 +264,38 @@ class ObjectStore:
 
     stat = lstat  # nothing is a symlink here
     recent_stat = lstat  # listings are what "recent" means here
+
+    def versioned_stat(self, key: str) -> Stat:
+        """``key``'s attributes, for a caller that reads its bytes only by ranged reads
+        naming this version (a shard), or that wants to know whether a directory of
+        shards is there: from its directory's listing up to ``VERSIONED_STATS_FOR``
+        seconds old, since such a read tells when the key changed (FileChanged: the
+        caller then calls ``forget_recent`` and looks again). What such a listing does
+        not hold is listed again as ``lstat`` lists it: absence is never taken from it."""
+        parent, name = split_key(key)
+        with self._lock:
+            now = time.monotonic()
+            own = self._listings.get(key) if key else None
+            if own is not None and own.proven and now - own.when < VERSIONED_STATS_FOR:
+                return self._directory_stat()
+            listing = self._listings.get(parent)
+            if listing is not None and now - listing.when < VERSIONED_STATS_FOR:
+                found = listing.files.get(name)
+                if found is not None:
+                    return found
+                if name in listing.directories:
+                    return self._directory_stat()
+        return self.lstat(key)
+
+    def versioned_listdir(self, key: str) -> list[str]:
+        """The names in directory ``key`` from a listing up to ``VERSIONED_STATS_FOR`` seconds
+        old, for a caller that takes from it only what is there (and reads it by version,
+        as ``versioned_stat`` says); else ``listdir``."""
+        with self._lock:
+            listing = self._listings.get(key)
+            if listing is not None and time.monotonic() - listing.when < VERSIONED_STATS_FOR:
+                return sorted([*listing.files, *listing.directories])
+        return self.listdir(key)
 
     def forget_recent(self, key: str) -> None:
         """The next look at ``key`` lists its directory again (it was seen to have changed)."""
@@ -306,16 +366,25 @@ class ObjectStore:
             return b""
         name = (key, version)
         with self._lock:
-            whole = self._whole.get(name)
+            whole = self._current_whole(name)
             if whole is not None:
-                self._whole.move_to_end(name)
                 return whole[offset:offset + size]
+            held = name in self._whole  # but not known to be current: a listing tells
             reads, known_size = self._wanted.get(name, (0, -1))
+        if held:  # one LIST tells for every object of the directory (a row of shards)
+            parent, base = split_key(key)
+            listed = self._listing(parent).files.get(base)
+            with self._lock:
+                whole = self._current_whole(name) if listed is not None and listed.version == version else None
+            if whole is None:
+                raise FileChanged(key)
+            return whole[offset:offset + size]
         if reads + 1 >= WHOLE_AFTER_RANGES and 0 <= known_size <= SMALL_OBJECT:
             return self._fetch_whole(key, version)[offset:offset + size]
         try:
             result = self._get(key, range=(offset, offset + size), if_match=version)
-        except PreconditionError:
+        except (PreconditionError, FileNotFoundError):  # replaced, or deleted
+            self.forget_recent(key)
             raise FileChanged(key) from None
         except OSError as error:
             if error.errno == errno.ERANGE:  # wholly past the end
@@ -324,6 +393,13 @@ class ObjectStore:
         data = bytes(self._body(result, key))
         self._count_wanted(name, reads + 1, result.meta["size"])
         return data
+
+    def cached_range(self, key: str, version: Hashable, size: int, offset: int) -> bytes | None:
+        """What ``pread_version`` would return, if it needs no request (the object is in the
+        whole-object cache at that version), else None."""
+        with self._lock:
+            whole = self._current_whole((key, version))
+            return None if whole is None else whole[offset:offset + size]
 
     def _count_wanted(self, name: tuple, reads: int, size: int) -> None:
         with self._lock:
@@ -340,7 +416,8 @@ class ObjectStore:
             if under_way is None:
                 self._fetching[name] = threading.Event()
         if under_way is not None:
-            under_way.wait(FETCH_WAIT_SECONDS)
+            with self.waiting():  # the fetching thread may want the daemon's tree lock to finish
+                under_way.wait(FETCH_WAIT_SECONDS)
             with self._lock:
                 whole = self._whole.get(name)
             if whole is not None:
@@ -355,7 +432,8 @@ class ObjectStore:
     def _fetch_whole_now(self, key: str, version: Hashable) -> bytes:
         try:
             result = self._get(key, if_match=version)
-        except PreconditionError:
+        except (PreconditionError, FileNotFoundError):  # replaced, or deleted
+            self.forget_recent(key)
             raise FileChanged(key) from None
         data = bytes(self._body(result, key))
         with self._lock:
@@ -363,8 +441,11 @@ class ObjectStore:
             if (key, version) not in self._whole:
                 self._whole[(key, version)] = data
                 self._whole_bytes += len(data)
+            self._confirmed[(key, version)] = time.monotonic()
             while self._whole_bytes > WHOLE_CACHE_BYTES:
-                self._whole_bytes -= len(self._whole.popitem(last=False)[1])
+                evicted, old = self._whole.popitem(last=False)
+                self._whole_bytes -= len(old)
+                self._confirmed.pop(evicted, None)
         return data
 
     def _body(self, result, key: str):
