@@ -581,19 +581,21 @@ def check_writer_ops(ops: list[Op], killed_at: float, dead_at: float, result: Ro
         result.problem(f"operations after the kill failed with other errors than ENOTCONN: {dict(other)}")
 
 
-TEMPORARY_CREATES = ("open_tmp", "open_lock")
-ON_TEMPORARY = ("rename", "link", "unlink_tmp")
+MADE_BY = {  # an operation on a name -> the writer's operations that make that name
+    "rename": ("open_tmp", "open_lock"), "link": ("open_tmp",), "unlink_tmp": ("open_tmp",),
+    "open_ro": ("rename", "link"),
+}
 
 
 def names_a_file_never_made(op: Op, ops: list[Op]) -> bool:
-    """ENOENT from an operation on the writer's temporary whose create failed is right, and it
-    may come from the kernel alone: the create's LOOKUP, answered by the live daemon, left a
-    negative entry, then its CREATE met the dead one; the next rename is refused from that
-    cached entry without a request."""
-    if op.errno != errno.ENOENT or op.name not in ON_TEMPORARY:
+    """ENOENT for a name whose making failed is right, and it may come from the kernel alone:
+    the making's LOOKUP, answered by the live daemon, left a negative entry, then its CREATE or
+    RENAME met the dead one; the next operation on the name is refused from that cached entry
+    without a request (stress: rename after a failed create, open after a failed rename)."""
+    if op.errno != errno.ENOENT or op.name not in MADE_BY:
         return False
-    creates = [o for o in ops[:ops.index(op)] if o.name in TEMPORARY_CREATES]
-    return bool(creates) and creates[-1].errno != 0
+    makers = [o for o in ops[:ops.index(op)] if o.name in MADE_BY[op.name]]
+    return bool(makers) and makers[-1].errno != 0
 
 
 def wait_dead(pid: int, timeout: float) -> bool:
