@@ -22,9 +22,8 @@ down below, narrowly, with its reason (``Rules``); everything else must match.
     link() between a backing file (outside arrays, or left in   a buffered file cannot be a
       an array directory before a remount) and a name in an      backing file's link
       array -> EXDEV, or the new name holds a copy; a hard-
-      linked backing file renamed into an array: the new name
-      holds a copy; a hard-linked buffered file renamed out      its names share one inode
-      of the buffer -> EXDEV (``mv`` copies)                     number the kernel caches
+      linked file renamed between a backing name and a buffered  its names share one inode
+      one -> EXDEV (``mv`` copies; onto metadata: a copy)        number the kernel caches
     chmod of a chunk is accepted, not kept (when a chunk       it has its shard's mode
       moves to another name, that name has the mode it showed)
     an empty key directory inside the grid may appear (its     lazy listing (architecture)
@@ -965,12 +964,12 @@ class World:
                 self.ruled(what, fn, [src, dst], rule, pre)
                 return
         self._chunk_mode_follows(state, src, dst)
-        # a hard-linked file renamed between the write buffer and the backing store: copied
-        # into the buffer, refused out of it (its names share one inode number)
+        # a hard-linked file renamed between the write buffer and the backing store: refused
+        # (its names share one inode number); onto metadata, the new name holds a copy
         crossing = (src != dst and src in state.files and state.files[src].st_nlink > 1
                     and self.is_backing(state, src) != self.is_backing(state, dst))
-        if crossing and not self.is_backing(state, src):
-            self.ruled(what, fn, [src, dst], ("EXDEV", "a hard-linked buffered file leaves the buffer only as a copy"),
+        if crossing and (not self.is_backing(state, src) or dk.kind != "meta"):
+            self.ruled(what, fn, [src, dst], ("EXDEV", "a hard-linked file crosses the buffer line only as a copy"),
                        Rules.precheck_create(state, dst, False))
             return
         m = self.both(what, fn, [src, dst], deep=[parent_of(src), parent_of(dst)],
@@ -2302,6 +2301,15 @@ FOUND = [
      "lstat still found it (stress seed 3 v2: g/n2/2/01)", "v3", [
         ("open", 3, "a2/c/1/x.partial", "rwc"), ("resize", "a2", [2, 6], "rename"), ("pwrite", 3, 0, b"abcd"),
         ("fstat", 3), ("write", "a2/c/1/x.partial", "ct", 0, b"0123456789"), ("fstat", 3)]),
+    ("hard-linked-plain-into-buffer", "a hard-linked plain file renamed onto a scratch name became a copy "
+     "under the number its other name keeps: an mmap write to the copy showed in the other name (stress "
+     "seed 2 v2); now EXDEV", "v3", [
+        ("link", "d1/f.txt", "d1/h.txt"), ("rename", "d1/h.txt", "a2/tmp1"), ("mmap_write", "a2/tmp1", 0, b"XY"),
+        ("read", "d1/f.txt")]),
+    ("hard-linked-plain-to-chunk-like-name", "a hard-linked plain file renamed to a chunk-like name in a plain "
+     "directory became a buffered copy: nlink 1", "v3", [
+        ("link", "d1/f.txt", "d1/h.txt"), ("rename", "d1/h.txt", "d1/0.1"), ("stat", "d1/0.1"),
+        ("write", "d1/0.1", "", 0, b"XY"), ("read", "d1/f.txt")]),
 ]
 
 

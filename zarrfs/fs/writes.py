@@ -335,7 +335,8 @@ class Writer:
         existing = self.tree.lookup(new_parent, new)
         if existing is not None and flags & RENAME_NOREPLACE:
             raise OSError(errno.EEXIST, target.path)
-        if isinstance(source, Plain) and target.kind == "plain":
+        # (a chunk-like name outside arrays is a plain file until metadata adopts it, as for link)
+        if isinstance(source, Plain) and target.kind in ("plain", "pending"):
             if stat.S_ISDIR(self.tree.store.lstat(source.path).st_mode):
                 if existing is not None and self.tree.children(existing):
                     raise OSError(errno.ENOTEMPTY, target.path)
@@ -370,12 +371,17 @@ class Writer:
             path = os.path.dirname(path)
 
     def _check_leaves_links(self, source: Node, target: Target) -> None:
-        """A buffered file with several names cannot be renamed out of the write buffer: the
-        new name would hold a copy, yet keep the inode number the kernel knows for all its
-        names (and their cached pages). EXDEV, as between filesystems: ``mv`` copies then."""
+        """A file with several names cannot be renamed across the buffer line (out of the
+        write buffer, or from the store into it): the new name would hold a copy, yet keep
+        the inode number the kernel knows for all its names (and their cached pages).
+        EXDEV, as between filesystems: ``mv`` copies then."""
         memfile = self.tree._memfile(source)
         if target.kind in ("plain", "metadata") and memfile is not None and len(memfile.names) > 1:
             raise OSError(errno.EXDEV, f"{source.path}: a hard-linked buffered file leaves the buffer only as a copy")
+        if target.kind in ("chunk", "scratch") and isinstance(source, Plain):
+            st = self.tree.store.lstat(source.path)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                raise OSError(errno.EXDEV, f"{source.path}: a hard-linked file enters the buffer only as a copy")
 
     def _detach(self, node: Node) -> MemFile:
         """Take the file at ``node`` away from its name, as a MemFile."""
