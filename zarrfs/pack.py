@@ -12,8 +12,9 @@ have made of it (``cp -r SRC MNT/``), at the speed of the disks:
    the pack before anything is written. The plan is deterministic: the same
    SRC and arguments give the same tasks in the same order.
 2. **Shards.** Each task reads the chunk files of one shard, encoded bytes as
-   they are (never decoded), and writes one complete shard with
-   ``replace_durably`` (temp + fsync + rename locally). The tasks run here
+   they are (never decoded), a directory at a time (``read_many``), and writes one
+   complete shard with ``replace_durably`` (temp + fsync + rename locally) in a
+   writer thread, while the next task's chunks are read (``_pipelined``). The tasks run here
    (``--jobs 1``), in a local process pool, on a Dask distributed scheduler, or
    a slice of them in one part of a batch job array (``--part I/N``: task ``k``
    belongs to part ``k mod N``).
@@ -35,13 +36,14 @@ bytes it would be given.
 ``unpack SRC DST [--view v3|v2]`` writes what the mount shows, file by file,
 through the daemon's own view model (``fs/tree.ViewTree``), without FUSE.
 
-All I/O on SRC and DST goes through store methods (``read``, ``lstat``,
+All I/O on SRC and DST goes through store methods (``read``, ``read_many``, ``lstat``,
 ``listdir``/``files_below``, ``replace_durably``, ``symlink``, ``readlink``),
 so ``s3://BUCKET/PREFIX`` sources and destinations work as local ones do.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import json
@@ -70,6 +72,7 @@ V3_METADATA, V2_ARRAY, V2_ATTRS = "zarr.json", ".zarray", ".zattrs"
 METADATA_NAMES = frozenset({V3_METADATA, V2_ARRAY, V2_ATTRS, V2_GROUP})
 COPY_BATCH = 64  # files copied as they are per task: a task costs more than a small file
 BATCH_MAX = 8  # shard tasks sent to a pool process or Dask worker at once (``_batches``)
+WRITERS = 4  # shards being written at once per process while the next is read (``_pipelined``)
 
 
 class PackError(Exception):
@@ -347,34 +350,36 @@ def run_tasks(src_url: str, dst_url: str, endpoint_url: str | None, tasks: Itera
 
 
 def _pipelined(src, dst, tasks: Iterable) -> Iterator[TaskResult]:
-    """Run ``tasks`` here, yielding each result once its objects are durable. A shard is
-    read and assembled in this thread and written (write, fsync, rename, fsync of the
-    directory; or one PUT) by one writer thread meanwhile: writing waits on the disk or the
-    network with the GIL released, so the next shard's reads go on. At most one shard is
-    being written while the next is read: memory stays two shards per process."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarrfs-pack-writer") as writer:
-        pending: tuple[Future, TaskResult] | None = None
+    """Run ``tasks`` here, yielding each result (in order) once its objects are durable. A
+    shard is read and assembled in this thread and written (write, fsync, rename, fsync of
+    the directory; or one PUT) by one of ``WRITERS`` writer threads meanwhile: writing waits
+    on the disk or the network with the GIL released, so the next shards' reads go on, and
+    the fsyncs of several shards meet in one journal commit (a local disk) or the PUTs
+    overlap (an object store). At most ``WRITERS`` shards are being written while the next
+    is read: memory stays ``WRITERS + 1`` shards per process."""
+    with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="zarrfs-pack-writer") as writer:
+        pending: collections.deque[tuple[Future | None, TaskResult]] = collections.deque()
         try:
             for task in tasks:
                 if isinstance(task, CopyTask):
                     result, write = _copy_files(src, dst, task.keys), None
                 else:
                     result, write = _prepare_shard(src, dst, task)
-                if pending is not None:
-                    pending[0].result()
-                    yield pending[1]
-                    pending = None
-                if write is None:
-                    yield result
-                else:
-                    pending = writer.submit(dst.replace_durably, *write), result
-            if pending is not None:
-                pending[0].result()
-                yield pending[1]
-                pending = None
+                pending.append((None if write is None else writer.submit(dst.replace_durably, *write), result))
+                while pending and (pending[0][0] is None or pending[0][0].done() or len(pending) > WRITERS):
+                    future, done = pending.popleft()
+                    if future is not None:
+                        future.result()
+                    yield done
+            while pending:
+                future, done = pending.popleft()
+                if future is not None:
+                    future.result()
+                yield done
         finally:
-            if pending is not None:
-                pending[0].cancel()
+            for future, _ in pending:
+                if future is not None:
+                    future.cancel()
 
 
 def _prepare_shard(src, dst, task: ShardTask) -> tuple[TaskResult, tuple[str, bytes] | None]:
