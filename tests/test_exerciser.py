@@ -2310,6 +2310,12 @@ FOUND = [
      "directory became a buffered copy: nlink 1", "v3", [
         ("link", "d1/f.txt", "d1/h.txt"), ("rename", "d1/h.txt", "d1/0.1"), ("stat", "d1/0.1"),
         ("write", "d1/0.1", "", 0, b"XY"), ("read", "d1/f.txt")]),
+    ("unlinked-renamed-name-made-again", "a file renamed onto a chunk key, open, unlinked, then written again "
+     "under that name: the new file kept the renamed file's number, and the old descriptor read its bytes "
+     "(stress seed 3 v2: moved/0/0)", "v3", [
+        ("write", "a2/.t.partial", "ct", 0, b"abcd"), ("rename", "a2/.t.partial", "a2/c/0/0"),
+        ("open", 2, "a2/c/0/0", "rwa"), ("unlink", "a2/c/0/0"), ("write", "a2/c/0/0", "ct", 0, b"0123456789"),
+        ("pread", 2, 0, 64), ("fstat", 2)]),
 ]
 
 

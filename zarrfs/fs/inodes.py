@@ -181,7 +181,8 @@ class InodeTable:
         """``node``'s name is gone: a hard-linked inode means one of its other names. The
         last name of a file (``last``): a file made at that name later is another file,
         with another number (descriptors open on this one show its own attributes)."""
-        inode = self._by_path.get(node.path) or self.inode_of(node)
+        # (a file made at that name later is another file: its number is computed afresh)
+        inode = self._by_path.pop(node.path, None) or self.inode_of(node)
         names = self._links.get(inode)
         if names is None:
             known = self._nodes.get(inode)
@@ -191,8 +192,6 @@ class InodeTable:
                 self._lookups.setdefault(inode, 1)
             return
         names.discard(node.path)
-        if self._by_path.get(node.path) == inode:  # (a file made there later is another file)
-            del self._by_path[node.path]
         for path in names:
             other = resolve(path)
             if other is not None:
