@@ -139,6 +139,10 @@ class InodeTable:
             self._lookups.setdefault(inode, 1)
             self._versions.pop(inode)
             self._by_path[moved.path] = inode
+        names = self._links.get(inode)
+        if names is not None and source.path in names:  # a hard link's name moved
+            names.discard(source.path)
+            names.add(moved.path)
 
     def replaced(self, node: Node, inode: int | None = None, memfile=None) -> None:
         """A rename put another file at ``node``'s name: the kernel's inode of the old
@@ -153,12 +157,18 @@ class InodeTable:
         names.discard(node.path)
         if memfile is not None and memfile.inode == inode:
             names = [*names, *(n[1] if n[0] == "scratch" else n for n in memfile.names)]
+        self._nodes[inode] = self._other_name(names, node.path, memfile) or Replaced(node.path)
+
+    def _other_name(self, names, gone: str, memfile) -> Node | None:
+        """One of a hard-linked file's other ``names`` (paths, or a buffered file's names)
+        that is still that file: a buffered file's must hold its ``memfile``, as a name
+        may have been given to another file since."""
         for name in names:
             other = self._tree.resolve(name) if isinstance(name, str) else self._tree.chunk_at(name[1], name[2])
-            if other is not None and other.path != node.path:
-                self._nodes[inode] = other
-                return
-        self._nodes[inode] = Replaced(node.path)
+            if other is not None and other.path != gone and (
+                    memfile is None or self._tree._memfile(other) is memfile):
+                return other
+        return None
 
     def replace(self, inode: int, node: Node) -> None:
         """``inode`` now means ``node`` (its path changed kind under the kernel)."""
@@ -177,7 +187,7 @@ class InodeTable:
         self._tree.set_link_inode(node, inode)
         return inode
 
-    def unlinked(self, node: Node, resolve, last: bool = False, held: bool = False) -> None:
+    def unlinked(self, node: Node, last: bool = False, held: bool = False, memfile=None) -> None:
         """``node``'s name is gone: a hard-linked inode means one of its other names. The
         last name of a file (``last``): a file made at that name later is another file,
         with another number (descriptors open on this one show its own attributes)."""
@@ -192,12 +202,10 @@ class InodeTable:
                 self._lookups.setdefault(inode, 1)
             return
         names.discard(node.path)
-        for path in names:
-            other = resolve(path)
-            if other is not None:
-                self._nodes[inode] = other
-                return
-        if inode in self._nodes and self._nodes[inode].path == node.path:
+        other = self._other_name(names, node.path, memfile)
+        if other is not None:
+            self._nodes[inode] = other
+        elif inode in self._nodes and self._nodes[inode].path == node.path:
             # its last name went: a file made at that name later is another file (the
             # descriptors still open on this one show its own attributes, nlink 0)
             self._nodes[inode] = Replaced(node.path)

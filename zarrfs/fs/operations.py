@@ -369,9 +369,10 @@ class Operations(pyfuse3.Operations):
         node = self.tree.lookup(parent, name)
         last = node is not None and self._only_name(node)
         held = node is not None and self.inodes.inode_of(node) in self._open_by_inode
+        memfile = node and self.tree._memfile(node)
         await self._writer().unlink(parent, name)
         if node is not None:
-            self.inodes.unlinked(node, self.tree.resolve, last, held)
+            self.inodes.unlinked(node, last, held, memfile)
 
     def _only_name(self, node: Node) -> bool:
         """Whether ``node`` is its file's only name: a stored chunk, a buffered file with
