@@ -9,6 +9,7 @@ parses key *prefixes* (the directories ``c`` and ``c/1``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 class KeyEncodingError(ValueError):
@@ -23,6 +24,15 @@ def parse_index(text: str) -> int | None:
     if not text.isascii() or not text.isdigit() or (len(text) > 1 and text[0] == "0"):
         return None
     return int(text)
+
+
+DECIMALS_BITS = 16  # names of indices below 2**16 come from a table made once
+
+
+@lru_cache(maxsize=DECIMALS_BITS + 1)
+def _decimals(bits: int) -> list[bytes]:
+    """``str(i).encode()`` for every ``i < 2**bits``: the names in directories of chunk keys."""
+    return [str(i).encode() for i in range(1 << bits)]
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,17 @@ class ChunkKeyEncoding:
     def components(self, coords: tuple[int, ...]) -> tuple[str, ...]:
         """The key of ``coords`` as path components."""
         return tuple(self.encode(coords).split("/"))
+
+    def last_components(self, coords: list[list[int]]) -> list[bytes]:
+        """The last path component of the key of each of ``coords``, as bytes: the names a
+        directory of chunk keys lists (a listing names many chunks at once)."""
+        if self.separator == "/" and coords and coords[0]:
+            bits = max(c[-1] for c in coords).bit_length()
+            if bits <= DECIMALS_BITS:
+                decimals = _decimals(bits)
+                return [decimals[c[-1]] for c in coords]
+            return [str(c[-1]).encode() for c in coords]
+        return [self.encode(tuple(c)).encode() for c in coords]
 
     def prefix_components(self, coords: tuple[int, ...]) -> tuple[str, ...]:
         """The directory components naming a coordinate prefix (``/`` separator only)."""

@@ -123,6 +123,14 @@ class ShardIndex:
         listed = ~self._absent
         return np.where(self._valid[listed], self.entries[..., 1][listed], 0).astype(np.int64)
 
+    def listed_under(self, local_prefix: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """``present`` and ``present_nbytes`` of the chunks under a local coordinate prefix
+        (positions flat in C order over the axes after it), reading only that slab of the index:
+        a directory of chunk keys lists one row of each shard, not the whole shard."""
+        listed = ~self._absent[local_prefix]
+        sizes = np.where(self._valid[local_prefix], self.entries[local_prefix + (Ellipsis, 1)], 0)
+        return np.flatnonzero(listed), sizes[listed].astype(np.int64)
+
     def invalid_count(self) -> int:
         return int((~self._valid).sum())
 

@@ -132,45 +132,51 @@ class Shards:
         """Global coordinates (n, ndim) of the chunks a shard holds, within the grid."""
         return self.shard_listing(array_key, array, shard_coords).coords
 
-    def shard_listing(self, array_key: str, array: ArrayLayout, shard_coords: tuple[int, ...]) -> ShardListing:
-        """The chunks a shard holds (within the grid), with their sizes.
+    def shard_listing(self, array_key: str, array: ArrayLayout, shard_coords: tuple[int, ...],
+                      prefix: tuple[int, ...] = ()) -> ShardListing:
+        """The chunks a shard holds (within the grid) under the chunk-coordinate prefix
+        ``prefix`` (all of them if it is empty), with their sizes, in C order.
 
         A chunk of a corrupt shard is listed whenever it may be there (size 0),
         so that reading it fails loudly (EIO) instead of looking absent.
         """
         shard_key = self.shard_key(array_key, array, shard_coords)
+        origin = np.array(shard_coords, dtype=np.int64) * array.chunks_per_shard
+        local_prefix = tuple(int(i) for i in np.array(prefix, dtype=np.int64) - origin[: len(prefix)])
         corrupt = False
         for _ in range(3):
             try:
                 st = self.stat_shard(shard_key)
             except CorruptShard:
-                local = _all_local(array.chunks_per_shard)
-                st, nbytes, corrupt = None, np.zeros(len(local), dtype=np.int64), True
+                st, (local, nbytes), corrupt = None, _corrupt_listing(array.chunks_per_shard), True
                 break
             if st is None:
                 return ShardListing(np.empty((0, array.ndim), dtype=np.int64), np.empty(0, dtype=np.int64), None)
             try:
-                local, nbytes = self._present_below(shard_key, st, array, 0, (0, st.st_size))
+                local, nbytes = self._present_below(shard_key, st, array, 0, (0, st.st_size), local_prefix)
                 break
             except FileChanged:
                 self.store.forget_recent(shard_key)
             except CorruptShard:
-                local = _all_local(array.chunks_per_shard)
-                nbytes = np.zeros(len(local), dtype=np.int64)
-                corrupt = True
+                (local, nbytes), corrupt = _corrupt_listing(array.chunks_per_shard), True
                 break
         else:
             raise OSError(errno.EAGAIN, f"shard {shard_key} keeps changing")
-        origin = np.array(shard_coords, dtype=np.int64) * array.chunks_per_shard
         coords = local + origin
-        inside = np.all(coords < np.array(array.chunk_grid, dtype=np.int64), axis=1)
-        return ShardListing(coords[inside], nbytes[inside], st, corrupt)
+        keep = np.all(coords < np.array(array.chunk_grid, dtype=np.int64), axis=1)
+        if prefix:
+            keep &= np.all(coords[:, : len(prefix)] == np.array(prefix, dtype=np.int64), axis=1)
+        return ShardListing(coords[keep], nbytes[keep], st, corrupt)
 
-    def _present_below(self, shard_key, st, array, depth, region) -> tuple[np.ndarray, np.ndarray]:
-        """Local coordinates and sizes of the innermost chunks below ``region``."""
+    def _present_below(self, shard_key, st, array, depth, region, local_prefix=()) -> tuple[np.ndarray, np.ndarray]:
+        """Local coordinates and sizes of the innermost chunks below ``region`` (under
+        ``local_prefix``, when it is given for a shard with one level: the caller filters
+        nested ones)."""
         if not array.is_sharded:  # the file is the one chunk
             return np.zeros((1, array.ndim), dtype=np.int64), np.array([st.st_size], dtype=np.int64)
         index = self.index(shard_key, st, array.levels[depth], region)
+        if local_prefix and len(array.levels) == 1:
+            return _slab(index, local_prefix)
         present = index.present().astype(np.int64)
         if depth == len(array.levels) - 1:
             return present, index.present_nbytes()
@@ -180,8 +186,7 @@ class Shards:
             try:
                 inner, nbytes = self._present_below(shard_key, st, array, depth + 1, index.chunk_range(tuple(local)))
             except CorruptShard:
-                inner = _all_local(tuple(below))
-                nbytes = np.zeros(len(inner), dtype=np.int64)
+                inner, nbytes = _corrupt_listing(tuple(below))
             coords.append(local * below + inner)
             sizes.append(nbytes)
         return np.concatenate(coords), np.concatenate(sizes)
@@ -255,6 +260,22 @@ class Shards:
 
 def _cache_weight(entry) -> int:
     return entry.nbytes if isinstance(entry, ShardIndex) else 256
+
+
+def _slab(index: ShardIndex, local_prefix: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Local coordinates and sizes of the chunks an index lists under a local prefix."""
+    positions, nbytes = index.listed_under(local_prefix)
+    shape = index.format.chunks_per_shard
+    local = np.empty((len(positions), len(shape)), dtype=np.int64)
+    local[:, : len(local_prefix)] = local_prefix
+    local[:, len(local_prefix):] = np.stack(np.unravel_index(positions, shape[len(local_prefix):]), axis=1)
+    return local, nbytes
+
+
+def _corrupt_listing(chunks_per_shard: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Every chunk a corrupt shard may hold, with size 0."""
+    local = _all_local(chunks_per_shard)
+    return local, np.zeros(len(local), dtype=np.int64)
 
 
 def _all_local(chunks_per_shard: tuple[int, ...]) -> np.ndarray:

@@ -21,6 +21,7 @@ node never goes stale in a way that serves wrong bytes.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import stat
 import time
@@ -126,6 +127,45 @@ class Attributes:
 
 
 Entry = tuple  # (name, Node, Attributes | None): one directory entry
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRun:
+    """The stored chunks of one shard that one directory lists, computed at once from the
+    shard's index: a listing of thousands of chunks makes no node or Attributes per chunk
+    (readdir fills one reply entry from these; ``entry(i)`` is the usual Entry)."""
+
+    dir: str  # view path of the directory
+    array: str
+    names: list[bytes]
+    coords: np.ndarray  # (n, ndim) chunk coordinates
+    linear: list[int] | None  # each chunk's index in the chunk grid, C order (None: past int64)
+    sizes: list[int]
+    attributes: Attributes | None  # the shard's, as a file of size 0 (None: a corrupt shard)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def node(self, i: int) -> Chunk:
+        return Chunk(join(self.dir, os.fsdecode(self.names[i])), self.array, tuple(self.coords[i].tolist()))
+
+    def entry(self, i: int) -> Entry:
+        size = self.sizes[i]
+        return os.fsdecode(self.names[i]), self.node(i), replace(self.attributes, size=size, blocks=-(-size // 512))
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """A directory's entries: ``entries`` one by one, then the chunks of ``runs``."""
+
+    entries: list[Entry]
+    runs: list[ChunkRun] = ()
+
+    def __len__(self) -> int:
+        return len(self.entries) + sum(map(len, self.runs))
+
+    def expanded(self) -> list[Entry]:
+        return self.entries + [run.entry(i) for run in self.runs for i in range(len(run))]
 
 
 class FileRange:
@@ -263,17 +303,21 @@ class ViewTree:
         return node
 
     def children(self, node: Node) -> list[Entry]:
-        """The entries of directory ``node``: ``(name, node, attributes or None)``.
+        """The entries of directory ``node``: ``(name, node, attributes or None)``."""
+        return self.listing(node).expanded()
+
+    def listing(self, node: Node) -> Listing:
+        """The entries of directory ``node``, its stored chunks in runs (one per shard).
 
         Attributes are given where the listing knows them anyway (chunks: from
         the index just read), which spares a lookup per chunk; on an object store,
         every entry's (asked here, in the caller's worker thread, not one by one
         later on the daemon's loop).
         """
-        entries = self._children(node)
+        listing = self._children(node)
         if self.store.capabilities.cheap_calls:
-            return entries
-        return [self._with_attributes(entry) for entry in entries]
+            return listing
+        return Listing([self._with_attributes(entry) for entry in listing.entries], listing.runs)
 
     def _with_attributes(self, entry: Entry) -> Entry:
         name, node, attributes = entry
@@ -284,25 +328,25 @@ class ViewTree:
                 pass
         return name, node, attributes
 
-    def _children(self, node: Node) -> list[Entry]:
+    def _children(self, node: Node) -> Listing:
         if isinstance(node, ControlDir):
-            return [(STATUS_FILE, StatusFile(join(node.path, STATUS_FILE)), None)]
+            return Listing([(STATUS_FILE, StatusFile(join(node.path, STATUS_FILE)), None)])
         scratch = [(n, Scratch(join(node.path, n), self._array_of(node)), Attributes.of_memfile(f))
                    for n, f in self.overlay.scratch_in(node.path).items()]
         if isinstance(node, KeyDir):
             view = self._array_view(node.array)
-            return (self._key_children(node.array, view, node.parts) if view else []) + scratch
+            keys = self._key_children(node.array, view, node.parts) if view else Listing([])
+            return Listing(keys.entries + scratch, keys.runs)
         view = self.views.of(node.path)
         names = [n for n in self.store.listdir(node.path)
                  if not zarrfs_own(n) and not (n == CONTROL_DIR and node.path == "")]
         if view is None:
-            return [(n, Plain(join(node.path, n)), None) for n in names] + scratch
+            return Listing([(n, Plain(join(node.path, n)), None) for n in names] + scratch)
         entries = [(n, Plain(join(node.path, n)), None)
                    for n in names if n not in view.hidden and n not in view.metadata and not self._is_key(view, n)]
         entries += [(n, MetadataFile(join(node.path, n), node.path, n), None) for n in view.metadata]
-        if view.array is not None:
-            entries += self._key_children(node.path, view, ())
-        return entries + scratch
+        keys = self._key_children(node.path, view, ()) if view.array is not None else Listing([])
+        return Listing(entries + keys.entries + scratch, keys.runs)
 
     def _array_of(self, node: Node) -> str:
         """The array directory a node lies in ("" when it is not in an array's namespace)."""
@@ -422,61 +466,75 @@ class ViewTree:
         return [c for c, f in self.overlay.chunks_of(array_key).items()
                 if f is not None and c[: len(prefix)] == prefix]
 
-    def _key_children(self, array_key: str, view: DirView, parts: tuple[str, ...]) -> list[Entry]:
+    def _key_children(self, array_key: str, view: DirView, parts: tuple[str, ...]) -> Listing:
         array = view.array
         depth = view.keys.depth(array.ndim)
         if depth == 1:  # every key is a file name in the array directory
-            return self._chunk_entries(array_key, view, self._shards_below(array_key, view))
+            return self._chunk_entries(array_key, view, self._shards_below(array_key, view), array_key)
         if view.keys.name == "default" and not parts:
-            return self._listed_dirs(array_key, view, [("c",)])
+            return Listing(self._listed_dirs(array_key, view, [("c",)]))
         coords = view.keys.decode_prefix(parts, array.ndim) if parts else ()
         axis = len(coords)
         if len(parts) + 1 == depth:
             shard_prefix = array.shard_of(coords)
             shard_indices = self._listed_indices(self._shard_dir(array_key, view, coords), array.shard_grid[axis])
             shards = [shard_prefix + (s,) for s in shard_indices]
-            return self._chunk_entries(array_key, view, shards, leaf_of=coords)
+            return self._chunk_entries(array_key, view, shards, join(array_key, *parts), leaf_of=coords)
         indices = self._stored_indices(array_key, view, coords)
         indices |= {c[axis] for c in self._written_under(array_key, coords)}
         here = join(array_key, *parts)
         made = {os.path.basename(d) for d in self.overlay.directories if os.path.dirname(d) == here}
         made |= {name for name in self._store_names(here) if self._made_in_store(join(here, name))}
         names = sorted({str(i) for i in indices} | made, key=lambda n: (len(n), n))
-        return self._listed_dirs(array_key, view, [parts + (n,) for n in names])
+        return Listing(self._listed_dirs(array_key, view, [parts + (n,) for n in names]))
 
     def _listed_dirs(self, array_key, view, children: list[tuple[str, ...]]) -> list[Entry]:
         nodes = (self._key_lookup(array_key, view, parts) for parts in children)
         return [(node.parts[-1], node, None) for node in nodes if node is not None]
 
-    def _chunk_entries(self, array_key, view, shards, leaf_of: tuple[int, ...] | None = None):
-        """Entries for the present chunks of ``shards`` (those under ``leaf_of``, if given),
-        with their attributes: the listing has read the indexes already."""
-        crc = CHECKSUM_NBYTES if view.strip_crc else 0
-        written = self.overlay.chunks_of(array_key)
-        entries = []
-        for coords, memfile in written.items():
-            if memfile is None or not view.array.in_grid(coords):
+    def _chunk_entries(self, array_key, view, shards, dir_path: str, leaf_of: tuple[int, ...] = ()) -> Listing:
+        """The present chunks of ``shards`` (those under ``leaf_of``), listed in ``dir_path``
+        with their attributes: the listing has read the indexes already. Chunks of the write
+        buffer are entries of their own; the stored ones, one run per shard."""
+        array = view.array
+        entries, buffered = [], []  # (the write buffer's chunks hide stored ones: written or deleted)
+        for coords, memfile in self.overlay.chunks_of(array_key).items():
+            if not array.in_grid(coords) or coords[: len(leaf_of)] != leaf_of:
                 continue
-            if leaf_of is not None and coords[: len(leaf_of)] != leaf_of:
-                continue
-            parts = view.keys.components(coords)
-            entries.append((parts[-1], Chunk(join(array_key, *parts), array_key, coords), Attributes.of_memfile(memfile)))
-        self.shards.prefetch(array_key, view.array, shards)
+            buffered.append(coords)
+            if memfile is not None:
+                parts = view.keys.components(coords)
+                entries.append((parts[-1], Chunk(join(array_key, *parts), array_key, coords),
+                                Attributes.of_memfile(memfile)))
+        buffered = np.array(buffered, dtype=np.int64).reshape(len(buffered), array.ndim)
+        self.shards.prefetch(array_key, array, shards)
+        runs = []
         for shard_coords in shards:
-            listing = self.shards.shard_listing(array_key, view.array, shard_coords)
+            listing = self.shards.shard_listing(array_key, array, shard_coords, leaf_of)
             if listing.shard_stat is None and not listing.corrupt:
                 continue
-            shard_attributes = listing.shard_stat and Attributes.of(listing.shard_stat)
-            for coords, nbytes in zip(listing.coords.tolist(), listing.nbytes.tolist()):
-                coords = tuple(coords)
-                if coords in written or (leaf_of is not None and coords[: len(leaf_of)] != leaf_of):
-                    continue
-                parts = view.keys.components(coords)
-                node = Chunk(join(array_key, *parts), array_key, coords)
-                # (a corrupt shard's chunks are listed without attributes: looking them up is EIO)
-                attributes = None if listing.corrupt else shard_attributes.as_file(max(nbytes - crc, 0))
-                entries.append((parts[-1], node, attributes))
-        return entries
+            run = self._chunk_run(array_key, view, dir_path, listing, buffered)
+            if run is None:
+                continue
+            if listing.corrupt:  # listed (so that cp -r fails) without attributes: looking them up is EIO
+                entries += [(os.fsdecode(run.names[i]), run.node(i), None) for i in range(len(run))]
+            else:
+                runs.append(run)
+        return Listing(entries, runs)
+
+    @staticmethod
+    def _chunk_run(array_key, view, dir_path, listing, buffered: np.ndarray) -> ChunkRun | None:
+        """The chunks of one shard's listing but those in ``buffered`` (the write buffer's)."""
+        array = view.array
+        coords, sizes = listing.coords, listing.nbytes - (CHECKSUM_NBYTES if view.strip_crc else 0)
+        if len(buffered) and len(coords):
+            keep = ~(coords[:, None, :] == buffered[None, :, :]).all(axis=2).any(axis=1)
+            coords, sizes = coords[keep], sizes[keep]
+        if not len(coords):
+            return None
+        attributes = Attributes.of(listing.shard_stat).as_file(0) if listing.shard_stat else None
+        return ChunkRun(dir_path, array_key, view.keys.last_components(coords.tolist()), coords,
+                        grid_indices(coords, array.chunk_grid), np.maximum(sizes, 0).tolist(), attributes)
 
     def _shards_below(self, array_key: str, view: DirView, prefix: tuple[int, ...] = (),
                       known: bool = False) -> list[tuple[int, ...]]:
@@ -693,3 +751,13 @@ class ViewTree:
         if location is None:
             raise OSError(errno.ENOENT, f"{node.path} is no longer present")
         return view, location
+
+
+def grid_indices(coords: np.ndarray, grid: tuple[int, ...]) -> list[int] | None:
+    """The C-order index in ``grid`` of each of ``coords`` (n, ndim); None for a grid of more
+    chunks than int64 counts."""
+    if math.prod(grid) >= 1 << 62:
+        return None
+    if not grid:  # a 0-d array's one chunk
+        return [0] * len(coords)
+    return np.ravel_multi_index(tuple(coords.T), grid).tolist()
