@@ -2316,6 +2316,11 @@ FOUND = [
         ("write", "a2/.t.partial", "ct", 0, b"abcd"), ("rename", "a2/.t.partial", "a2/c/0/0"),
         ("open", 2, "a2/c/0/0", "rwa"), ("unlink", "a2/c/0/0"), ("write", "a2/c/0/0", "ct", 0, b"0123456789"),
         ("pread", 2, 0, 64), ("fstat", 2)]),
+    ("unlinked-backing-link-open", "one name of a hard-linked backing file unlinked while open: its other "
+     "name showed the open file's nlink 0, and (before) a file made at the unlinked name", "v3", [
+        ("link", "README.txt", "d1/h.txt"), ("remount",), ("stat", "README.txt"), ("stat", "d1/h.txt"),
+        ("open", 0, "d1/h.txt", "r"), ("unlink", "d1/h.txt"), ("stat", "README.txt"), ("fstat", 0),
+        ("write", "d1/h.txt", "ct", 0, b"0123456789"), ("fstat", 0), ("stat", "README.txt")]),
 ]
 
 

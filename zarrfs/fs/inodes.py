@@ -110,7 +110,9 @@ class InodeTable:
             return inode  # computed again when asked for (a hard link's number is another name's)
         self._nodes[inode] = node  # the newest meaning of the path
         self._lookups[inode] = self._lookups.get(inode, 0) + 1
-        if inode != path_inode(node.path) and inode != self._backing_link(node):
+        if inode == self._backing_link(node):  # its names, so that another means it when this one goes
+            self._links.setdefault(inode, set()).add(node.path)
+        elif inode != path_inode(node.path):
             self._by_path[node.path] = inode
         return inode
 
@@ -187,12 +189,12 @@ class InodeTable:
         self._tree.set_link_inode(node, inode)
         return inode
 
-    def unlinked(self, node: Node, last: bool = False, held: bool = False, memfile=None) -> None:
-        """``node``'s name is gone: a hard-linked inode means one of its other names. The
-        last name of a file (``last``): a file made at that name later is another file,
-        with another number (descriptors open on this one show its own attributes)."""
-        # (a file made at that name later is another file: its number is computed afresh)
-        inode = self._by_path.pop(node.path, None) or self.inode_of(node)
+    def unlinked(self, node: Node, inode: int, last: bool = False, held: bool = False, memfile=None) -> None:
+        """``node``'s name is gone (its ``inode`` as it was before): a hard-linked inode means
+        one of its other names. The last name of a file (``last``): a file made at that name
+        later is another file, with another number (descriptors open on this one show its
+        own attributes)."""
+        self._by_path.pop(node.path, None)  # (a file made there later gets its number afresh)
         names = self._links.get(inode)
         if names is None:
             known = self._nodes.get(inode)
@@ -254,13 +256,34 @@ class InodeTable:
 
     # -- chunk numbers ------------------------------------------------------------
 
+    def chunk_numbers(self, array_key: str, dir_path: str, names: list[bytes],
+                      indices: list[int] | None) -> list[int | None]:
+        """``inode_of`` of stored chunks of one array that ``dir_path`` lists (``indices``: their
+        C-order indices in the chunk grid), at once; None where a chunk needs ``inode_of``
+        itself: its name got a number by a rename, or its number is another name's."""
+        grid = self._tree.chunk_grid(array_key)
+        array = None if grid is None or indices is None else self._array_number(array_key, grid)
+        if array is None:
+            return [None] * len(names)
+        base = CHUNK_INODE | array << ARRAY_SHIFT
+        numbers = [None if base + i in self._nodes else base + i for i in indices]
+        if self._by_path:
+            prefix = dir_path + "/" if dir_path else ""
+            numbers = [None if prefix + name.decode("utf-8", "surrogateescape") in self._by_path else number
+                       for name, number in zip(names, numbers)]
+        return numbers
+
+    def _array_number(self, array_key: str, grid: tuple[int, ...]) -> int | None:
+        array = self._array_numbers.get((array_key, grid), -1)
+        if array == -1:
+            array = self._array_numbers[(array_key, grid)] = self._new_array_number(array_key, grid)
+        return array
+
     def _chunk_number(self, node: Chunk) -> int | None:
         grid = self._tree.chunk_grid(node.array)
         if grid is None or len(node.coords) != len(grid):
             return None
-        array = self._array_numbers.get((node.array, grid), -1)
-        if array == -1:
-            array = self._array_numbers[(node.array, grid)] = self._new_array_number(node.array, grid)
+        array = self._array_number(node.array, grid)
         if array is None:
             return None
         index = 0

@@ -41,6 +41,7 @@ FETCHES_AT_ONCE = 32  # object store requests for open chunks waiting on the ser
 TREE_CALLS_AT_ONCE = 16  # lookups, attributes, listings waiting on an object store together
 
 INVALIDATE_WAIT = 1.0  # seconds a request waits for the kernel to drop cached names
+READDIR_WINDOW = 64  # chunks whose inode numbers readdir computes at once (a reply holds a few dozen)
 
 
 def _kernel_errors(handler):
@@ -186,13 +187,13 @@ class Operations(pyfuse3.Operations):
     @_kernel_errors
     async def opendir(self, inode, ctx):
         node = self._node(inode)
-        return self._new_handle(DirHandle(node, await self._in_tree(self.tree.children, node)))
+        return self._new_handle(DirHandle(node, await self._in_tree(self.tree.listing, node)))
 
     @_kernel_errors
     async def readdir(self, fh, start_id, token):
         listing = self._handles[fh].listing
-        for position in range(start_id, len(listing)):
-            name, node, attributes = listing[position]
+        for position in range(start_id, len(listing.entries)):
+            name, node, attributes = listing.entries[position]
             inode = self.inodes.inode_of(node)
             try:
                 entry = self._entry(node, attributes or self.tree.attributes(node), inode)
@@ -204,6 +205,31 @@ class Operations(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, os.fsencode(name), entry, position + 1):
                 return
             self.inodes.remember(node, inode)
+        position = len(listing.entries)
+        for run in listing.runs:
+            if start_id < position + len(run) and not self._reply_chunks(token, run, position, start_id):
+                return
+            position += len(run)
+
+    def _reply_chunks(self, token, run, position: int, start_id: int) -> bool:
+        """The stored chunks of one shard (a tree.ChunkRun at listing ``position``): one entry
+        filled in turn (readdir_reply copies it), inode numbers a window at a time; a chunk
+        whose number is an exception goes the usual way. False once the reply is full."""
+        entry = self._entry(run.node(0), run.attributes, 0)
+        for window in range(max(start_id - position, 0), len(run), READDIR_WINDOW):
+            stop = min(window + READDIR_WINDOW, len(run))
+            numbers = self.inodes.chunk_numbers(run.array, run.dir, run.names[window:stop],
+                                                run.linear and run.linear[window:stop])
+            for i, number in enumerate(numbers, window):
+                node = None if number is not None else run.node(i)
+                size = run.sizes[i]
+                entry.st_ino = number or self.inodes.inode_of(node)
+                entry.st_size, entry.st_blocks = size, -(-size // 512)
+                if not pyfuse3.readdir_reply(token, run.names[i], entry, position + i + 1):
+                    return False
+                if node is not None:
+                    self.inodes.remember(node, entry.st_ino)
+        return True
 
     @_kernel_errors
     async def releasedir(self, fh):
@@ -367,12 +393,13 @@ class Operations(pyfuse3.Operations):
     async def unlink(self, parent_inode, name, ctx):
         parent, name = self._node(parent_inode), os.fsdecode(name)
         node = self.tree.lookup(parent, name)
+        # (what the name meant, before the unlink changes what it computes)
         last = node is not None and self._only_name(node)
-        held = node is not None and self.inodes.inode_of(node) in self._open_by_inode
+        inode = node and self.inodes.inode_of(node)
         memfile = node and self.tree._memfile(node)
         await self._writer().unlink(parent, name)
         if node is not None:
-            self.inodes.unlinked(node, last, held, memfile)
+            self.inodes.unlinked(node, inode, last, inode in self._open_by_inode, memfile)
 
     def _only_name(self, node: Node) -> bool:
         """Whether ``node`` is its file's only name: a stored chunk, a buffered file with
