@@ -666,3 +666,186 @@ def test_encode_shard_puts_chunks_in_c_order_with_the_index(location):
     assert read_chunks(layout, shard) == chunks
     payload = b"first!" + b"" + b"x" * 100 + b"last"
     assert (shard[fmt.nbytes:] if location == "start" else shard[:-fmt.nbytes]) == payload
+
+
+# -- shards straight from the chunk files (replace_durably_from_files) --------------------------
+
+
+def _files_store(tmp_path):
+    """A source store with a few chunk files (and hostile entries) and an empty destination."""
+    from zarrfs.store.local import LocalStore
+
+    root = tmp_path / "src"
+    (root / "d").mkdir(parents=True)
+    (root / "e").mkdir()
+    (root / "d" / "a").write_bytes(b"aaaa")
+    (root / "d" / "empty").write_bytes(b"")
+    (root / "d" / "big").write_bytes(bytes(range(256)) * 12289)  # 3 MiB and then some
+    (root / "e" / "z").write_bytes(b"zz")
+    (root / "d" / "link").symlink_to("a")  # inside the store, and still not followed
+    (root / "d" / "out").symlink_to(tmp_path / "secret")
+    (tmp_path / "secret").write_bytes(b"secret")
+    os.mkfifo(root / "d" / "fifo")  # never blocks the copy
+    (root / "d" / "sub").mkdir()
+    (root / "away").symlink_to(tmp_path)  # a directory outside the store
+    (tmp_path / "dst").mkdir()
+    return LocalStore(str(root)), LocalStore(str(tmp_path / "dst"))
+
+
+def _tail(sizes):
+    return b"|" + json.dumps(sizes).encode()
+
+
+def _left_in(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+
+
+def test_a_file_made_from_files_is_them_in_order_then_the_tail(tmp_path):
+    src, dst = _files_store(tmp_path)
+    big = (tmp_path / "src" / "d" / "big").read_bytes()
+    groups = [("d", ["a", "missing", "empty", "big"]), ("nowhere", ["x", "y"]), ("e", ["z"])]
+    sizes = dst.replace_durably_from_files("arr/c/0", src, groups, _tail)
+    assert sizes == [4, None, 0, len(big), None, None, 2]
+    assert (tmp_path / "dst" / "arr" / "c" / "0").read_bytes() == b"aaaa" + big + b"zz" + _tail(sizes)
+    assert _left_in(tmp_path / "dst") == ["arr/c/0"]  # no temporary left
+    # the same through the simple way (read_many, then replace_durably), as other stores take it
+    from zarrfs.store.local import replace_from_read_many
+
+    assert replace_from_read_many(dst, "other", src, groups, _tail) == sizes
+    assert dst.read("other") == dst.read("arr/c/0")
+    # nothing to write (finish says so): no file, no temporary
+    assert dst.replace_durably_from_files("none", src, [("d", ["missing"])], lambda sizes: None) == [None]
+    assert _left_in(tmp_path / "dst") == ["arr/c/0", "other"]
+
+
+@pytest.mark.parametrize("refused", ["copy_file_range", "both"])
+def test_a_file_made_from_files_without_copy_file_range(tmp_path, monkeypatch, refused):
+    """Across filesystems (EXDEV) sendfile copies instead; where that fails too, read and write."""
+    src, dst = _files_store(tmp_path)
+
+    def no(*args, **kwargs):
+        raise OSError(errno.EXDEV if "offset_dst" in kwargs else errno.EINVAL, "refused")
+
+    monkeypatch.setattr(os, "copy_file_range", no)
+    if refused == "both":
+        monkeypatch.setattr(os, "sendfile", no)
+    groups = [("d", ["a", "big", "empty"]), ("e", ["z"])]
+    sizes = dst.replace_durably_from_files("k", src, groups, _tail)
+    assert dst.read("k") == b"aaaa" + (tmp_path / "src" / "d" / "big").read_bytes() + b"zz" + _tail(sizes)
+
+
+def test_a_file_made_from_files_refuses_links_and_special_files_and_keeps_limits(tmp_path):
+    from zarrfs.store.base import TooLarge
+
+    src, dst = _files_store(tmp_path)
+    dst.replace_durably("k", b"old")
+    for name in ("link", "out", "fifo", "sub"):
+        with pytest.raises(OSError) as error:
+            dst.replace_durably_from_files("k", src, [("d", ["a", name])], _tail)
+        assert error.value.errno in (errno.EIO, errno.EISDIR), name
+    with pytest.raises(OSError):
+        dst.replace_durably_from_files("k", src, [("away", ["secret"])], _tail)
+    for name in ("../d/a", "", ".", ".."):
+        with pytest.raises(ValueError):
+            dst.replace_durably_from_files("k", src, [("d", [name])], _tail)
+    with pytest.raises(TooLarge):
+        dst.replace_durably_from_files("k", src, [("d", ["a", "big"])], _tail, limit=2**20)
+    with pytest.raises(TooLarge):
+        dst.replace_durably_from_files("k", src, [("d", ["a"])], _tail, limit=3)
+    assert dst.read("k") == b"old" and _left_in(tmp_path / "dst") == ["k"]  # as it was, no temporary
+    assert dst.replace_durably_from_files("k", src, [("d", ["a"])], _tail, limit=4) == [4]
+
+
+@pytest.mark.parametrize("change", ["shrinks", "grows"])
+def test_a_source_file_that_changes_while_copied_is_an_error_and_writes_nothing(tmp_path, monkeypatch, change):
+    """The size fstat gave is the size copied, or EIO: never a shard whose index lies."""
+    src, dst = _files_store(tmp_path)
+    dst.replace_durably("k", b"old")
+    big = tmp_path / "src" / "d" / "big"
+    real = os.copy_file_range
+
+    def changing(src_fd, dst_fd, count, *args, **kwargs):
+        if os.fstat(src_fd).st_ino == big.stat().st_ino and not changing.done:
+            changing.done = True
+            with open(big, "r+b") as f:
+                f.truncate(1000) if change == "shrinks" else f.write(b"\0" * (4 << 20))
+        return real(src_fd, dst_fd, count, *args, **kwargs)
+
+    changing.done = False
+    monkeypatch.setattr(os, "copy_file_range", changing)
+    with pytest.raises(OSError) as error:
+        dst.replace_durably_from_files("k", src, [("d", ["a", "big"])], _tail)
+    assert error.value.errno == errno.EIO and "changed while being copied" in str(error.value)
+    assert "d/big" in str(error.value)
+    assert dst.read("k") == b"old" and _left_in(tmp_path / "dst") == ["k"]
+
+
+def test_a_pack_whose_chunk_file_changes_leaves_no_complete_looking_shard(many_shards, tmp_path, monkeypatch):
+    """In the pack: the error names the file, the shard is not at its key, no metadata is written."""
+    import io
+
+    from zarrfs.pack import pack
+
+    src = tmp_path / "src"
+    shutil.copytree(many_shards[0], src, symlinks=True)
+    real = os.copy_file_range
+
+    def shrinking(src_fd, dst_fd, count, *args, **kwargs):
+        if not shrinking.done and os.fstat(src_fd).st_size > 1:
+            shrinking.done = True
+            os.truncate(f"/proc/self/fd/{src_fd}", 1)  # as if someone else truncated it meanwhile
+        return real(src_fd, dst_fd, count, *args, **kwargs)
+
+    shrinking.done = False
+    monkeypatch.setattr(os, "copy_file_range", shrinking)
+    with pytest.raises(OSError, match="changed while being copied"):
+        pack(str(src), str(tmp_path / "dst"), 4, jobs=1, out=io.StringIO(), err=io.StringIO())
+    left = _left_in(tmp_path / "dst")
+    assert not any(name.endswith("zarr.json") for name in left)
+    assert not any(".zarrfs-tmp-" in name for name in left)
+    # the same command again finishes it (the file stays one byte long now)
+    assert pack(str(src), str(tmp_path / "dst"), 4, jobs=1, out=io.StringIO(), err=io.StringIO()) == 0
+    assert files_of(tmp_path / "dst") == files_of_packed(src, tmp_path / "again")
+
+
+def files_of_packed(src: Path, out: Path) -> dict[str, bytes]:
+    zarrfs("pack", src, out, "--shards", "4")
+    return files_of(out)
+
+
+def test_object_store_read_many_fetches_at_once_in_order(seaweedfs, s3_credentials):
+    """GETs overlap (up to READ_MANY_AT_ONCE), the answers come in the order asked, None for
+    a missing object, and ``limit`` holds for each."""
+    import threading
+
+    from zarrfs.store.base import TooLarge
+    from zarrfs.store.object import READ_MANY_AT_ONCE, ObjectStore
+
+    store = ObjectStore(seaweedfs.url(), endpoint_url=seaweedfs.endpoint)
+    names = [str(i) for i in range(40)]
+    for name in names:
+        store.replace_durably(f"rm/{name}", name.encode() * int(name))
+    at_once = {"now": 0, "most": 0}
+    lock = threading.Lock()
+    real = store.read
+
+    def counting(key, limit=None):
+        with lock:
+            at_once["now"] += 1
+            at_once["most"] = max(at_once["most"], at_once["now"])
+        try:
+            time.sleep(0.05)  # a slow round trip: the others start meanwhile
+            return real(key, limit)
+        finally:
+            with lock:
+                at_once["now"] -= 1
+
+    store.read = counting
+    asked = names[:20] + ["missing"] + names[20:]
+    assert store.read_many("rm", asked) == [None if n == "missing" else n.encode() * int(n) for n in asked]
+    assert 1 < at_once["most"] <= READ_MANY_AT_ONCE
+    assert store.read_many("nowhere", ["a", "b"]) == [None, None]
+    assert store.read_many("rm", []) == [] and store.read_many("rm", ["3"]) == [b"333"]
+    with pytest.raises(TooLarge):
+        store.read_many("rm", names, limit=60)
+    assert store.read_many("rm", names[:31], limit=60) == [n.encode() * int(n) for n in names[:31]]

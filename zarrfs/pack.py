@@ -11,10 +11,11 @@ have made of it (``cp -r SRC MNT/``), at the speed of the disks:
    are. A file in an array's key namespace that is no key of its array stops
    the pack before anything is written. The plan is deterministic: the same
    SRC and arguments give the same tasks in the same order.
-2. **Shards.** Each task reads the chunk files of one shard, encoded bytes as
-   they are (never decoded), a directory at a time (``read_many``), and writes one
-   complete shard with ``replace_durably`` (temp + fsync + rename locally) in a
-   writer thread, while the next task's chunks are read (``_pipelined``). The tasks run here
+2. **Shards.** Each task writes one complete shard straight from the chunk files of
+   one shard, encoded bytes as they are (never decoded): ``replace_durably_from_files``
+   copies them into a temporary in the kernel (locally; ``read_many`` and one PUT for
+   object stores), appends the index, fsyncs and renames; up to ``WRITERS`` shards at
+   once, in writer threads (``_pipelined``). The tasks run here
    (``--jobs 1``), in a local process pool, on a Dask distributed scheduler, or
    a slice of them in one part of a batch job array (``--part I/N``: task ``k``
    belongs to part ``k mod N``).
@@ -36,7 +37,8 @@ bytes it would be given.
 ``unpack SRC DST [--view v3|v2]`` writes what the mount shows, file by file,
 through the daemon's own view model (``fs/tree.ViewTree``), without FUSE.
 
-All I/O on SRC and DST goes through store methods (``read``, ``read_many``, ``lstat``,
+All I/O on SRC and DST goes through store methods (``read``, ``read_many``,
+``replace_durably_from_files``, ``lstat``,
 ``listdir``/``files_below``, ``replace_durably``, ``symlink``, ``readlink``),
 so ``s3://BUCKET/PREFIX`` sources and destinations work as local ones do.
 """
@@ -48,18 +50,17 @@ import functools
 import itertools
 import json
 import math
-import multiprocessing
 import os
 import stat
 import sys
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, TextIO
+from typing import Callable, Iterable, Iterator, TextIO
 
 from .format.metadata import ArrayLayout, MetadataError, json_bytes, parse_array_document, shard_document, \
     with_consolidated
-from .format.shard_codec import read_chunks, write_shard
+from .format.shard_codec import encode_index, read_chunks, write_shard
 from .format.shard_index import CorruptShard
 from .format.v2 import NoV2Equivalent, v2_to_v3
 from .fs.shards import join
@@ -350,13 +351,14 @@ def run_tasks(src_url: str, dst_url: str, endpoint_url: str | None, tasks: Itera
 
 
 def _pipelined(src, dst, tasks: Iterable) -> Iterator[TaskResult]:
-    """Run ``tasks`` here, yielding each result (in order) once its objects are durable. A
-    shard is read and assembled in this thread and written (write, fsync, rename, fsync of
-    the directory; or one PUT) by one of ``WRITERS`` writer threads meanwhile: writing waits
-    on the disk or the network with the GIL released, so the next shards' reads go on, and
-    the fsyncs of several shards meet in one journal commit (a local disk) or the PUTs
-    overlap (an object store). At most ``WRITERS`` shards are being written while the next
-    is read: memory stays ``WRITERS + 1`` shards per process."""
+    """Run ``tasks`` here, yielding each result (in order) once its objects are durable.
+    This thread checks which shards DST has complete already; each other shard is written
+    by one of ``WRITERS`` writer threads (see ``_prepare_shard``: between local stores, the
+    kernel copies the chunk files into the shard, so the GIL is free nearly all the time;
+    from or to an object store, GETs and one PUT), so that up to ``WRITERS`` shards are
+    built at once, their fsyncs meet in one journal commit (a local disk) or their requests
+    overlap (an object store). At most ``WRITERS`` shards are under way per process (and,
+    from an object store, in memory)."""
     with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="zarrfs-pack-writer") as writer:
         pending: collections.deque[tuple[Future | None, TaskResult]] = collections.deque()
         try:
@@ -365,7 +367,7 @@ def _pipelined(src, dst, tasks: Iterable) -> Iterator[TaskResult]:
                     result, write = _copy_files(src, dst, task.keys), None
                 else:
                     result, write = _prepare_shard(src, dst, task)
-                pending.append((None if write is None else writer.submit(dst.replace_durably, *write), result))
+                pending.append((None if write is None else writer.submit(write), result))
                 while pending and (pending[0][0] is None or pending[0][0].done() or len(pending) > WRITERS):
                     future, done = pending.popleft()
                     if future is not None:
@@ -382,25 +384,54 @@ def _pipelined(src, dst, tasks: Iterable) -> Iterator[TaskResult]:
                     future.cancel()
 
 
-def _prepare_shard(src, dst, task: ShardTask) -> tuple[TaskResult, tuple[str, bytes] | None]:
-    """The result of a shard's task and ``(key, bytes)`` to write, None when DST has it
-    complete already (or there is nothing to write: every chunk gone since the plan)."""
+def _prepare_shard(src, dst, task: ShardTask) -> tuple[TaskResult, Callable[[], None] | None]:
+    """The result of a shard's task and what writes the shard (filling in the result's
+    counts), None when DST has it complete already.
+
+    The shard is made straight from the chunk files (``replace_durably_from_files``): in
+    C order of the grid positions, the index appended once their sizes are known (a
+    shard whose chunk files are all gone since the plan is not written). Between local
+    stores the bytes never enter Python: each file is one open, fstat, copy_file_range
+    and close, into the temporary that becomes the shard after its fsync."""
     layout = _layout(task.target)
     (key,) = task.outputs()
     result = TaskResult(task.array, objects=1)
     if _shard_complete(src, dst, task, layout, key):
         return result, None
+    groups = _chunk_files(task, layout)
+    if len(layout.levels) != 1 or layout.levels[0].location != "end":  # (not what pack writes)
+        return result, functools.partial(_write_assembled, src, dst, key, layout, groups, result)
+    fmt = layout.levels[0]
+    positions = [local for _, locals_, _ in groups for local in locals_]
+
+    def index(sizes: list[int | None]) -> bytes | None:
+        present = [(local, size) for local, size in zip(positions, sizes) if size is not None]
+        if not present:
+            return None
+        return encode_index(fmt, [local for local, _ in present], [size for _, size in present])
+
+    def write() -> None:
+        sizes = [size for size in dst.replace_durably_from_files(key, src, [(d, n) for d, _, n in groups], index)
+                 if size is not None]
+        if sizes:
+            result.written, result.chunks, result.bytes = 1, len(sizes), sum(sizes)
+
+    return result, write
+
+
+def _write_assembled(src, dst, key: str, layout: ArrayLayout, groups: list, result: TaskResult) -> None:
+    """A shard assembled in memory (any layout): its chunk files read, then one write."""
     chunks = {}
-    for directory, locals_, names in _chunk_files(task, layout):
+    for directory, locals_, names in groups:
         for local, data in zip(locals_, src.read_many(directory, names)):
             if data is not None:  # an absent chunk: the fill value
                 chunks[local] = data
     data = write_shard(layout, chunks)
     if data is None:
-        return result, None
+        return
+    dst.replace_durably(key, data)
     result.written, result.chunks = 1, len(chunks)
     result.bytes = sum(map(len, chunks.values()))
-    return result, (key, data)
 
 
 def _chunk_files(task: ShardTask, layout: ArrayLayout) -> list[tuple[str, list[tuple[int, ...]], list[str]]]:
@@ -528,6 +559,9 @@ def _run_local(stores: tuple, tasks: list, jobs: int) -> Iterator[TaskResult]:
     # Processes, not threads: packing small chunks is Python work per chunk, and threads
     # would share one GIL. fork: the workers start at once and inherit the imports; but an
     # object store's client runs threads of its own, which a forked child would lack.
+    import multiprocessing  # (imported here: a pack with --jobs 1 does without it)
+    from concurrent.futures import ProcessPoolExecutor
+
     method = "spawn" if any(is_object_store_url(url) for url in stores[:2]) else "fork"
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method)) as pool:
         for results in bounded_map(pool, functools.partial(run_tasks, *stores), _batches(tasks, jobs), 2 * jobs):

@@ -60,12 +60,28 @@ def encode_shard(fmt: IndexFormat, chunks: Chunks) -> bytes:
     present = [local for local in sorted(chunks)
                if len(local) == len(shape) and all(0 <= i < n for i, n in zip(local, shape))]
     parts = [chunks[local] for local in present]
+    index = _index(fmt, present, list(map(len, parts)), fmt.nbytes if fmt.location == "start" else 0)
+    return b"".join([index, *parts] if fmt.location == "start" else [*parts, index])
+
+
+def encode_index(fmt: IndexFormat, present: list[tuple[int, ...]], sizes: list[int]) -> bytes:
+    """The index of a shard whose payloads are the chunks ``present`` (local coordinates,
+    inside the shard, each once), of ``sizes`` bytes, one after another from the start of
+    the shard in that order, with the index at the end (``fmt.location == "end"``): for
+    shards written straight from chunk files (``zarrfs pack``), appended after them."""
+    if fmt.location != "end":
+        raise ValueError("the index of a shard written payloads first must be at its end")
+    return _index(fmt, present, sizes, 0)
+
+
+def _index(fmt: IndexFormat, present: list[tuple[int, ...]], sizes: list[int], base: int) -> bytes:
+    """The encoded index: chunk ``present[i]`` at ``base + sum(sizes[:i])``, ``sizes[i]`` bytes."""
+    shape = fmt.chunks_per_shard
     entries = fmt.empty_entries()
     if present:
-        sizes = np.fromiter(map(len, parts), dtype=np.uint64, count=len(parts))
-        offsets = np.cumsum(sizes) - sizes + np.uint64(fmt.nbytes if fmt.location == "start" else 0)
+        lengths = np.fromiter(sizes, dtype=np.uint64, count=len(sizes))
+        offsets = np.cumsum(lengths) - lengths + np.uint64(base)
         flat = entries.reshape(-1, 2)
         where = np.ravel_multi_index(tuple(np.array(present, dtype=np.intp).T), shape) if shape else [0]
-        flat[where, 0], flat[where, 1] = offsets, sizes
-    index = fmt.encode(entries)
-    return b"".join([index, *parts] if fmt.location == "start" else [*parts, index])
+        flat[where, 0], flat[where, 1] = offsets, lengths
+    return fmt.encode(entries)

@@ -664,6 +664,136 @@ class LocalStore:
             os.close(dir_fd)
         return found
 
+    def replace_durably_from_files(self, key: str, source, groups, finish, mode: int = 0o644,
+                                   limit: int | None = None) -> list[int | None]:
+        """Atomically make ``key`` hold the regular files of ``source`` (a store) named by
+        ``groups`` (``(dir_key, names)`` pairs, names as for ``read_many``), one after another
+        in that order, followed by ``finish(sizes)``: the bytes to append, given the size of
+        each file (None for one that does not exist: it adds nothing). Durable once this
+        returns; returns the sizes. When ``finish`` returns None, nothing is written.
+
+        For ``zarrfs pack``, which builds each shard out of many chunk files: when ``source``
+        is a LocalStore, the bytes never pass through Python. Each file is opened as
+        ``read_many`` opens it (beneath the source's root, a symlink or anything but a
+        regular file refused with EIO, more than ``limit`` bytes TooLarge) and copied by the
+        kernel (``copy_file_range``; ``sendfile`` across filesystems that refuse it; else
+        read and write) into a temporary beside ``key`` at consecutive offsets; then
+        ``finish``'s bytes, fsync, rename onto ``key``, fsync of the directory, as in
+        ``replace_durably`` (the new file keeps the owner and mode of the one it replaces).
+        A source file whose size changes while it is copied is an EIO error. On any error
+        the temporary is removed and ``key`` is left as it was. Other sources: ``read_many``,
+        then ``replace_durably``."""
+        if not isinstance(source, LocalStore):
+            return replace_from_read_many(self, key, source, groups, finish, mode, limit)
+        directory, name = split_key(key)
+        dir_fd = self._directory(directory, create=True)
+        try:
+            temporary = temporary_name(name)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                         dir_fd=dir_fd)
+            try:
+                _take_ownership_of(fd, self._lstat_beneath(key))
+                sizes, end = source._copy_files_into(fd, groups, limit)
+                tail = finish(sizes)
+                if tail is not None:
+                    view = memoryview(tail)
+                    while view:
+                        written = os.pwrite(fd, view, end)
+                        view, end = view[written:], end + written
+                    os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                os.unlink(temporary, dir_fd=dir_fd)
+                raise
+            os.close(fd)
+            if tail is None:
+                os.unlink(temporary, dir_fd=dir_fd)
+                return sizes
+            os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return sizes
+
+    def _copy_files_into(self, out_fd: int, groups, limit: int | None) -> tuple[list[int | None], int]:
+        """Copy the files of ``groups`` (see ``replace_durably_from_files``) one after another
+        to the start of the file open at ``out_fd``; their sizes (None: missing) and the end."""
+        sizes: list[int | None] = []
+        end = 0
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+        for dir_key, names in groups:
+            names = list(names)
+            for name in names:
+                if not name or "/" in name or name in (".", ".."):
+                    raise ValueError(f"{name!r} is no name of a file in {dir_key!r}")
+            try:
+                dir_fd = self._beneath(dir_key, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except (FileNotFoundError, NotADirectoryError):  # no such directory: no such files
+                sizes += [None] * len(names)
+                continue
+            try:
+                for name in names:
+                    try:
+                        fd = os.open(name, flags, dir_fd=dir_fd)
+                    except FileNotFoundError:
+                        sizes.append(None)
+                        continue
+                    except OSError as error:
+                        if error.errno == errno.ELOOP:  # a symlink: never followed here
+                            raise OSError(errno.EIO, "not a regular file", join_key(dir_key, name)) from None
+                        raise
+                    try:
+                        size = os.fstat(fd)
+                        if not stat.S_ISREG(size.st_mode):  # FIFOs, sockets, devices (opened without waiting)
+                            raise OSError(errno.EIO, "not a regular file", join_key(dir_key, name))
+                        size = size.st_size
+                        if limit is not None and size > limit:
+                            raise TooLarge(errno.EFBIG, f"larger than {limit} bytes", join_key(dir_key, name))
+                        self._copy_exactly(fd, out_fd, size, end, join_key(dir_key, name))
+                    finally:
+                        os.close(fd)
+                    sizes.append(size)
+                    end += size
+            finally:
+                os.close(dir_fd)
+        return sizes, end
+
+    @staticmethod
+    def _copy_exactly(src_fd: int, out_fd: int, size: int, offset: int, key: str) -> None:
+        """Copy the file open at ``src_fd`` (from its start), which fstat said holds ``size``
+        bytes, to ``offset`` of ``out_fd``; EIO if it ends anywhere else. One call asks for a
+        byte more than ``size``: coming back short, it found the end (as ``_read_whole``)."""
+        done = 0
+        while True:
+            ask = size + 1 - done
+            try:
+                copied = os.copy_file_range(src_fd, out_fd, ask, offset_dst=offset + done)
+            except OSError as error:  # EXDEV: another filesystem (type); EINVAL, ENOSYS: none here
+                if error.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                copied = LocalStore._copy_without_copy_file_range(src_fd, out_fd, ask, offset + done)
+            done += copied
+            if copied == 0 or done > size or (copied < ask and done == size):
+                break
+        if done != size:
+            raise OSError(errno.EIO, f"changed while being copied ({size} bytes when opened, "
+                                     f"{'more' if done > size else done} when copied)", key)
+
+    @staticmethod
+    def _copy_without_copy_file_range(src_fd: int, out_fd: int, count: int, offset: int) -> int:
+        try:  # sendfile writes where out_fd is: put it there
+            os.lseek(out_fd, offset, os.SEEK_SET)
+            return os.sendfile(out_fd, src_fd, None, count)
+        except OSError as error:
+            if error.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+        data = os.read(src_fd, min(count, READ_BLOCK))
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(out_fd, view, offset)
+            view, offset = view[written:], offset + written
+        return len(data)
+
 
 TEMPORARY_PREFIX = ".zarrfs-tmp-"
 STAGED_PREFIX = ".zarrfs-adopt-"  # a chunk file that arrived before its metadata, until repacked
@@ -693,6 +823,24 @@ def _read_whole(fd: int, size: int, limit: int | None, key: str) -> bytes:
     if limit is not None and total > limit:
         raise TooLarge(errno.EFBIG, f"larger than {limit} bytes", key)
     return b"".join(chunks)
+
+
+def replace_from_read_many(store, key: str, source, groups, finish, mode: int = 0o644,
+                           limit: int | None = None) -> list[int | None]:
+    """``replace_durably_from_files`` the simple way (any stores): the files read with
+    ``source.read_many``, joined with ``finish``'s bytes, written with ``store.replace_durably``."""
+    parts: list[bytes] = []
+    sizes: list[int | None] = []
+    for dir_key, names in groups:
+        for data in source.read_many(dir_key, names, limit):
+            sizes.append(None if data is None else len(data))
+            if data is not None:
+                parts.append(data)
+    tail = finish(sizes)
+    if tail is not None:
+        parts.append(tail)
+        store.replace_durably(key, b"".join(parts), mode)
+    return sizes
 
 
 def join_key(*parts: str) -> str:
