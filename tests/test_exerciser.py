@@ -2321,6 +2321,11 @@ FOUND = [
         ("link", "README.txt", "d1/h.txt"), ("remount",), ("stat", "README.txt"), ("stat", "d1/h.txt"),
         ("open", 0, "d1/h.txt", "r"), ("unlink", "d1/h.txt"), ("stat", "README.txt"), ("fstat", 0),
         ("write", "d1/h.txt", "ct", 0, b"0123456789"), ("fstat", 0), ("stat", "README.txt")]),
+    ("shrink-drops-open-chunk-attributes", "a chunk open while a shrinking resize dropped it: fstat gave "
+     "the kernel's cached nlink 1 (stress seed 5 v3)", "v3", [
+        ("write", "g/c3/1.1.1.6a5daa44.partial", "ct", 0, b"\xf1y\xeef"),
+        ("link", "g/c3/1.1.1.6a5daa44.partial", "g/c3/1.1.1"), ("unlink", "g/c3/1.1.1.6a5daa44.partial"),
+        ("open", 3, "g/c3/1.1.1", "rwa"), ("resize", "g/c3", [3, 5, 1], "inplace"), ("fstat", 3)]),
 ]
 
 

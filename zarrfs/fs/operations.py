@@ -495,8 +495,9 @@ class Operations(pyfuse3.Operations):
             self.inodes.replaced(handle.node, handle.inode)
         dropped = {self._topmost_gone(h.node.path, dir_key) for h in gone}
         entries = [e for e in map(self._kernel_entry, sorted(dropped) + ([dir_key] if dir_key else [])) if e]
+        inodes = sorted({h.inode for h in gone})
         with trio.move_on_after(INVALIDATE_WAIT):
-            await trio.to_thread.run_sync(forget_entries, entries, abandon_on_cancel=True)
+            await trio.to_thread.run_sync(forget_entries, entries, inodes, abandon_on_cancel=True)
 
     def _topmost_gone(self, path: str, dir_key: str) -> str:
         """The highest name above ``path`` (below ``dir_key``) that is gone too (a dropped
@@ -572,13 +573,19 @@ class Operations(pyfuse3.Operations):
         return sum(1 for h in self._handles.values() if isinstance(h, FileHandle) and h.writable)
 
 
-def forget_entries(entries: list[tuple[int, str]]) -> None:
-    """The kernel forgets these directory entries (and what is cached below them)."""
+def forget_entries(entries: list[tuple[int, str]], inodes: list[int] = ()) -> None:
+    """The kernel forgets these directory entries (and what is cached below them), and
+    the attributes it caches of these inodes (open files that lost their names: nlink 0)."""
     for parent_inode, name in entries:
         try:
             pyfuse3.invalidate_entry(parent_inode, os.fsencode(name))
         except OSError:
             pass  # (ENOENT: the kernel holds no such entry)
+    for inode in inodes:
+        try:
+            pyfuse3.invalidate_inode(inode, attr_only=True)
+        except OSError:
+            pass  # (ENOENT: the kernel forgot it meanwhile)
 
 
 def crosses_buffer(source: Node, moved: Node) -> bool:
