@@ -25,6 +25,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,3 +269,52 @@ def test_every_array_was_written_with_absent_chunks_and_absent_shards(store):
             name, separator = array.encoding
             last = tuple(g - 1 for g in array.shard_grid)
             assert not (root / array.path / key(last, name, separator)).exists(), array.path
+
+
+ATTRIBUTES = ("st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks", "st_mtime_ns")
+
+
+def listed_attributes(directory: Path) -> dict[str, tuple]:
+    """Every file below ``directory`` with the inode number its listing gave (d_ino) and the
+    attributes the kernel holds right after the listing (from READDIRPLUS, where it sent them)."""
+    found = {}
+    for entry in os.scandir(directory):
+        if entry.is_dir(follow_symlinks=False):
+            found |= {f"{entry.name}/{k}": v for k, v in listed_attributes(Path(entry.path)).items()}
+        else:
+            st = entry.stat(follow_symlinks=False)
+            found[entry.name] = (entry.inode(), *(getattr(st, a) for a in ATTRIBUTES))
+    return found
+
+
+@pytest.mark.parametrize("options", [("--read-only",), (), ("--view", "v2")], ids=["read-only", "writable", "v2"])
+def test_a_listing_gives_the_numbers_and_attributes_lookups_give(store, mount, tmp_path, options):
+    """The inode numbers and attributes a listing computes for a shard's chunks at once are
+    those a lookup of each name gives (here: in a second, fresh mount, whose kernel knows no
+    name, so every stat is a LOOKUP). In a writable mount, chunks written and removed through
+    it are listed as they are in its write buffer, and hide the stored ones."""
+    root = tmp_path / "store.zarr"
+    shutil.copytree(store[0], root)
+    first = mount(root, *options)
+    changed = set()
+    if "--read-only" not in options:
+        keys = first.path / "d2_default-slash" / ("" if "v2" in options else "c")
+        rows = {row: set(os.listdir(keys / row)) for row in os.listdir(keys) if (keys / row).is_dir()}
+        row = next(row for row, names in rows.items() if len(names) >= 2)
+        removed, written = (f"{row}/{n}" for n in sorted(rows[row])[:2])
+        added = next(f"{row}/{i}" for row, names in rows.items() for i in range(3) if str(i) not in names)
+        os.unlink(keys / removed)
+        (keys / written).write_bytes(b"\0" * 3)
+        (keys / added).write_bytes(b"\1" * 5)
+        removed, written, added = (str((keys / n).relative_to(first.path)) for n in (removed, written, added))
+        changed = {removed, written, added}
+    listed = listed_attributes(first.path)
+    if changed:
+        assert removed not in listed and listed[written][6] == 3 and listed[added][6] == 5
+    second = mount(root, *options)  # (the store as it was: nothing is flushed yet)
+    for name, attributes in listed.items():
+        if name in changed:
+            continue
+        st = os.stat(second.path / name)
+        assert attributes[0] == st.st_ino, name
+        assert attributes[1:] == tuple(getattr(st, a) for a in ATTRIBUTES), name

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import itemgetter
 
 
 class KeyEncodingError(ValueError):
@@ -73,7 +74,7 @@ class ChunkKeyEncoding:
         """The last path component of the key of each of ``coords``, as bytes: the names a
         directory of chunk keys lists (a listing names many chunks at once)."""
         if self.separator == "/" and coords and coords[0]:
-            bits = max(c[-1] for c in coords).bit_length()
+            bits = max(map(itemgetter(-1), coords)).bit_length()
             if bits <= DECIMALS_BITS:
                 decimals = _decimals(bits)
                 return [decimals[c[-1]] for c in coords]

@@ -123,13 +123,12 @@ class ShardIndex:
         listed = ~self._absent
         return np.where(self._valid[listed], self.entries[..., 1][listed], 0).astype(np.int64)
 
-    def listed_under(self, local_prefix: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """``present`` and ``present_nbytes`` of the chunks under a local coordinate prefix
-        (positions flat in C order over the axes after it), reading only that slab of the index:
-        a directory of chunk keys lists one row of each shard, not the whole shard."""
-        listed = ~self._absent[local_prefix]
+    def slab(self, local_prefix: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Which chunks under a local coordinate prefix the index lists (valid or not), and
+        their sizes (0 for invalid entries), shaped as the axes after the prefix: a directory
+        of chunk keys lists one row of each shard, not the whole shard."""
         sizes = np.where(self._valid[local_prefix], self.entries[local_prefix + (Ellipsis, 1)], 0)
-        return np.flatnonzero(listed), sizes[listed].astype(np.int64)
+        return ~self._absent[local_prefix], sizes
 
     def invalid_count(self) -> int:
         return int((~self._valid).sum())

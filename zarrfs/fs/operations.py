@@ -212,15 +212,19 @@ class Operations(pyfuse3.Operations):
             position += len(run)
 
     def _reply_chunks(self, token, run, position: int, start_id: int) -> bool:
-        """The stored chunks of one shard (a tree.ChunkRun at listing ``position``): one entry
-        filled in turn (readdir_reply copies it), inode numbers a window at a time; a chunk
-        whose number is an exception goes the usual way. False once the reply is full."""
-        entry = self._entry(run.node(0), run.attributes, 0)
+        """The stored chunks of a directory (a tree.ChunkRun at listing ``position``): one entry
+        per shard, filled in turn for its chunks (readdir_reply copies it), inode numbers a
+        window at a time; a chunk whose number is an exception goes the usual way. False once
+        the reply is full."""
+        entry, shard_end = None, 0
         for window in range(max(start_id - position, 0), len(run), READDIR_WINDOW):
             stop = min(window + READDIR_WINDOW, len(run))
             numbers = self.inodes.chunk_numbers(run.array, run.dir, run.names[window:stop],
                                                 run.linear and run.linear[window:stop])
             for i, number in enumerate(numbers, window):
+                if i >= shard_end or entry is None:  # the next shard's owner, mode and times
+                    attributes, shard_end = run.shard_of(i)
+                    entry = self._entry(run.node(i), attributes, 0)
                 node = None if number is not None else run.node(i)
                 size = run.sizes[i]
                 entry.st_ino = number or self.inodes.inode_of(node)

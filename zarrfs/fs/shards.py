@@ -52,6 +52,16 @@ class ShardListing:
     corrupt: bool = False  # every chunk it may hold is listed; reading them is EIO
 
 
+@dataclass(frozen=True)
+class ChunksUnder:
+    """The chunks several healthy shards hold under one coordinate prefix, shard after shard."""
+
+    coords: np.ndarray  # (n, ndim) global chunk coordinates
+    nbytes: np.ndarray  # (n,) stored size of each chunk
+    counts: list[int]  # how many of them each shard holds
+    stats: list[Stat]  # each shard's attributes, in the same order
+
+
 class Shards:
     """Locates inner chunks in shards, reading and caching shard indexes."""
 
@@ -132,6 +142,39 @@ class Shards:
         """Global coordinates (n, ndim) of the chunks a shard holds, within the grid."""
         return self.shard_listing(array_key, array, shard_coords).coords
 
+    def chunks_under(self, array_key: str, array: ArrayLayout, shards: list[tuple[int, ...]],
+                     prefix: tuple[int, ...]) -> tuple[ChunksUnder, list[ShardListing]]:
+        """What ``shard_listing`` says of each of ``shards`` under ``prefix``: the healthy
+        shards' chunks together, and each corrupt shard's listing. For an array with one level
+        of sharding, the index slabs of all of them in one numpy step (a directory of chunk
+        keys lists one row of each shard of a row of shards)."""
+        slabs, listings = [], []
+        for shard_coords in shards:
+            slab = self._slab(array_key, array, shard_coords, prefix) if len(array.levels) == 1 and prefix else None
+            if slab is None:  # absent, corrupt, changing, nested: one by one
+                listings.append(self.shard_listing(array_key, array, shard_coords, prefix))
+            else:
+                slabs.append(slab)
+        healthy = [listing for listing in listings if listing.shard_stat is not None and not listing.corrupt]
+        return _together(array, prefix, slabs, healthy), [listing for listing in listings if listing.corrupt]
+
+    def _slab(self, array_key, array, shard_coords, prefix) -> tuple | None:
+        """``(shard coords, stat, listed, sizes)`` of the index slab under ``prefix`` of a
+        shard whose index is at hand; None when ``shard_listing`` must say (no shard, a corrupt
+        one, one replaced since its stat, a prefix outside it)."""
+        local_prefix = tuple(p - s * n for p, s, n in zip(prefix, shard_coords, array.chunks_per_shard))
+        if not all(0 <= i < n for i, n in zip(local_prefix, array.chunks_per_shard)):
+            return None
+        shard_key = self.shard_key(array_key, array, shard_coords)
+        try:
+            st = self.stat_shard(shard_key)
+            if st is None:
+                return None
+            index = self.index(shard_key, st, array.levels[0], (0, st.st_size))
+        except (CorruptShard, FileChanged):
+            return None
+        return (shard_coords, st, *index.slab(local_prefix))
+
     def shard_listing(self, array_key: str, array: ArrayLayout, shard_coords: tuple[int, ...],
                       prefix: tuple[int, ...] = ()) -> ShardListing:
         """The chunks a shard holds (within the grid) under the chunk-coordinate prefix
@@ -141,8 +184,6 @@ class Shards:
         so that reading it fails loudly (EIO) instead of looking absent.
         """
         shard_key = self.shard_key(array_key, array, shard_coords)
-        origin = np.array(shard_coords, dtype=np.int64) * array.chunks_per_shard
-        local_prefix = tuple(int(i) for i in np.array(prefix, dtype=np.int64) - origin[: len(prefix)])
         corrupt = False
         for _ in range(3):
             try:
@@ -153,7 +194,7 @@ class Shards:
             if st is None:
                 return ShardListing(np.empty((0, array.ndim), dtype=np.int64), np.empty(0, dtype=np.int64), None)
             try:
-                local, nbytes = self._present_below(shard_key, st, array, 0, (0, st.st_size), local_prefix)
+                local, nbytes = self._present_below(shard_key, st, array, 0, (0, st.st_size))
                 break
             except FileChanged:
                 self.store.forget_recent(shard_key)
@@ -162,21 +203,17 @@ class Shards:
                 break
         else:
             raise OSError(errno.EAGAIN, f"shard {shard_key} keeps changing")
-        coords = local + origin
+        coords = local + np.array(shard_coords, dtype=np.int64) * array.chunks_per_shard
         keep = np.all(coords < np.array(array.chunk_grid, dtype=np.int64), axis=1)
         if prefix:
             keep &= np.all(coords[:, : len(prefix)] == np.array(prefix, dtype=np.int64), axis=1)
         return ShardListing(coords[keep], nbytes[keep], st, corrupt)
 
-    def _present_below(self, shard_key, st, array, depth, region, local_prefix=()) -> tuple[np.ndarray, np.ndarray]:
-        """Local coordinates and sizes of the innermost chunks below ``region`` (under
-        ``local_prefix``, when it is given for a shard with one level: the caller filters
-        nested ones)."""
+    def _present_below(self, shard_key, st, array, depth, region) -> tuple[np.ndarray, np.ndarray]:
+        """Local coordinates and sizes of the innermost chunks below ``region``."""
         if not array.is_sharded:  # the file is the one chunk
             return np.zeros((1, array.ndim), dtype=np.int64), np.array([st.st_size], dtype=np.int64)
         index = self.index(shard_key, st, array.levels[depth], region)
-        if local_prefix and len(array.levels) == 1:
-            return _slab(index, local_prefix)
         present = index.present().astype(np.int64)
         if depth == len(array.levels) - 1:
             return present, index.present_nbytes()
@@ -262,14 +299,30 @@ def _cache_weight(entry) -> int:
     return entry.nbytes if isinstance(entry, ShardIndex) else 256
 
 
-def _slab(index: ShardIndex, local_prefix: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Local coordinates and sizes of the chunks an index lists under a local prefix."""
-    positions, nbytes = index.listed_under(local_prefix)
-    shape = index.format.chunks_per_shard
-    local = np.empty((len(positions), len(shape)), dtype=np.int64)
-    local[:, : len(local_prefix)] = local_prefix
-    local[:, len(local_prefix):] = np.stack(np.unravel_index(positions, shape[len(local_prefix):]), axis=1)
-    return local, nbytes
+def _together(array: ArrayLayout, prefix: tuple[int, ...], slabs: list[tuple],
+              listings: list[ShardListing]) -> ChunksUnder:
+    """The chunks of index slabs (``Shards._slab``, all under ``prefix``), found with one
+    ``nonzero`` over them stacked, then those of whole listings."""
+    coords, nbytes, counts, stats = [np.empty((0, array.ndim), dtype=np.int64)], [np.empty(0, dtype=np.int64)], [], []
+    if slabs:
+        listed = np.stack([slab[2] for slab in slabs])  # (shards, the axes after the prefix...)
+        found = np.nonzero(listed)
+        origins = np.array([slab[0] for slab in slabs], dtype=np.int64) * array.chunks_per_shard
+        at = np.empty((len(found[0]), array.ndim), dtype=np.int64)
+        at[:, : len(prefix)] = prefix
+        for axis, local in enumerate(found[1:], len(prefix)):
+            at[:, axis] = origins[found[0], axis] + local
+        inside = np.all(at < np.array(array.chunk_grid, dtype=np.int64), axis=1)
+        coords.append(at[inside])
+        nbytes.append(np.stack([slab[3] for slab in slabs])[listed][inside].astype(np.int64))
+        counts += np.bincount(found[0][inside], minlength=len(slabs)).tolist()
+        stats += [slab[1] for slab in slabs]
+    for listing in listings:
+        coords.append(listing.coords)
+        nbytes.append(listing.nbytes)
+        counts.append(len(listing.coords))
+        stats.append(listing.shard_stat)
+    return ChunksUnder(np.concatenate(coords), np.concatenate(nbytes), counts, stats)
 
 
 def _corrupt_listing(chunks_per_shard: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

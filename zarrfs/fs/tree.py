@@ -20,6 +20,7 @@ node never goes stale in a way that serves wrong bytes.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import math
 import os
@@ -131,9 +132,9 @@ Entry = tuple  # (name, Node, Attributes | None): one directory entry
 
 @dataclass(frozen=True, slots=True)
 class ChunkRun:
-    """The stored chunks of one shard that one directory lists, computed at once from the
-    shard's index: a listing of thousands of chunks makes no node or Attributes per chunk
-    (readdir fills one reply entry from these; ``entry(i)`` is the usual Entry)."""
+    """The stored chunks one directory lists, computed at once from the indexes of its shards:
+    a listing of thousands of chunks makes no node or Attributes per chunk (readdir fills one
+    reply entry from these; ``entry(i)`` is the usual Entry)."""
 
     dir: str  # view path of the directory
     array: str
@@ -141,17 +142,23 @@ class ChunkRun:
     coords: np.ndarray  # (n, ndim) chunk coordinates
     linear: list[int] | None  # each chunk's index in the chunk grid, C order (None: past int64)
     sizes: list[int]
-    attributes: Attributes | None  # the shard's, as a file of size 0 (None: a corrupt shard)
+    ends: list[int]  # shard by shard: where its chunks end
+    shards: list[Attributes]  # shard by shard: its attributes, as a file of size 0
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def shard_of(self, i: int) -> tuple[Attributes, int]:
+        """The attributes of chunk ``i``'s shard, and where that shard's chunks end."""
+        shard = bisect.bisect_right(self.ends, i)
+        return self.shards[shard], self.ends[shard]
 
     def node(self, i: int) -> Chunk:
         return Chunk(join(self.dir, os.fsdecode(self.names[i])), self.array, tuple(self.coords[i].tolist()))
 
     def entry(self, i: int) -> Entry:
         size = self.sizes[i]
-        return os.fsdecode(self.names[i]), self.node(i), replace(self.attributes, size=size, blocks=-(-size // 512))
+        return os.fsdecode(self.names[i]), self.node(i), replace(self.shard_of(i)[0], size=size, blocks=-(-size // 512))
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,17 +492,24 @@ class ViewTree:
         here = join(array_key, *parts)
         made = {os.path.basename(d) for d in self.overlay.directories if os.path.dirname(d) == here}
         made |= {name for name in self._store_names(here) if self._made_in_store(join(here, name))}
-        names = sorted({str(i) for i in indices} | made, key=lambda n: (len(n), n))
-        return Listing(self._listed_dirs(array_key, view, [parts + (n,) for n in names]))
+        holding = {str(i) for i in indices}
+        names = sorted(holding | made, key=lambda n: (len(n), n))
+        return Listing(self._listed_dirs(array_key, view, [parts + (n,) for n in names], holding))
 
-    def _listed_dirs(self, array_key, view, children: list[tuple[str, ...]]) -> list[Entry]:
-        nodes = (self._key_lookup(array_key, view, parts) for parts in children)
+    def _listed_dirs(self, array_key, view, children: list[tuple[str, ...]], holding=frozenset()) -> list[Entry]:
+        """Key directories ``children`` that show. ``holding``: names of those under which the
+        store or the write buffer holds a chunk, which show unless removed through the mount
+        (no need to look each one up: listing a row of a million chunks would ask every shard)."""
+        removed = self.overlay.removed_directories
+        nodes = (KeyDir(path, array_key, parts)
+                 if parts[-1] in holding and (path := join(array_key, *parts)) not in removed
+                 else self._key_lookup(array_key, view, parts) for parts in children)
         return [(node.parts[-1], node, None) for node in nodes if node is not None]
 
     def _chunk_entries(self, array_key, view, shards, dir_path: str, leaf_of: tuple[int, ...] = ()) -> Listing:
         """The present chunks of ``shards`` (those under ``leaf_of``), listed in ``dir_path``
         with their attributes: the listing has read the indexes already. Chunks of the write
-        buffer are entries of their own; the stored ones, one run per shard."""
+        buffer are entries of their own; the stored ones, one run."""
         array = view.array
         entries, buffered = [], []  # (the write buffer's chunks hide stored ones: written or deleted)
         for coords, memfile in self.overlay.chunks_of(array_key).items():
@@ -508,33 +522,27 @@ class ViewTree:
                                 Attributes.of_memfile(memfile)))
         buffered = np.array(buffered, dtype=np.int64).reshape(len(buffered), array.ndim)
         self.shards.prefetch(array_key, array, shards)
-        runs = []
-        for shard_coords in shards:
-            listing = self.shards.shard_listing(array_key, array, shard_coords, leaf_of)
-            if listing.shard_stat is None and not listing.corrupt:
-                continue
-            run = self._chunk_run(array_key, view, dir_path, listing, buffered)
-            if run is None:
-                continue
-            if listing.corrupt:  # listed (so that cp -r fails) without attributes: looking them up is EIO
-                entries += [(os.fsdecode(run.names[i]), run.node(i), None) for i in range(len(run))]
-            else:
-                runs.append(run)
-        return Listing(entries, runs)
+        stored, corrupt = self.shards.chunks_under(array_key, array, shards, leaf_of)
+        for listing in corrupt:  # listed (so that cp -r fails) without attributes: looking them up is EIO
+            coords = listing.coords[_unbuffered(listing.coords, buffered)]
+            names = view.keys.last_components(coords.tolist())
+            entries += [(os.fsdecode(name), Chunk(join(dir_path, os.fsdecode(name)), array_key, tuple(c)), None)
+                        for name, c in zip(names, coords.tolist())]
+        run = self._chunk_run(array_key, view, dir_path, stored, buffered)
+        return Listing(entries, [run] if run is not None else [])
 
     @staticmethod
-    def _chunk_run(array_key, view, dir_path, listing, buffered: np.ndarray) -> ChunkRun | None:
-        """The chunks of one shard's listing but those in ``buffered`` (the write buffer's)."""
-        array = view.array
-        coords, sizes = listing.coords, listing.nbytes - (CHECKSUM_NBYTES if view.strip_crc else 0)
-        if len(buffered) and len(coords):
-            keep = ~(coords[:, None, :] == buffered[None, :, :]).all(axis=2).any(axis=1)
-            coords, sizes = coords[keep], sizes[keep]
+    def _chunk_run(array_key, view, dir_path, stored, buffered: np.ndarray) -> ChunkRun | None:
+        """The stored chunks but those in ``buffered`` (the write buffer's)."""
+        keep = _unbuffered(stored.coords, buffered)
+        coords, sizes = stored.coords[keep], stored.nbytes[keep] - (CHECKSUM_NBYTES if view.strip_crc else 0)
         if not len(coords):
             return None
-        attributes = Attributes.of(listing.shard_stat).as_file(0) if listing.shard_stat else None
+        shard = np.repeat(np.arange(len(stored.counts)), stored.counts)[keep]
+        ends = np.cumsum(np.bincount(shard, minlength=len(stored.counts))).tolist()
         return ChunkRun(dir_path, array_key, view.keys.last_components(coords.tolist()), coords,
-                        grid_indices(coords, array.chunk_grid), np.maximum(sizes, 0).tolist(), attributes)
+                        grid_indices(coords, view.array.chunk_grid), np.maximum(sizes, 0).tolist(), ends,
+                        [Attributes.of(st).as_file(0) for st in stored.stats])
 
     def _shards_below(self, array_key: str, view: DirView, prefix: tuple[int, ...] = (),
                       known: bool = False) -> list[tuple[int, ...]]:
@@ -761,3 +769,10 @@ def grid_indices(coords: np.ndarray, grid: tuple[int, ...]) -> list[int] | None:
     if not grid:  # a 0-d array's one chunk
         return [0] * len(coords)
     return np.ravel_multi_index(tuple(coords.T), grid).tolist()
+
+
+def _unbuffered(coords: np.ndarray, buffered: np.ndarray) -> np.ndarray:
+    """Which of ``coords`` (n, ndim) are not among ``buffered`` (m, ndim)."""
+    if not len(buffered) or not len(coords):
+        return np.ones(len(coords), dtype=bool)
+    return ~(coords[:, None, :] == buffered[None, :, :]).all(axis=2).any(axis=1)
