@@ -2326,6 +2326,11 @@ FOUND = [
         ("write", "g/c3/1.1.1.6a5daa44.partial", "ct", 0, b"\xf1y\xeef"),
         ("link", "g/c3/1.1.1.6a5daa44.partial", "g/c3/1.1.1"), ("unlink", "g/c3/1.1.1.6a5daa44.partial"),
         ("open", 3, "g/c3/1.1.1", "rwa"), ("resize", "g/c3", [3, 5, 1], "inplace"), ("fstat", 3)]),
+    ("shrink-drops-open-hard-link", "a chunk hard-linked into another array, open, dropped by a shrinking "
+     "resize: lstat still found it (the descriptor's inode meant the other name; stress seed 6 v2)", "v2", [
+        ("write", "a2/0/1", "ct", 0, b"abcd"), ("link", "a2/0/1", "g/c3/1.0.1"), ("open", 0, "a2/0/1", "rwc"),
+        ("resize", "a2", [1, 1], "inplace"), ("stat", "a2/0/1"), ("fstat", 0), ("pwrite", 0, 20, b"xyz"),
+        ("stat", "g/c3/1.0.1")]),
 ]
 
 

@@ -172,6 +172,10 @@ class InodeTable:
                 return other
         return None
 
+    def names_of(self, inode: int) -> set[str]:
+        """The names the kernel knows of a hard-linked ``inode`` (none for other inodes)."""
+        return self._links.get(inode, set())
+
     def replace(self, inode: int, node: Node) -> None:
         """``inode`` now means ``node`` (its path changed kind under the kernel)."""
         if inode in self._nodes:

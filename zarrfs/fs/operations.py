@@ -31,6 +31,7 @@ import trio
 
 from ..format.shard_index import CorruptShard
 from .inodes import InodeTable
+from .overlay import is_below
 from ..store.base import FileChanged
 from .treelock import TreeLock
 from .tree import Attributes, Chunk, FetchedChunk, FileRange, MemContent, MetadataFile, Node, Plain, Replaced, Scratch, StatusFile, ViewTree
@@ -486,22 +487,32 @@ class Operations(pyfuse3.Operations):
         """A shrinking resize dropped chunks of the array at ``dir_key``: the kernel would
         find their cached names until the entry timeout (lstat succeeds, an O_CREAT open
         does not create). Dropping the array directory's own entry drops every unused
-        name cached below it; the names of dropped chunks still open are dropped one by
-        one (with the scratch files of dropped key directories), or the dropped key directory
+        name cached below it; the names of dropped chunks still open (by any of their names)
+        are dropped one by one (with the scratch files of dropped key directories), or the dropped key directory
         above them (else the directory's entry, looked up again, brings them back). The kernel
         takes the lock of the directory holding each entry, so this waits in a worker
         thread, and not long: a rename into that directory (metadata by rename) holds
         its lock until this very request ends. (An array at the mount root has no entry
         of its own: its unused dropped names stay cached until the entry timeout.)"""
-        gone = [h for h in self._handles.values() if isinstance(h, FileHandle) and isinstance(h.node, (Chunk, Scratch))
-                and h.node.array == dir_key and self.tree.resolve(h.node.path) is None]
-        for handle in gone:  # (a file made at its name later is another file)
-            self.inodes.replaced(handle.node, handle.inode)
-        dropped = {self._topmost_gone(h.node.path, dir_key) for h in gone}
+        gone = [(path, inode) for path, inode in self._open_names_below(dir_key) if self.tree.resolve(path) is None]
+        for path, inode in gone:  # (a file made at that name later is another file)
+            self.inodes.replaced(Replaced(path), inode)
+        dropped = {self._topmost_gone(path, dir_key) for path, _ in gone}
         entries = [e for e in map(self._kernel_entry, sorted(dropped) + ([dir_key] if dir_key else [])) if e]
-        inodes = sorted({h.inode for h in gone})
+        inodes = sorted({inode for _, inode in gone})
         with trio.move_on_after(INVALIDATE_WAIT):
             await trio.to_thread.run_sync(forget_entries, entries, inodes, abandon_on_cancel=True)
+
+    def _open_names_below(self, dir_key: str) -> set[tuple[str, int]]:
+        """``(path, inode)`` of the names below ``dir_key`` of open files: the name each was
+        opened by, and the other names of a hard-linked one (opened by any of them)."""
+        found = set()
+        for handle in self._handles.values():
+            if isinstance(handle, FileHandle):
+                for path in {handle.node.path, *self.inodes.names_of(handle.inode)}:
+                    if is_below(path, dir_key) and path != dir_key:
+                        found.add((path, handle.inode))
+        return found
 
     def _topmost_gone(self, path: str, dir_key: str) -> str:
         """The highest name above ``path`` (below ``dir_key``) that is gone too (a dropped
