@@ -721,6 +721,7 @@ class LocalStore:
         sizes: list[int | None] = []
         end = 0
         flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+        in_kernel = True  # copy_file_range works between these two files' filesystems (until refused)
         for dir_key, names in groups:
             names = list(names)
             for name in names:
@@ -749,7 +750,7 @@ class LocalStore:
                         size = size.st_size
                         if limit is not None and size > limit:
                             raise TooLarge(errno.EFBIG, f"larger than {limit} bytes", join_key(dir_key, name))
-                        self._copy_exactly(fd, out_fd, size, end, join_key(dir_key, name))
+                        in_kernel = self._copy_exactly(fd, out_fd, size, end, join_key(dir_key, name), in_kernel)
                     finally:
                         os.close(fd)
                     sizes.append(size)
@@ -759,18 +760,23 @@ class LocalStore:
         return sizes, end
 
     @staticmethod
-    def _copy_exactly(src_fd: int, out_fd: int, size: int, offset: int, key: str) -> None:
+    def _copy_exactly(src_fd: int, out_fd: int, size: int, offset: int, key: str, in_kernel: bool) -> bool:
         """Copy the file open at ``src_fd`` (from its start), which fstat said holds ``size``
         bytes, to ``offset`` of ``out_fd``; EIO if it ends anywhere else. One call asks for a
-        byte more than ``size``: coming back short, it found the end (as ``_read_whole``)."""
+        byte more than ``size``: coming back short, it found the end (as ``_read_whole``).
+        ``in_kernel``: try copy_file_range; returns whether to try it for the next file."""
         done = 0
         while True:
             ask = size + 1 - done
-            try:
-                copied = os.copy_file_range(src_fd, out_fd, ask, offset_dst=offset + done)
-            except OSError as error:  # EXDEV: another filesystem (type); EINVAL, ENOSYS: none here
-                if error.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise
+            copied = None
+            if in_kernel:
+                try:
+                    copied = os.copy_file_range(src_fd, out_fd, ask, offset_dst=offset + done)
+                except OSError as error:  # EXDEV: another filesystem (type); EINVAL, ENOSYS: none here
+                    if error.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                        raise
+                    in_kernel = False
+            if copied is None:
                 copied = LocalStore._copy_without_copy_file_range(src_fd, out_fd, ask, offset + done)
             done += copied
             if copied == 0 or done > size or (copied < ask and done == size):
