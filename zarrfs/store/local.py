@@ -750,7 +750,7 @@ class LocalStore:
                         size = size.st_size
                         if limit is not None and size > limit:
                             raise TooLarge(errno.EFBIG, f"larger than {limit} bytes", join_key(dir_key, name))
-                        in_kernel = self._copy_exactly(fd, out_fd, size, end, join_key(dir_key, name), in_kernel)
+                        in_kernel = self._copy_exactly(fd, out_fd, size, end, dir_key, name, in_kernel)
                     finally:
                         os.close(fd)
                     sizes.append(size)
@@ -760,7 +760,8 @@ class LocalStore:
         return sizes, end
 
     @staticmethod
-    def _copy_exactly(src_fd: int, out_fd: int, size: int, offset: int, key: str, in_kernel: bool) -> bool:
+    def _copy_exactly(src_fd: int, out_fd: int, size: int, offset: int, dir_key: str, name: str,
+                      in_kernel: bool) -> bool:
         """Copy the file open at ``src_fd`` (from its start), which fstat said holds ``size``
         bytes, to ``offset`` of ``out_fd``; EIO if it ends anywhere else. One call asks for a
         byte more than ``size``: coming back short, it found the end (as ``_read_whole``).
@@ -783,7 +784,8 @@ class LocalStore:
                 break
         if done != size:
             raise OSError(errno.EIO, f"changed while being copied ({size} bytes when opened, "
-                                     f"{'more' if done > size else done} when copied)", key)
+                                     f"{'more' if done > size else done} when copied)", join_key(dir_key, name))
+        return in_kernel
 
     @staticmethod
     def _copy_without_copy_file_range(src_fd: int, out_fd: int, count: int, offset: int) -> int:
