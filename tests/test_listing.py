@@ -26,6 +26,7 @@ import json
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -318,3 +319,38 @@ def test_a_listing_gives_the_numbers_and_attributes_lookups_give(store, mount, t
         st = os.stat(second.path / name)
         assert attributes[0] == st.st_ino, name
         assert attributes[1:] == tuple(getattr(st, a) for a in ATTRIBUTES), name
+
+
+@pytest.mark.parametrize("path", ["d2_default-slash", "d3_default-slash", "d3_v2-dot"])
+def test_a_listing_follows_shards_changed_outside_the_mount(store, mount, tmp_path, path):
+    """Listings of a row of key directories are made at once and kept while the shards'
+    versions stay: a shard removed, put back or replaced outside the mount shows in the
+    next listing once zarrfs's second of reused stats has passed."""
+    root = tmp_path / "store.zarr"
+    shutil.copytree(store[0], root)
+    array = next(a for a in ARRAYS if a.path == path)
+    mnt = mount(root, "--attr-timeout", "0.2", "--read-only")
+
+    def listed() -> set[str]:
+        return {os.path.relpath(os.path.join(d, n), mnt.path / path)
+                for d, _, names in os.walk(mnt.path / path) for n in names} - set(METADATA_NAMES)
+
+    before = listed()
+    name, separator = array.encoding
+    shard = root / path / key((0,) * array.ndim, name, separator)
+    saved = shard.read_bytes()
+    in_first_shard = {view_key(array, c, "v3") for c in itertools.product(*map(range, array.chunks_per_shard))
+                      if view_key(array, c, "v3") in before}
+    assert in_first_shard
+    shard.unlink()
+    time.sleep(1.5)
+    assert listed() == before - in_first_shard
+    shard.write_bytes(saved)
+    time.sleep(1.5)
+    assert listed() == before
+    other = root / path / key((0,) * (array.ndim - 1) + (1,), name, separator)
+    shard.write_bytes(other.read_bytes())  # the chunks of another shard: its absent ones too
+    time.sleep(1.5)
+    moved = {view_key(array, c, "v3") for c in itertools.product(*map(range, array.chunks_per_shard))
+             if view_key(array, c[:-1] + (c[-1] + array.chunks_per_shard[-1],), "v3") in before}
+    assert listed() == (before - in_first_shard) | moved

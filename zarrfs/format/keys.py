@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from operator import itemgetter
 
 
 class KeyEncodingError(ValueError):
@@ -70,16 +69,17 @@ class ChunkKeyEncoding:
         """The key of ``coords`` as path components."""
         return tuple(self.encode(coords).split("/"))
 
-    def last_components(self, coords: list[list[int]]) -> list[bytes]:
-        """The last path component of the key of each of ``coords``, as bytes: the names a
-        directory of chunk keys lists (a listing names many chunks at once)."""
-        if self.separator == "/" and coords and coords[0]:
-            bits = max(map(itemgetter(-1), coords)).bit_length()
+    def last_components(self, coords) -> list[bytes]:
+        """The last path component of the key of each of ``coords`` (a numpy array (n, ndim)),
+        as bytes: the names a directory of chunk keys lists (a listing names many at once)."""
+        if self.separator == "/" and coords.shape[1] and len(coords):
+            last = coords[:, -1]
+            bits = int(last.max()).bit_length()
             if bits <= DECIMALS_BITS:
                 decimals = _decimals(bits)
-                return [decimals[c[-1]] for c in coords]
-            return [str(c[-1]).encode() for c in coords]
-        return [self.encode(tuple(c)).encode() for c in coords]
+                return [decimals[i] for i in last.tolist()]
+            return [str(i).encode() for i in last.tolist()]
+        return [self.encode(tuple(c)).encode() for c in coords.tolist()]
 
     def prefix_components(self, coords: tuple[int, ...]) -> tuple[str, ...]:
         """The directory components naming a coordinate prefix (``/`` separator only)."""

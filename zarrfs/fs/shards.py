@@ -150,13 +150,18 @@ class Shards:
         keys lists one row of each shard of a row of shards)."""
         slabs, listings = [], []
         for shard_coords in shards:
-            slab = self._slab(array_key, array, shard_coords, prefix) if len(array.levels) == 1 and prefix else None
+            slab = self._slab(array_key, array, shard_coords, prefix) if len(array.levels) == 1 else None
             if slab is None:  # absent, corrupt, changing, nested: one by one
                 listings.append(self.shard_listing(array_key, array, shard_coords, prefix))
             else:
                 slabs.append(slab)
         healthy = [listing for listing in listings if listing.shard_stat is not None and not listing.corrupt]
         return _together(array, prefix, slabs, healthy), [listing for listing in listings if listing.corrupt]
+
+    def version_of(self, array_key: str, array: ArrayLayout, shard_coords: tuple[int, ...]) -> tuple | None:
+        """The version of the shard as known now (None: no shard). Raises CorruptShard."""
+        st = self.stat_shard(self.shard_key(array_key, array, shard_coords))
+        return None if st is None else version(st)
 
     def _slab(self, array_key, array, shard_coords, prefix) -> tuple | None:
         """``(shard coords, stat, listed, sizes)`` of the index slab under ``prefix`` of a

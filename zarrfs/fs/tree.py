@@ -37,9 +37,11 @@ from ..format.shard_index import CHECKSUM_NBYTES, CorruptShard
 from ..store.base import FileChanged, SharedFile, Stat, Store
 from ..store.local import zarrfs_own
 from .overlay import MemFile, Overlay, chunk_name, scratch_name
-from .shards import ChunkLocation, Shards, join, version
+from .lru import LRU
+from .shards import ChunkLocation, ChunksUnder, Shards, join, version
 from .views import DirView, Views
 
+ROWS_OF_RUNS_KEPT = 4  # rows of shards whose key directories' listings are kept
 UNREACHABLE_LISTED = 1 << 16  # indices listed for a key directory that cannot be read
 CONTROL_DIR = ".zarrfs"  # at the mount root: shadows a store's own .zarrfs there (documented)
 STATUS_FILE = "status"
@@ -267,6 +269,10 @@ class ViewTree:
         self.shards = Shards(store)
         self.overlay = Overlay()
         self.status_text = status_text
+        # The stored chunks of the key directories of one row of shards, made at once and kept
+        # while those shards' versions stay: find and ls -R list the directories of a row one
+        # after another (see _row_of_runs).
+        self._rows_of_runs: LRU[tuple] = LRU(ROWS_OF_RUNS_KEPT)
 
     # -- navigation ---------------------------------------------------------
 
@@ -448,10 +454,8 @@ class ViewTree:
         array, axis = view.array, len(coords)
         shards = self._shards_below(array_key, view, array.shard_of(coords))
         self.shards.prefetch(array_key, array, shards)
-        found: set[int] = set()
-        for shard in shards:
-            found.update(self._stored_in(array_key, array, shard, coords)[:, axis].tolist())
-        return found
+        stored, corrupt = self.shards.chunks_under(array_key, array, shards, coords)
+        return set(np.unique(np.concatenate([stored.coords[:, axis]] + [c.coords[:, axis] for c in corrupt])).tolist())
 
     def _stored_in(self, array_key: str, array, shard: tuple[int, ...], coords: tuple[int, ...]) -> np.ndarray:
         """Coordinates of the chunks ``shard`` holds under the chunk-coordinate prefix ``coords``."""
@@ -520,29 +524,65 @@ class ViewTree:
                 parts = view.keys.components(coords)
                 entries.append((parts[-1], Chunk(join(array_key, *parts), array_key, coords),
                                 Attributes.of_memfile(memfile)))
-        buffered = np.array(buffered, dtype=np.int64).reshape(len(buffered), array.ndim)
         self.shards.prefetch(array_key, array, shards)
+        if leaf_of and not buffered:
+            runs = self._row_of_runs(array_key, view, shards, leaf_of)
+            if runs is not None:
+                return Listing(entries, [runs[leaf_of[-1]]] if leaf_of[-1] in runs else [])
+        buffered = np.array(buffered, dtype=np.int64).reshape(len(buffered), array.ndim)
         stored, corrupt = self.shards.chunks_under(array_key, array, shards, leaf_of)
         for listing in corrupt:  # listed (so that cp -r fails) without attributes: looking them up is EIO
             coords = listing.coords[_unbuffered(listing.coords, buffered)]
-            names = view.keys.last_components(coords.tolist())
+            names = view.keys.last_components(coords)
             entries += [(os.fsdecode(name), Chunk(join(dir_path, os.fsdecode(name)), array_key, tuple(c)), None)
                         for name, c in zip(names, coords.tolist())]
-        run = self._chunk_run(array_key, view, dir_path, stored, buffered)
+        keep = _unbuffered(stored.coords, buffered)
+        shard = np.repeat(np.arange(len(stored.counts)), stored.counts)[keep]
+        run = self._chunk_run(array_key, view, dir_path, stored, keep, shard, _shard_attributes(stored))
         return Listing(entries, [run] if run is not None else [])
 
+    def _row_of_runs(self, array_key, view, shards, leaf_of: tuple[int, ...]) -> dict[int, ChunkRun] | None:
+        """The stored chunks of each key directory beside ``leaf_of`` that ``shards`` (a row
+        of shards) hold, by its last coordinate: made at once (one numpy step over the row's
+        indexes) and kept while the shards' versions stay. None when a shard is corrupt."""
+        array = view.array
+        head, axis = leaf_of[:-1], len(leaf_of) - 1
+        try:
+            versions = [self.shards.version_of(array_key, array, shard) for shard in shards]
+        except CorruptShard:
+            return None
+        key = (array_key, head, array.shard_of(leaf_of)[-1])
+        cached = self._rows_of_runs.get(key)
+        if cached is not None and cached[0] is view and cached[1] == (shards, versions):
+            return cached[2]
+        stored, corrupt = self.shards.chunks_under(array_key, array, shards, head)
+        if corrupt:
+            return None
+        order = np.argsort(stored.coords[:, axis], kind="stable")  # by key directory, each by shard
+        shard = np.repeat(np.arange(len(stored.counts)), stored.counts)[order]
+        rows, starts = np.unique(stored.coords[order, axis], return_index=True)
+        bounds = starts.tolist() + [len(order)]
+        attributes = _shard_attributes(stored)
+        runs = {}
+        for row, start, stop in zip(rows.tolist(), bounds, bounds[1:]):
+            parts = view.keys.components(head + (row,) + (0,) * (array.ndim - axis - 1))[:-1]
+            runs[row] = self._chunk_run(array_key, view, join(array_key, *parts), stored, order[start:stop],
+                                        shard[start:stop], attributes)
+        self._rows_of_runs.put(key, (view, (shards, versions), runs))
+        return runs
+
     @staticmethod
-    def _chunk_run(array_key, view, dir_path, stored, buffered: np.ndarray) -> ChunkRun | None:
-        """The stored chunks but those in ``buffered`` (the write buffer's)."""
-        keep = _unbuffered(stored.coords, buffered)
-        coords, sizes = stored.coords[keep], stored.nbytes[keep] - (CHECKSUM_NBYTES if view.strip_crc else 0)
+    def _chunk_run(array_key, view, dir_path, stored: ChunksUnder, which, shard: np.ndarray,
+                   attributes: list[Attributes]) -> ChunkRun | None:
+        """The run of the ``which`` stored chunks (a mask or indices, kept in shard order; ``shard``:
+        each one's shard, an index into ``stored.stats`` and ``attributes``)."""
+        coords = stored.coords[which]
         if not len(coords):
             return None
-        shard = np.repeat(np.arange(len(stored.counts)), stored.counts)[keep]
+        sizes = stored.nbytes[which] - (CHECKSUM_NBYTES if view.strip_crc else 0)
         ends = np.cumsum(np.bincount(shard, minlength=len(stored.counts))).tolist()
-        return ChunkRun(dir_path, array_key, view.keys.last_components(coords.tolist()), coords,
-                        grid_indices(coords, view.array.chunk_grid), np.maximum(sizes, 0).tolist(), ends,
-                        [Attributes.of(st).as_file(0) for st in stored.stats])
+        return ChunkRun(dir_path, array_key, view.keys.last_components(coords), coords,
+                        grid_indices(coords, view.array.chunk_grid), np.maximum(sizes, 0).tolist(), ends, attributes)
 
     def _shards_below(self, array_key: str, view: DirView, prefix: tuple[int, ...] = (),
                       known: bool = False) -> list[tuple[int, ...]]:
@@ -769,6 +809,11 @@ def grid_indices(coords: np.ndarray, grid: tuple[int, ...]) -> list[int] | None:
     if not grid:  # a 0-d array's one chunk
         return [0] * len(coords)
     return np.ravel_multi_index(tuple(coords.T), grid).tolist()
+
+
+def _shard_attributes(stored: ChunksUnder) -> list[Attributes]:
+    """Each shard's attributes, as those of a file (of size 0): its chunks'."""
+    return [Attributes.of(st).as_file(0) for st in stored.stats]
 
 
 def _unbuffered(coords: np.ndarray, buffered: np.ndarray) -> np.ndarray:
