@@ -18,7 +18,7 @@ down below, narrowly, with its reason (``Rules``); everything else must match.
       directory (a chunk key, a scratch name) -> EINVAL         a level of chunk keys (§3)
     moving a directory that is, or lands in, an array's key    key directories are not
       namespace -> EXDEV (``mv`` falls back to copying)          real directories
-    symlink inside an array -> EPERM                           arrays hold chunks only
+    symlink made or renamed inside an array -> EPERM           arrays hold chunks only
     link() between a backing file (outside arrays, or left in   a buffered file cannot be a
       an array directory before a remount) and a name in an      backing file's link
       array -> EXDEV, or the new name holds a copy; a hard-
@@ -963,6 +963,10 @@ class World:
             if rule:
                 self.ruled(what, fn, [src, dst], rule, pre)
                 return
+        if src in state.symlinks and not self.is_backing(state, dst):
+            self.ruled(what, fn, [src, dst], ("EPERM", "symbolic links belong outside arrays"),
+                       Rules.precheck_create(state, dst, False))
+            return
         self._chunk_mode_follows(state, src, dst)
         # a hard-linked file renamed between the write buffer and the backing store: refused
         # (its names share one inode number); onto metadata, the new name holds a copy
@@ -2331,6 +2335,9 @@ FOUND = [
         ("write", "a2/0/1", "ct", 0, b"abcd"), ("link", "a2/0/1", "g/c3/1.0.1"), ("open", 0, "a2/0/1", "rwc"),
         ("resize", "a2", [1, 1], "inplace"), ("stat", "a2/0/1"), ("fstat", 0), ("pwrite", 0, 20, b"xyz"),
         ("stat", "g/c3/1.0.1")]),
+    ("rename-symlink-into-array", "the model let a symlink be renamed into an array; the mount refuses it "
+     "(EPERM), as it refuses making one there (stress seed 3 v2, the exerciser's own bug)", "v2", [
+        ("symlink", "nowhere", "d1/link"), ("rename", "d1/link", "a2/0/x.partial"), ("rename", "d1/link", "a2/0/1")]),
 ]
 
 
