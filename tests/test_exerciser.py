@@ -1027,6 +1027,9 @@ class World:
         if rule:
             self.ruled(what, fn, [src, dst], rule, pre)
             return
+        if src in state.symlinks and not self.is_backing(state, dst):  # (Linux's link() does not follow it)
+            self.ruled(what, fn, [src, dst], ("EPERM", "symbolic links belong outside arrays"), pre)
+            return
         source = src
         if src in state.symlinks:  # link() follows it
             resolved = os.path.relpath(os.path.realpath(self.r.p(src)), self.refroot)
@@ -2337,7 +2340,18 @@ FOUND = [
         ("stat", "g/c3/1.0.1")]),
     ("rename-symlink-into-array", "the model let a symlink be renamed into an array; the mount refuses it "
      "(EPERM), as it refuses making one there (stress seed 3 v2, the exerciser's own bug)", "v2", [
-        ("symlink", "nowhere", "d1/link"), ("rename", "d1/link", "a2/0/x.partial"), ("rename", "d1/link", "a2/0/1")]),
+        ("symlink", "nowhere", "d1/link"), ("rename", "d1/link", "a2/0/x.partial"), ("rename", "d1/link", "a2/0/1"),
+        ("link", "d1/link", "a2/0/x.partial")]),
+    ("renamed-hard-link-name-made-again", "a chunk hard-linked to a scratch name (then unlinked), renamed into "
+     "another array, open there and unlinked: fstat showed the file made later at its first name, nlink 1 (the "
+     "inode's list of names kept the name it was renamed from; stress seeds 2 and 3 v2)", "v2", [
+        ("create_node", "new.zarr", "array2", "inplace"), ("zarr_write", "new.zarr", [1, 0], [2, 1], 731982460),
+        ("rename", "new.zarr", "moved"), ("create_node", "g/n2", "array2", "inplace"), ("mkdir", "g/n2/2"),
+        ("write", "g/n2/.bc317516.partial", "ct", 0, b"$\xba\x9f-"),
+        ("rename", "g/n2/.bc317516.partial", "g/n2/2/0"), ("link", "g/n2/2/0", "g/n2/2/x.partial"),
+        ("unlink", "g/n2/2/x.partial"), ("rename", "g/n2/2/0", "moved/0/0"),
+        ("write", "g/n2/2/0", "ct", 0, b"W\x1c\xb0\x90"), ("open", 0, "moved/0/0", "rw"), ("unlink", "moved/0/0"),
+        ("fstat", 0)]),
 ]
 
 
