@@ -217,20 +217,20 @@ class Operations(pyfuse3.Operations):
         per shard, filled in turn for its chunks (readdir_reply copies it), inode numbers a
         window at a time; a chunk whose number is an exception goes the usual way. False once
         the reply is full."""
+        names, sizes, blocks = run.names, run.sizes, run.blocks
         entry, shard_end = None, 0
         for window in range(max(start_id - position, 0), len(run), READDIR_WINDOW):
             stop = min(window + READDIR_WINDOW, len(run))
-            numbers = self.inodes.chunk_numbers(run.array, run.dir, run.names[window:stop],
+            numbers = self.inodes.chunk_numbers(run.array, run.dir, names[window:stop],
                                                 run.linear and run.linear[window:stop])
             for i, number in enumerate(numbers, window):
-                if i >= shard_end or entry is None:  # the next shard's owner, mode and times
+                if i >= shard_end:  # the next shard's owner, mode and times
                     attributes, shard_end = run.shard_of(i)
-                    entry = self._entry(run.node(i), attributes, 0)
+                    entry = self._entry_of(attributes, self.timeout)
                 node = None if number is not None else run.node(i)
-                size = run.sizes[i]
                 entry.st_ino = number or self.inodes.inode_of(node)
-                entry.st_size, entry.st_blocks = size, -(-size // 512)
-                if not pyfuse3.readdir_reply(token, run.names[i], entry, position + i + 1):
+                entry.st_size, entry.st_blocks = sizes[i], blocks[i]
+                if not pyfuse3.readdir_reply(token, names[i], entry, position + i + 1):
                     return False
                 if node is not None:
                     self.inodes.remember(node, entry.st_ino)
@@ -558,8 +558,14 @@ class Operations(pyfuse3.Operations):
         return handle
 
     def _entry(self, node: Node, attributes: Attributes, inode: int | None = None) -> pyfuse3.EntryAttributes:
-        entry = pyfuse3.EntryAttributes()
+        # The status changes all the time: the kernel asks for it afresh.
+        entry = self._entry_of(attributes, 0 if isinstance(node, StatusFile) else self.timeout)
         entry.st_ino = self.inodes.inode_of(node) if inode is None else inode
+        return entry
+
+    @staticmethod
+    def _entry_of(attributes: Attributes, timeout: float) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
         entry.st_mode = attributes.mode
         entry.st_nlink = attributes.nlink
         entry.st_uid = attributes.uid
@@ -570,8 +576,7 @@ class Operations(pyfuse3.Operations):
         entry.st_atime_ns = attributes.atime_ns
         entry.st_mtime_ns = attributes.mtime_ns
         entry.st_ctime_ns = attributes.ctime_ns
-        # The status changes all the time: the kernel asks for it afresh.
-        entry.entry_timeout = entry.attr_timeout = 0 if isinstance(node, StatusFile) else self.timeout
+        entry.entry_timeout = entry.attr_timeout = timeout
         return entry
 
     def _negative_entry(self) -> pyfuse3.EntryAttributes:

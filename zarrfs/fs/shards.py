@@ -24,6 +24,7 @@ from .lru import LRU
 
 log = logging.getLogger("zarrfs")
 
+SHARD_KEYS_KEPT = 1 << 16  # past it, the memo of shard keys starts again
 LOCATIONS_KEPT = 4096  # chunk locations remembered between the requests about one chunk
 PREFETCH_AT_ONCE = 16  # index requests of one listing waiting on an object store together
 
@@ -69,6 +70,7 @@ class Shards:
         self.store = store
         self._indexes: LRU[ShardIndex | CorruptShard] = LRU(cache_bytes, weight=_cache_weight)
         self._located: LRU[tuple[ArrayLayout, ChunkLocation]] = LRU(LOCATIONS_KEPT)
+        self._keys: dict[tuple, str] = {}  # shard keys made before
         self._unusable: set[str] = set()  # shard keys that cannot be reached, logged once each
         self._pool: ThreadPoolExecutor | None = None  # index reads of a listing, on object stores
         # A shard's bytes are read only at the version its stat names, and a read of another
@@ -81,7 +83,14 @@ class Shards:
         return self._indexes
 
     def shard_key(self, array_key: str, array: ArrayLayout, shard_coords: tuple[int, ...]) -> str:
-        return join(array_key, array.key_encoding.encode(shard_coords))
+        # (asked for every shard of a row at every listing of one of its key directories)
+        cache_key = (array_key, array.key_encoding, shard_coords)
+        key = self._keys.get(cache_key)
+        if key is None:
+            if len(self._keys) >= SHARD_KEYS_KEPT:
+                self._keys.clear()
+            key = self._keys[cache_key] = join(array_key, array.key_encoding.encode(shard_coords))
+        return key
 
     def stat_shard(self, shard_key: str) -> Stat | None:
         """The shard's attributes, or None when there is no shard (all chunks absent).
@@ -157,6 +166,22 @@ class Shards:
                 slabs.append(slab)
         healthy = [listing for listing in listings if listing.shard_stat is not None and not listing.corrupt]
         return _together(array, prefix, slabs, healthy), [listing for listing in listings if listing.corrupt]
+
+    def indices_under(self, array_key: str, array: ArrayLayout, shards: list[tuple[int, ...]],
+                      prefix: tuple[int, ...]) -> set[int]:
+        """The indices along the axis after ``prefix`` at which ``shards`` hold a chunk under
+        it (every index a corrupt shard may hold): the key directories of a key directory,
+        from each shard's index slab without listing its chunks."""
+        axis, found = len(prefix), set()
+        for shard_coords in shards:
+            slab = self._slab(array_key, array, shard_coords, prefix) if len(array.levels) == 1 else None
+            if slab is None:
+                found.update(self.shard_listing(array_key, array, shard_coords, prefix).coords[:, axis].tolist())
+                continue
+            listed = slab[2].reshape(slab[2].shape[0], -1).any(axis=1)
+            indices = np.flatnonzero(listed) + shard_coords[axis] * array.chunks_per_shard[axis]
+            found.update(indices[indices < array.chunk_grid[axis]].tolist())
+        return found
 
     def version_of(self, array_key: str, array: ArrayLayout, shard_coords: tuple[int, ...]) -> tuple | None:
         """The version of the shard as known now (None: no shard). Raises CorruptShard."""

@@ -144,6 +144,7 @@ class ChunkRun:
     coords: np.ndarray  # (n, ndim) chunk coordinates
     linear: list[int] | None  # each chunk's index in the chunk grid, C order (None: past int64)
     sizes: list[int]
+    blocks: list[int]  # of 512 bytes, what du counts
     ends: list[int]  # shard by shard: where its chunks end
     shards: list[Attributes]  # shard by shard: its attributes, as a file of size 0
 
@@ -159,8 +160,8 @@ class ChunkRun:
         return Chunk(join(self.dir, os.fsdecode(self.names[i])), self.array, tuple(self.coords[i].tolist()))
 
     def entry(self, i: int) -> Entry:
-        size = self.sizes[i]
-        return os.fsdecode(self.names[i]), self.node(i), replace(self.shard_of(i)[0], size=size, blocks=-(-size // 512))
+        return os.fsdecode(self.names[i]), self.node(i), replace(self.shard_of(i)[0], size=self.sizes[i],
+                                                                   blocks=self.blocks[i])
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,11 +452,10 @@ class ViewTree:
     def _stored_indices(self, array_key: str, view: DirView, coords: tuple[int, ...]) -> set[int]:
         """Indices along the next axis under the chunk-coordinate prefix ``coords`` at which
         the store holds a chunk (every index a corrupt shard may hold: its chunks are EIO)."""
-        array, axis = view.array, len(coords)
+        array = view.array
         shards = self._shards_below(array_key, view, array.shard_of(coords))
         self.shards.prefetch(array_key, array, shards)
-        stored, corrupt = self.shards.chunks_under(array_key, array, shards, coords)
-        return set(np.unique(np.concatenate([stored.coords[:, axis]] + [c.coords[:, axis] for c in corrupt])).tolist())
+        return self.shards.indices_under(array_key, array, shards, coords)
 
     def _stored_in(self, array_key: str, array, shard: tuple[int, ...], coords: tuple[int, ...]) -> np.ndarray:
         """Coordinates of the chunks ``shard`` holds under the chunk-coordinate prefix ``coords``."""
@@ -579,10 +579,11 @@ class ViewTree:
         coords = stored.coords[which]
         if not len(coords):
             return None
-        sizes = stored.nbytes[which] - (CHECKSUM_NBYTES if view.strip_crc else 0)
+        sizes = np.maximum(stored.nbytes[which] - (CHECKSUM_NBYTES if view.strip_crc else 0), 0)
         ends = np.cumsum(np.bincount(shard, minlength=len(stored.counts))).tolist()
         return ChunkRun(dir_path, array_key, view.keys.last_components(coords), coords,
-                        grid_indices(coords, view.array.chunk_grid), np.maximum(sizes, 0).tolist(), ends, attributes)
+                        grid_indices(coords, view.array.chunk_grid), sizes.tolist(), (-(-sizes // 512)).tolist(),
+                        ends, attributes)
 
     def _shards_below(self, array_key: str, view: DirView, prefix: tuple[int, ...] = (),
                       known: bool = False) -> list[tuple[int, ...]]:
