@@ -45,6 +45,7 @@ from typing import Callable, TextIO
 
 import numpy as np
 
+from .defaults import DEFAULT_JOBS
 from .format.metadata import ArrayLayout, MetadataError
 from .format.shard_index import EMPTY, CorruptShard, IndexFormat
 from .fs.shards import join
@@ -52,7 +53,6 @@ from .fs.views import V2_ARRAY, V3_METADATA
 from .store.base import SharedFile, Store
 from .walk import Progress, StoreError, StoreWalker, batched, open_store, quiet_zarrfs_log, run_batches
 
-DEFAULT_JOBS = 16  # concurrent shard reads: enough to hide network filesystem latency
 BATCH = 64  # shards per task handed to a worker thread (indexes only)
 DECODE_BATCH = 4  # with --decode: each shard is much more work
 # Threads are used when checking is mostly waiting: wall time above this many

@@ -9,11 +9,11 @@ import os
 import sys
 
 from . import __version__
-from .check import run_check
-from .daemon import (DEFAULT_FLUSH_AFTER, DEFAULT_MAX_DIRTY_MIB, DEFAULT_MAX_SCRATCH_MIB, DEFAULT_SHARDS,
-                     DEFAULT_TIMEOUT, MountError, MountOptions, mount, read_status, umount)
-from .info import DEFAULT_JOBS, run_info
-from .pack import PackError, StoreError, pack, parse_part, unpack
+from .defaults import (DEFAULT_FLUSH_AFTER, DEFAULT_JOBS, DEFAULT_MAX_DIRTY_MIB, DEFAULT_MAX_SCRATCH_MIB,
+                       DEFAULT_SHARDS, DEFAULT_TIMEOUT)
+
+# Each command imports what it needs when it runs: the daemon's (pyfuse3, trio) would
+# add a tenth of a second to every `zarrfs pack` of a job array.
 
 COMMANDS = ("mount", "umount", "status", "info", "check", "pack", "unpack")
 
@@ -163,6 +163,7 @@ def _positive_int(text: str) -> int:
 
 
 def _part(text: str) -> tuple[int, int]:
+    from .pack import parse_part
     try:
         return parse_part(text)
     except ValueError as error:
@@ -216,28 +217,37 @@ def normalize_argv(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(normalize_argv(sys.argv[1:] if argv is None else argv))
+    if args.command in ("mount", "umount", "status"):
+        return _daemon_command(args)
+    if args.command == "info":
+        from .info import run_info
+        return run_info(args.store, as_json=args.json, jobs=args.jobs, endpoint_url=args.endpoint_url)
+    if args.command == "check":
+        from .check import run_check
+        return run_check(args.store, decode=args.decode, jobs=args.jobs, endpoint_url=args.endpoint_url)
+    if args.command in ("pack", "unpack"):
+        return _offline(args)
+    return 2
+
+
+def _daemon_command(args) -> int:
+    """mount, umount and status: a problem the user can fix is one line."""
+    from .daemon import MountError, mount, read_status, umount
     try:
         if args.command == "mount":
             return mount(_mount_options(args))
         if args.command == "umount":
             return umount(args.mountpoint, timeout=args.timeout, force=args.force)
-        if args.command == "status":
-            print(json.dumps(read_status(args.mountpoint), indent=2))
-            return 0
-        if args.command == "info":
-            return run_info(args.store, as_json=args.json, jobs=args.jobs, endpoint_url=args.endpoint_url)
-        if args.command == "check":
-            return run_check(args.store, decode=args.decode, jobs=args.jobs, endpoint_url=args.endpoint_url)
-        if args.command in ("pack", "unpack"):
-            return _offline(args)
+        print(json.dumps(read_status(args.mountpoint), indent=2))
+        return 0
     except MountError as error:
         print(f"zarrfs: error: {error}", file=sys.stderr)
         return 1
-    return 2
 
 
 def _offline(args) -> int:
     """pack and unpack: bad input (and any I/O error) is one line per problem."""
+    from .pack import PackError, StoreError, pack, unpack
     try:
         if args.command == "pack":
             return pack(args.src, args.dst, shards=args.shards, jobs=args.jobs, dask_address=args.dask_address,
@@ -256,7 +266,7 @@ OWN_OPTIONS = {"view": "view", "shards": "shards", "flush_after": "flush_after",
 OWN_FLAGS = {"single_writer": "single_writer"}  # -o NAME, without a value
 
 
-def _mount_options(args) -> MountOptions:
+def _mount_options(args):
     fuse_options = []
     for option in (o.strip() for group in args.fuse_options for o in group.split(",")):
         name, _, value = option.partition("=")
@@ -266,6 +276,7 @@ def _mount_options(args) -> MountOptions:
             setattr(args, OWN_FLAGS[option.replace("-", "_")], True)
         elif option:
             fuse_options.append(option)
+    from .daemon import MountOptions
     return MountOptions(
         store=args.store,
         mountpoint=args.mountpoint,

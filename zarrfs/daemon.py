@@ -25,6 +25,8 @@ import pyfuse3
 import trio
 
 from . import __version__
+from .defaults import (DEFAULT_FLUSH_AFTER, DEFAULT_MAX_DIRTY_MIB, DEFAULT_MAX_SCRATCH_MIB, DEFAULT_SHARDS,
+                       DEFAULT_TIMEOUT)
 from .fs.flusher import Flusher
 from .fs.operations import Operations
 from .fs.tree import CONTROL_DIR, STATUS_FILE, ViewTree
@@ -43,11 +45,6 @@ GENERIC_MOUNT_OPTIONS = {
     "user", "users", "nouser", "nofail", "_netdev", "async", "sync", "atime", "noatime",
     "relatime", "norelatime", "strictatime", "diratime", "nodiratime", "lazytime",
 }
-DEFAULT_TIMEOUT = 60.0  # seconds the kernel may cache names, attributes and pages (NFS's acregmax)
-DEFAULT_SHARDS = 8  # inner chunks per shard along every axis, for arrays created through the mount
-DEFAULT_FLUSH_AFTER = 5.0  # seconds of quiet before a changed shard is repacked
-DEFAULT_MAX_DIRTY_MIB = 256
-DEFAULT_MAX_SCRATCH_MIB = 1024  # per user: temporaries and locks held in memory
 EXIT_WARNING_SECONDS = 60.0  # how often an exiting daemon that cannot flush says so
 
 

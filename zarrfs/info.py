@@ -27,6 +27,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
+from .defaults import DEFAULT_JOBS
 from .format.metadata import ArrayLayout
 from .format.shard_index import CorruptShard
 from .fs.shards import Shards, join
@@ -37,7 +38,6 @@ from .walk import Progress, StoreError, StoreWalker, batched, open_store, quiet_
 __all__ = ["ArraySummary", "Progress", "StoreError", "StoreSummary", "format_array", "format_text",
            "run_info", "summarize"]
 
-DEFAULT_JOBS = 16  # concurrent index reads: enough to hide network filesystem latency
 # Shards per task handed to a worker thread: a handoff costs about as much as
 # reading one small index from the page cache, so hand them over in batches.
 BATCH = 64
