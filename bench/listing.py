@@ -6,7 +6,8 @@
 Each repeat mounts every system afresh, in turn (interleaved), and in that session times
 `find MNT -type f` (a subprocess; its output is counted and must be every chunk), then
 `os.stat` of every file in a Python loop, in sorted order (the suite's "list" and "stat"
-steps). A second fresh session times the stat loop alone ("stat cold": every name is looked
+steps), and the CPU seconds the serving daemon spent during the listing ("list_cpu": less
+sensitive to the machine's load than the wall time). A second fresh session times the stat loop alone ("stat cold": every name is looked
 up, as a reader that goes straight to known keys does). The load average is recorded before
 each repeat: the machine is shared, so only ratios within a repeat mean much.
 zarrfs's request counts (from its status file) show what each step cost in round trips.
@@ -25,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, load_average, log, warm_files, zarrfs_status
+from common import RESULTS, cpu_seconds, load_average, log, warm_files, zarrfs_status
 from datasets import D1, D2
 from peers import PyfuseFloor, Zarrfs, unmount_everything
 
@@ -66,8 +67,10 @@ def session(system, dataset, mountpoint: Path, log_file: Path, paths: list[str],
     warm_files(system.backing(dataset))
     with system.mount(dataset, mountpoint, log_file) as mount:
         result = {}
+        cpu = cpu_seconds(mount.pid)
         if listing:
             result["list"], count = timed_find(mountpoint)
+            result["list_cpu"] = cpu_seconds(mount.pid) - cpu  # the serving daemon's, user + system
             # zarr.json is a file of the mount too
             if count != len(paths) + 1:
                 raise RuntimeError(f"{system.name}: find listed {count} files, expected {len(paths) + 1}")
@@ -121,7 +124,7 @@ def report(runs: dict, systems) -> None:
     """Medians per step, and each zarrfs row's ratio to the floor."""
     for name, by_system in runs.items():
         print(f"\n{name}: medians of {len(next(iter(by_system.values())))} (s); ratio to the floor")
-        steps = [s for s in ("list", "stat", "stat_cold") if s in next(iter(by_system.values()))[0]]
+        steps = [s for s in ("list", "list_cpu", "stat", "stat_cold") if s in next(iter(by_system.values()))[0]]
         print("system".ljust(16) + "".join(s.rjust(18) for s in steps))
         floor = by_system.get("pyfuse3-floor")
         for system in systems:

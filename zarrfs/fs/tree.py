@@ -41,7 +41,7 @@ from .lru import LRU
 from .shards import ChunkLocation, ChunksUnder, Shards, join, version
 from .views import DirView, Views
 
-ROWS_OF_RUNS_KEPT = 4  # rows of shards whose key directories' listings are kept
+LISTED_CHUNKS_KEPT = 1 << 17  # chunks of the rows of shards whose listings are kept (~20 MiB)
 UNREACHABLE_LISTED = 1 << 16  # indices listed for a key directory that cannot be read
 CONTROL_DIR = ".zarrfs"  # at the mount root: shadows a store's own .zarrfs there (documented)
 STATUS_FILE = "status"
@@ -171,9 +171,6 @@ class Listing:
     entries: list[Entry]
     runs: list[ChunkRun] = ()
 
-    def __len__(self) -> int:
-        return len(self.entries) + sum(map(len, self.runs))
-
     def expanded(self) -> list[Entry]:
         return self.entries + [run.entry(i) for run in self.runs for i in range(len(run))]
 
@@ -273,7 +270,7 @@ class ViewTree:
         # The stored chunks of the key directories of one row of shards, made at once and kept
         # while those shards' versions stay: find and ls -R list the directories of a row one
         # after another (see _row_of_runs).
-        self._rows_of_runs: LRU[tuple] = LRU(ROWS_OF_RUNS_KEPT)
+        self._rows_of_runs: LRU[tuple] = LRU(LISTED_CHUNKS_KEPT, weight=lambda kept: kept[3])
 
     # -- navigation ---------------------------------------------------------
 
@@ -544,9 +541,12 @@ class ViewTree:
     def _row_of_runs(self, array_key, view, shards, leaf_of: tuple[int, ...]) -> dict[int, ChunkRun] | None:
         """The stored chunks of each key directory beside ``leaf_of`` that ``shards`` (a row
         of shards) hold, by its last coordinate: made at once (one numpy step over the row's
-        indexes) and kept while the shards' versions stay. None when a shard is corrupt."""
+        indexes) and kept while the shards' versions stay. None when a shard is corrupt, or
+        when the row could hold more chunks than are kept (each directory is listed alone)."""
         array = view.array
         head, axis = leaf_of[:-1], len(leaf_of) - 1
+        if len(shards) * math.prod(array.chunks_per_shard[axis:]) > LISTED_CHUNKS_KEPT:
+            return None
         try:
             versions = [self.shards.version_of(array_key, array, shard) for shard in shards]
         except CorruptShard:
@@ -568,7 +568,7 @@ class ViewTree:
             parts = view.keys.components(head + (row,) + (0,) * (array.ndim - axis - 1))[:-1]
             runs[row] = self._chunk_run(array_key, view, join(array_key, *parts), stored, order[start:stop],
                                         shard[start:stop], attributes)
-        self._rows_of_runs.put(key, (view, (shards, versions), runs))
+        self._rows_of_runs.put(key, (view, (shards, versions), runs, len(order)))
         return runs
 
     @staticmethod
