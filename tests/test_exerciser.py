@@ -2352,6 +2352,12 @@ FOUND = [
         ("unlink", "g/n2/2/x.partial"), ("rename", "g/n2/2/0", "moved/0/0"),
         ("write", "g/n2/2/0", "ct", 0, b"W\x1c\xb0\x90"), ("open", 0, "moved/0/0", "rw"), ("unlink", "moved/0/0"),
         ("fstat", 0)]),
+    ("open-file-dir-renamed-unlinked", "a chunk open (its number a hash of its path: the chunk's own number "
+     "was taken), its array renamed, then unlinked: fstat showed nlink 1 (the moved name computed another "
+     "number, so unlink did not find the open inode; stress seed 5 v2)", "v2", [
+        ("create_node", "g/new.zarr", "array1", "inplace"), ("mkdir", "moved"), ("mkdir", "moved/1"),
+        ("open", 1, "g/new.zarr/0", "wc"), ("rename", "g/new.zarr/0", "moved/1/0"),
+        ("open", 0, "g/new.zarr/0", "wca"), ("rename", "g/new.zarr", "g2"), ("unlink", "g2/0"), ("fstat", 0)]),
 ]
 
 

@@ -218,14 +218,9 @@ class InodeTable:
 
     def move_tree(self, old: str, new: str, resolve) -> None:
         """Directory ``old`` was renamed to ``new``: the inodes the kernel holds below it
-        mean the moved names (``resolve(path) -> Node | None``), and chunk numbers of
-        arrays below it stay what they were."""
-        for inode, node in list(self._nodes.items()):
-            # (a file that lost its name keeps meaning its file, not what now has that name)
-            if is_below(node.path, old) and node.path != old and not isinstance(node, Replaced):
-                # (nothing there: the old path is no longer its name, whatever is made there later)
-                fresh = resolve(moved_path(node.path, old, new))
-                self._nodes[inode] = fresh if fresh is not None else Replaced(node.path)
+        mean the moved names (``resolve(path) -> Node | None``), which keep the kernel's
+        numbers (as a renamed file does), and chunk numbers of arrays below it stay what
+        they were."""
         for path in [p for p in self._by_path if is_below(p, old) and p != old]:
             self._by_path[moved_path(path, old, new)] = self._by_path.pop(path)
         for names in self._links.values():  # the names of hard-linked inodes moved too
@@ -237,6 +232,14 @@ class InodeTable:
                 moved = moved_path(array_key, old, new)
                 self._arrays[number] = (moved, grid)
                 self._array_numbers[(moved, grid)] = self._array_numbers.pop((array_key, grid), number)
+        for inode, node in list(self._nodes.items()):
+            # (a file that lost its name keeps meaning its file, not what now has that name)
+            if is_below(node.path, old) and node.path != old and not isinstance(node, Replaced):
+                # (nothing there: the old path is no longer its name, whatever is made there later)
+                fresh = resolve(moved_path(node.path, old, new))
+                self._nodes[inode] = fresh if fresh is not None else Replaced(node.path)
+                if fresh is not None and self.inode_of(fresh) != inode:
+                    self._by_path[fresh.path] = inode  # (a path hash of its old name)
 
     def resolve_again(self, prefix: str, resolve) -> None:
         """Nodes below ``prefix`` are looked up again by path (``resolve(path) -> Node | None``)."""
