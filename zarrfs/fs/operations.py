@@ -42,7 +42,7 @@ FETCHES_AT_ONCE = 32  # object store requests for open chunks waiting on the ser
 TREE_CALLS_AT_ONCE = 16  # lookups, attributes, listings waiting on an object store together
 
 INVALIDATE_WAIT = 1.0  # seconds a request waits for the kernel to drop cached names
-READDIR_WINDOW = 64  # chunks whose inode numbers readdir computes at once (a reply holds a few dozen)
+READDIR_WINDOW = 128  # chunks whose inode numbers readdir computes at once (about what a reply holds)
 
 
 def _kernel_errors(handler):
