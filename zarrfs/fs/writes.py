@@ -260,6 +260,14 @@ class Writer:
 
     # -- names --------------------------------------------------------------
 
+    async def _off_loop(self, call, *args):
+        """A store call of a namespace change: on an object store (a request that waits on
+        the network) in a worker thread, so that every other request goes on meanwhile;
+        on a local store right here. Only for calls that change no state of the daemon."""
+        if self.tree.store.capabilities.cheap_calls:
+            return call(*args)
+        return await trio.to_thread.run_sync(call, *args)
+
     async def unlink(self, parent: Node, name: str) -> None:
         node = self.tree.lookup(parent, name)
         if node is None:
@@ -271,7 +279,7 @@ class Writer:
         if isinstance(node, MetadataFile):
             await self.metadata.remove(node.dir, node.name)
         elif isinstance(node, Plain):
-            self.tree.store.unlink(node.path)
+            await self._off_loop(self.tree.store.unlink, node.path)
         elif isinstance(node, Chunk):
             self._keep_directories_above(node)
             self.overlay.unbind(chunk_name(node.array, node.coords))
@@ -319,7 +327,7 @@ class Writer:
             if self.tree.children(node):
                 raise OSError(errno.ENOTEMPTY, node.path)
             await self.metadata.finalize(node.path)
-            self.tree.store.rmdir(node.path)
+            await self._off_loop(self.tree.store.rmdir, node.path)
             self.overlay.forget_removed_directories(node.path)
             return
         raise OSError(errno.ENOTDIR, node.path)
@@ -350,12 +358,15 @@ class Writer:
                 self.tree.views.move_tree(source.path, target.path)
                 self.tree.store.rename(source.path, target.path)
                 return self.node_of(target), True
-            self.tree.store.rename(source.path, target.path)
+            await self._off_loop(self.tree.store.rename, source.path, target.path)
             return self.node_of(target), False
         if isinstance(source, KeyDir) or (isinstance(source, Plain) and stat.S_ISDIR(self.tree.store.lstat(source.path).st_mode)):
             raise OSError(errno.EXDEV, "directories move only outside arrays")
         self._check_leaves_links(source, target)
-        memfile = self._detach(source)
+        if isinstance(source, Plain):
+            memfile = await self._off_loop(self._detach_plain, source)
+        else:
+            memfile = self._detach_buffered(source)
         await self._place(target, memfile)
         # (metadata the view does not show, an empty .zattrs: the kernel keeps the name,
         # and an open of it writes the metadata anew)
@@ -383,12 +394,14 @@ class Writer:
             if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
                 raise OSError(errno.EXDEV, f"{source.path}: a hard-linked file enters the buffer only as a copy")
 
-    def _detach(self, node: Node) -> MemFile:
-        """Take the file at ``node`` away from its name, as a MemFile."""
-        if isinstance(node, Plain):
-            memfile = MemFile(bytearray(self._content_of(node)), mode=self.tree.store.lstat(node.path).st_mode)
-            self.tree.store.unlink(node.path)
-            return memfile
+    def _detach_plain(self, node: Plain) -> MemFile:
+        """Take the backing file at ``node`` out of the store, as a MemFile (store calls only)."""
+        memfile = MemFile(bytearray(self._content_of(node)), mode=self.tree.store.lstat(node.path).st_mode)
+        self.tree.store.unlink(node.path)
+        return memfile
+
+    def _detach_buffered(self, node: Node) -> MemFile:
+        """Take the buffered file (or stored chunk) at ``node`` away from its name."""
         memfile = self._memfile_for(node)
         name = memfile_name(node)
         if name[0] == "chunk":
@@ -403,7 +416,7 @@ class Writer:
         if target.kind == "metadata":
             await self.metadata.apply(target.array, os.path.basename(target.path), bytes(memfile.data))
         elif target.kind == "plain":
-            self._plain_file(target.path, memfile)()
+            await self._off_loop(self._plain_file(target.path, memfile))
         else:
             self._bind(target, memfile)
 
@@ -428,7 +441,7 @@ class Writer:
             raise OSError(errno.EEXIST, target.path)  # zarr-python 3's set_if_not_exists relies on it
         if isinstance(node, Plain) and target.kind in ("plain", "pending"):
             # (a chunk-like name outside arrays is a plain file until metadata adopts it)
-            self.tree.store.link(node.path, target.path)
+            await self._off_loop(self.tree.store.link, node.path, target.path)
             return Plain(target.path), True
         if target.kind in ("plain", "metadata"):
             # zarr-python 3.1 writes a new node's zarr.json as a temporary file, then link()s it
