@@ -200,15 +200,21 @@ class InodeTable:
         own attributes)."""
         self._by_path.pop(node.path, None)  # (a file made there later gets its number afresh)
         names = self._links.get(inode)
-        if names is None:
+        # A hard-linked buffered file's names are its own too: the kernel may have forgotten
+        # the inode (and this table its names) and learnt it again by other names since
+        # (a listing), so that the inode meant the name now gone.
+        own = [] if memfile is None or memfile.inode != inode else [
+            n[1] if n[0] == "scratch" else n for n in memfile.names]
+        if names is None and (last or not own):
             known = self._nodes.get(inode)
             if last and isinstance(node, (Chunk, Scratch, Plain)) and (held or (
                     isinstance(known, (Chunk, Scratch, Plain)) and known.path == node.path)):
                 self._nodes[inode] = Replaced(node.path)  # (``held``: open, so the kernel holds it)
                 self._lookups.setdefault(inode, 1)
             return
-        names.discard(node.path)
-        other = self._other_name(names, node.path, memfile)
+        if names is not None:
+            names.discard(node.path)
+        other = self._other_name([*(names or ()), *own], node.path, memfile)
         if other is not None:
             self._nodes[inode] = other
         elif inode in self._nodes and self._nodes[inode].path == node.path:

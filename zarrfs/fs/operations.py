@@ -473,10 +473,10 @@ class Operations(pyfuse3.Operations):
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
         writer.set_open_attributes(open_file, **changes) if open_file else writer.set_attributes(node, **changes)
-        try:
-            return self._entry(node, self.tree.attributes(node))
+        try:  # (the kernel's number: an open file's node may be a name it no longer has)
+            return self._entry(node, self.tree.attributes(node), inode)
         except FileNotFoundError:
-            return self._entry(node, self._attributes_of_open_file(inode))
+            return self._entry(node, self._attributes_of_open_file(inode), inode)
 
     def _resolve_again(self, dir_key: str) -> None:
         """A directory became (or stopped being) an array: the kernel's inodes below it
