@@ -633,21 +633,35 @@ class LocalStore:
         one fstat, one read (of one byte more than its size: the read comes back short at
         the end) and a close, instead of
         ``read``'s two resolutions, lstat, two fstats and two reads."""
+        found: list[bytes | None] = []
+        with contextlib.closing(self._regular_files_in(dir_key, names)) as files:
+            for name, fd, st in files:
+                found.append(None if fd is None else _read_whole(fd, st.st_size, limit, join_key(dir_key, name)))
+        return found
+
+    def _regular_files_in(self, dir_key: str, names):
+        """Each of ``names`` in the directory ``dir_key`` (resolved beneath the store root
+        once), opened relative to it: ``(name, fd, stat)`` of a regular file, the fd closed
+        when the caller moves on, or ``(name, None, None)`` where there is none. A name is
+        never followed: a symlink, like anything but a regular file, is EIO. Close the
+        generator (``contextlib.closing``) so that an error of the caller closes the fds."""
         names = list(names)
+        for name in names:
+            if not name or "/" in name or name in (".", ".."):
+                raise ValueError(f"{name!r} is no name of a file in {dir_key!r}")
         try:
             dir_fd = self._beneath(dir_key, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):  # no such directory: no such files
-            return [None] * len(names)
+            for name in names:
+                yield name, None, None
+            return
         flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
-        found: list[bytes | None] = []
         try:
             for name in names:
-                if not name or "/" in name or name in (".", ".."):
-                    raise ValueError(f"{name!r} is no name of a file in {dir_key!r}")
                 try:
                     fd = os.open(name, flags, dir_fd=dir_fd)
                 except FileNotFoundError:
-                    found.append(None)
+                    yield name, None, None
                     continue
                 except OSError as error:
                     if error.errno == errno.ELOOP:  # a symlink: never followed here
@@ -657,12 +671,11 @@ class LocalStore:
                     st = os.fstat(fd)
                     if not stat.S_ISREG(st.st_mode):  # FIFOs, sockets, devices (opened without waiting)
                         raise OSError(errno.EIO, "not a regular file", join_key(dir_key, name))
-                    found.append(_read_whole(fd, st.st_size, limit, join_key(dir_key, name)))
+                    yield name, fd, st
                 finally:
                     os.close(fd)
         finally:
             os.close(dir_fd)
-        return found
 
     def replace_durably_from_files(self, key: str, source, groups, finish, mode: int = 0o644,
                                    limit: int | None = None) -> list[int | None]:
@@ -720,43 +733,18 @@ class LocalStore:
         to the start of the file open at ``out_fd``; their sizes (None: missing) and the end."""
         sizes: list[int | None] = []
         end = 0
-        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
         in_kernel = True  # copy_file_range works between these two files' filesystems (until refused)
         for dir_key, names in groups:
-            names = list(names)
-            for name in names:
-                if not name or "/" in name or name in (".", ".."):
-                    raise ValueError(f"{name!r} is no name of a file in {dir_key!r}")
-            try:
-                dir_fd = self._beneath(dir_key, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except (FileNotFoundError, NotADirectoryError):  # no such directory: no such files
-                sizes += [None] * len(names)
-                continue
-            try:
-                for name in names:
-                    try:
-                        fd = os.open(name, flags, dir_fd=dir_fd)
-                    except FileNotFoundError:
+            with contextlib.closing(self._regular_files_in(dir_key, names)) as files:
+                for name, fd, st in files:
+                    if fd is None:
                         sizes.append(None)
                         continue
-                    except OSError as error:
-                        if error.errno == errno.ELOOP:  # a symlink: never followed here
-                            raise OSError(errno.EIO, "not a regular file", join_key(dir_key, name)) from None
-                        raise
-                    try:
-                        size = os.fstat(fd)
-                        if not stat.S_ISREG(size.st_mode):  # FIFOs, sockets, devices (opened without waiting)
-                            raise OSError(errno.EIO, "not a regular file", join_key(dir_key, name))
-                        size = size.st_size
-                        if limit is not None and size > limit:
-                            raise TooLarge(errno.EFBIG, f"larger than {limit} bytes", join_key(dir_key, name))
-                        in_kernel = self._copy_exactly(fd, out_fd, size, end, dir_key, name, in_kernel)
-                    finally:
-                        os.close(fd)
-                    sizes.append(size)
-                    end += size
-            finally:
-                os.close(dir_fd)
+                    if limit is not None and st.st_size > limit:
+                        raise TooLarge(errno.EFBIG, f"larger than {limit} bytes", join_key(dir_key, name))
+                    in_kernel = self._copy_exactly(fd, out_fd, st.st_size, end, dir_key, name, in_kernel)
+                    sizes.append(st.st_size)
+                    end += st.st_size
         return sizes, end
 
     @staticmethod
