@@ -2366,6 +2366,13 @@ FOUND = [
         ("resize", "a2", [4, 6], "rename"), ("listdir", "a2/c"), ("listdir", "a2"), ("open", 0, "a2/tmp1", "rw"),
         ("unlink", "a2/tmp1"), ("ftruncate", 0, 1), ("fstat", 0), ("write", "a2/c/1.__lock", "c", 1, b"xy"),
         ("close", 0)]),
+    ("shrink-leaves-stored-chunk-past-grid", "a shrinking resize left a chunk outside the new grid (on the last "
+     "axis) in its shard: the listing showed its row's key directory, which a lookup did not find; once a repack "
+     "took the chunk out, the listing dropped it and lstat still found the kernel's entry (stress seed 5 v2)",
+     "v2", [
+        ("create_node", "n1", "array2", "inplace"), ("zarr_write", "n1", [2, 2], [4, 4], 1), ("remount",),
+        ("resize", "n1", [3, 2], "rename"), ("listdir", "n1"), ("mkdir", "n1/0"),
+        ("write", "n1/0/0", "ct", 0, b"abcd"), ("fsync_path", "n1/0/0")]),
 ]
 
 
@@ -2378,6 +2385,24 @@ def test_found_sequence(runner, name):
         pytest.fail(f"{what}\n{failure} at operation {failure.index}: {failure.op!r}\n"
                     + "".join(f"  daemon log: {line}\n" for line in failure.log)
                     + format_replay(view, ops), pytrace=False)
+
+
+def test_a_name_renamed_during_a_listing_is_not_listed(runner):
+    """A listing made at opendir, then a rename in the directory, then readdir: the old name
+    is not replied (readdirplus would give the kernel an entry of it: lstat found it, open
+    was ENOENT; tensorstore's lock files, stress seed 5 v2)."""
+    world = runner.world("v3")
+    try:
+        key_dir = world.mntroot / "a2" / "c" / "0"
+        (key_dir / "0.__lock").write_bytes(b"abcd")
+        with os.scandir(key_dir) as listing:  # (OPENDIR now, READDIR at the first entry)
+            os.rename(key_dir / "0.__lock", key_dir / "0")
+            names = {entry.name for entry in listing}
+        assert "0.__lock" not in names
+        assert not os.path.lexists(key_dir / "0.__lock")
+        assert (key_dir / "0").read_bytes() == b"abcd"
+    finally:
+        world.close()
 
 
 def test_the_exerciser_catches_a_wrong_model(runner):

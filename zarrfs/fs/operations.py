@@ -66,13 +66,20 @@ def _kernel_errors(handler):
     return wrapped
 
 
+_CHANGES_NAMES = {"create", "mkdir", "symlink", "link", "unlink", "rmdir", "rename"}
+
+
 def _changes_store(handler):
     """Stats remembered before a change through the mount must not answer after it."""
 
     @functools.wraps(handler)
     async def wrapped(self, *args):
-        with self.tree.store.changing():
-            return await handler(self, *args)
+        try:
+            with self.tree.store.changing():
+                return await handler(self, *args)
+        finally:
+            if handler.__name__ in _CHANGES_NAMES:
+                self.changes += 1  # (listings made before it are checked again as they are read)
 
     return wrapped
 
@@ -94,6 +101,7 @@ class Operations(pyfuse3.Operations):
             writer.metadata.changed = self._resolve_again
             writer.metadata.dropped = self._forget_cached_names
         self._handles: dict[int, object] = {}
+        self.changes = 0  # changes through the mount so far (names may have come or gone)
         self._open_by_inode: dict[int, set[int]] = {}  # inode -> its open file handles
         self._next_handle = itertools.count(1)
         self._fetches = trio.CapacityLimiter(FETCHES_AT_ONCE)  # requests for chunks of an object store
@@ -187,14 +195,29 @@ class Operations(pyfuse3.Operations):
 
     @_kernel_errors
     async def opendir(self, inode, ctx):
-        node = self._node(inode)
-        return self._new_handle(DirHandle(node, await self._in_tree(self.tree.listing, node)))
+        node, changes = self._node(inode), self.changes
+        listing = await self._in_tree(self.tree.listing, node)
+        return self._new_handle(DirHandle(node, listing, changes))
 
     @_kernel_errors
     async def readdir(self, fh, start_id, token):
-        listing = self._handles[fh].listing
+        handle = self._handles[fh]
+        listing = handle.listing
+        # A name that went since opendir (a rename, unlink or rmdir in between: the kernel
+        # serialises them only with readdir itself) must not be replied: readdirplus would
+        # give the kernel an entry of a name that is gone (lstat finds it, open is ENOENT).
+        checked = handle.changes != self.changes
         for position in range(start_id, len(listing.entries)):
             name, node, attributes = listing.entries[position]
+            if checked:
+                try:
+                    now = self.tree.lookup(handle.node, name)
+                except (OSError, CorruptShard):
+                    now = node  # (answered as listed: EIO when asked)
+                if now is None:
+                    continue
+                if now != node:
+                    node, attributes = now, None
             inode = self.inodes.inode_of(node)
             try:
                 entry = self._entry(node, attributes or self.tree.attributes(node), inode)
@@ -208,22 +231,30 @@ class Operations(pyfuse3.Operations):
             self.inodes.remember(node, inode)
         position = len(listing.entries)
         for run in listing.runs:
-            if start_id < position + len(run) and not self._reply_chunks(token, run, position, start_id):
+            if start_id < position + len(run) and not self._reply_chunks(token, run, position, start_id,
+                                                                         checked and handle.node):
                 return
             position += len(run)
 
-    def _reply_chunks(self, token, run, position: int, start_id: int) -> bool:
+    def _reply_chunks(self, token, run, position: int, start_id: int, directory: Node | None = None) -> bool:
         """The stored chunks of a directory (a tree.ChunkRun at listing ``position``): one entry
         per shard, filled in turn for its chunks (readdir_reply copies it), inode numbers a
         window at a time; a chunk whose number is an exception goes the usual way. False once
-        the reply is full."""
+        the reply is full. ``directory``: names changed since the listing; a chunk the write
+        buffer took since (written, unlinked, renamed) is looked up again in it."""
         names, sizes, blocks = run.names, run.sizes, run.blocks
+        buffered = self.tree.overlay.chunks_of(run.array) if directory is not None else {}
         entry, shard_end = None, 0
         for window in range(max(start_id - position, 0), len(run), READDIR_WINDOW):
             stop = min(window + READDIR_WINDOW, len(run))
             numbers = self.inodes.chunk_numbers(run.array, run.dir, names[window:stop],
                                                 run.linear and run.linear[window:stop])
             for i, number in enumerate(numbers, window):
+                if buffered and tuple(run.coords[i].tolist()) in buffered:
+                    if not self._reply_again(token, directory, os.fsdecode(names[i]), position + i + 1):
+                        return False
+                    entry, shard_end = None, 0  # (the shard's entry is made again)
+                    continue
                 if i >= shard_end:  # the next shard's owner, mode and times
                     attributes, shard_end = run.shard_of(i)
                     entry = self._entry_of(attributes, self.timeout)
@@ -234,6 +265,20 @@ class Operations(pyfuse3.Operations):
                     return False
                 if node is not None:
                     self.inodes.remember(node, entry.st_ino)
+        return True
+
+    def _reply_again(self, token, directory: Node, name: str, next_id: int) -> bool:
+        """The entry of ``name`` as a lookup finds it now (none if it is gone). False once the reply is full."""
+        try:
+            node = self.tree.lookup(directory, name)
+            if node is None:
+                return True
+            entry = self._entry(node, self.tree.attributes(node))
+        except (OSError, CorruptShard):
+            return True  # (gone, or EIO when asked)
+        if not pyfuse3.readdir_reply(token, os.fsencode(name), entry, next_id):
+            return False
+        self.inodes.remember(node, entry.st_ino)
         return True
 
     @_kernel_errors
@@ -311,6 +356,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel then stops asking: one round trip less per close
         handle = self._handles[fh]
         if handle.writable:
+            self.changes += 1  # (metadata applied: names may come or go)
             await self.writer.closed(handle.node, handle.content)
             self._raise_flush_failure(handle.content)  # readers are not told of writers' troubles
 
@@ -620,5 +666,6 @@ class FileHandle:
 
 
 class DirHandle:
-    def __init__(self, node: Node, listing: list):
-        self.node, self.listing = node, listing
+    def __init__(self, node: Node, listing: list, changes: int = 0):
+        """``changes``: ``Operations.changes`` before the listing was made."""
+        self.node, self.listing, self.changes = node, listing, changes

@@ -178,7 +178,12 @@ class Shards:
             if slab is None:
                 found.update(self.shard_listing(array_key, array, shard_coords, prefix).coords[:, axis].tolist())
                 continue
-            listed = slab[2].reshape(slab[2].shape[0], -1).any(axis=1)
+            # (only chunks within the grid on the later axes too: a shrinking resize leaves the
+            # dropped ones in their shards, and a lookup does not count them)
+            within = tuple(slice(0, max(0, n - s * per)) for s, per, n in zip(
+                shard_coords[axis + 1:], array.chunks_per_shard[axis + 1:], array.chunk_grid[axis + 1:]))
+            listed = slab[2][(slice(None),) + within]
+            listed = listed.reshape(listed.shape[0], -1).any(axis=1)
             indices = np.flatnonzero(listed) + shard_coords[axis] * array.chunks_per_shard[axis]
             found.update(indices[indices < array.chunk_grid[axis]].tolist())
         return found
