@@ -466,6 +466,30 @@ def settle_zarr() -> None:
     asyncio.run_coroutine_threadsafe(rest(), loop).result(OP_TIMEOUT + 5)
 
 
+def settle_tree(root: str, quiet: float = 1.0) -> None:
+    """Wait until nothing changes under ``root`` for ``quiet`` seconds (at most OP_TIMEOUT):
+    tensorstore, like zarr-python, raises a write's first error while its other chunks' write
+    tasks go on (lock file, rename) in its own threads, which Python cannot wait for."""
+    def snapshot():
+        seen = []
+        for directory, _, files in os.walk(root):
+            for name in files:
+                try:
+                    st = os.lstat(os.path.join(directory, name))
+                    seen.append((directory, name, st.st_size, st.st_mtime_ns))
+                except OSError:
+                    seen.append((directory, name, None, None))
+        return sorted(seen, key=repr)
+
+    deadline = time.monotonic() + OP_TIMEOUT
+    last, since = snapshot(), time.monotonic()
+    while time.monotonic() - since < quiet and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = snapshot()
+        if now != last:
+            last, since = now, time.monotonic()
+
+
 def zarr_write(root: str, info: ArrayInfo, start, stop, seed):
     import zarr
     array = zarr.open_array(root, mode="r+")
@@ -1165,8 +1189,12 @@ class World:
         self.reconcile([node], deep=[node])
         m = outcome(lambda: fn(self.m.p(node), info))
         settle_zarr()
+        if m[0] == "exc":
+            settle_tree(self.m.p(node))
         r = outcome(lambda: fn(self.r.p(node), info))
         settle_zarr()
+        if r[0] == "exc":
+            settle_tree(self.r.p(node))
         self.expect_same(f"{what} {node!r}", m, r)
         self.reconcile([node], deep=[node])
         self.check_tree(node)
