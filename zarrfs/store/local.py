@@ -379,6 +379,22 @@ class LocalStore:
         root writes inside the store only.
         """
         self._check_expected(key, expected)
+        with self._replacing(key, mode) as fd:
+            if owner is None:
+                _take_ownership_of(fd, self._lstat_beneath(key), None if like is None else self._lstat_beneath(like))
+            else:
+                os.fchmod(fd, mode)  # (not the umask's)
+                if os.geteuid() == 0:
+                    os.fchown(fd, *owner)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+
+    @contextlib.contextmanager
+    def _replacing(self, key: str, mode: int):
+        """A new file for ``key``: yields the fd of a temporary beside it; when the block
+        ends, the temporary is fsynced and renamed onto ``key``, and the directory fsynced;
+        when the block raises, the temporary is removed and ``key`` stays as it was."""
         directory, name = split_key(key)
         dir_fd = self._directory(directory, create=True)
         try:
@@ -386,15 +402,7 @@ class LocalStore:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
                          dir_fd=dir_fd)
             try:
-                if owner is None:
-                    _take_ownership_of(fd, self._lstat_beneath(key), None if like is None else self._lstat_beneath(like))
-                else:
-                    os.fchmod(fd, mode)  # (not the umask's)
-                    if os.geteuid() == 0:
-                        os.fchown(fd, *owner)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                yield fd
                 os.fsync(fd)
             except BaseException:
                 os.close(fd)
@@ -698,34 +706,19 @@ class LocalStore:
         then ``replace_durably``."""
         if not isinstance(source, LocalStore):
             return replace_from_read_many(self, key, source, groups, finish, mode, limit)
-        directory, name = split_key(key)
-        dir_fd = self._directory(directory, create=True)
         try:
-            temporary = temporary_name(name)
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
-                         dir_fd=dir_fd)
-            try:
+            with self._replacing(key, mode) as fd:
                 _take_ownership_of(fd, self._lstat_beneath(key))
                 sizes, end = source._copy_files_into(fd, groups, limit)
                 tail = finish(sizes)
-                if tail is not None:
-                    view = memoryview(tail)
-                    while view:
-                        written = os.pwrite(fd, view, end)
-                        view, end = view[written:], end + written
-                    os.fsync(fd)
-            except BaseException:
-                os.close(fd)
-                os.unlink(temporary, dir_fd=dir_fd)
-                raise
-            os.close(fd)
-            if tail is None:
-                os.unlink(temporary, dir_fd=dir_fd)
-                return sizes
-            os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+                if tail is None:
+                    raise _NothingToWrite
+                view = memoryview(tail)
+                while view:
+                    written = os.pwrite(fd, view, end)
+                    view, end = view[written:], end + written
+        except _NothingToWrite:
+            pass
         return sizes
 
     def _copy_files_into(self, out_fd: int, groups, limit: int | None) -> tuple[list[int | None], int]:
@@ -798,6 +791,10 @@ LOCK_FILE = ".zarrfs-lock"  # in each array directory written through a mount; n
 NODE_LOCAL_LOCK_OPTIONS = {"nfs": {"nolock", "local_lock=all", "local_lock=posix"},
                            "nfs4": {"local_lock=all", "local_lock=posix"},
                            "lustre": {"localflock", "noflock"}}
+
+
+class _NothingToWrite(Exception):
+    """``finish`` of ``replace_durably_from_files`` gave nothing: the temporary goes, the key stays."""
 
 
 def _read_whole(fd: int, size: int, limit: int | None, key: str) -> bytes:
