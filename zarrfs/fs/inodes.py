@@ -157,8 +157,7 @@ class InodeTable:
         # names the kernel linked, or (once it forgot them) the buffered file's own names.
         names = self._links.get(inode, set())
         names.discard(node.path)
-        if memfile is not None and memfile.inode == inode:
-            names = [*names, *(n[1] if n[0] == "scratch" else n for n in memfile.names)]
+        names = [*names, *_own_names(memfile, inode)]
         self._nodes[inode] = self._other_name(names, node.path, memfile) or Replaced(node.path)
 
     def _other_name(self, names, gone: str, memfile) -> Node | None:
@@ -203,8 +202,7 @@ class InodeTable:
         # A hard-linked buffered file's names are its own too: the kernel may have forgotten
         # the inode (and this table its names) and learnt it again by other names since
         # (a listing), so that the inode meant the name now gone.
-        own = [] if memfile is None or memfile.inode != inode else [
-            n[1] if n[0] == "scratch" else n for n in memfile.names]
+        own = _own_names(memfile, inode)
         if names is None and (last or not own):
             known = self._nodes.get(inode)
             if last and isinstance(node, (Chunk, Scratch, Plain)) and (held or (
@@ -323,3 +321,11 @@ class InodeTable:
             index, i = divmod(index, n)
             coords.append(i)
         return self._tree.chunk_at(array_key, tuple(reversed(coords)))
+
+
+def _own_names(memfile, inode: int) -> list:
+    """A buffered file's names, if the kernel knows it by ``inode``: scratch paths, and
+    chunk names (``("chunk", array, coords)``) as ``_other_name`` takes them."""
+    if memfile is None or memfile.inode != inode:
+        return []
+    return [n[1] if n[0] == "scratch" else n for n in memfile.names]
