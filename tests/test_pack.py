@@ -574,21 +574,28 @@ def test_pack_from_s3(seaweedfs, many_shards, tmp_path, monkeypatch):
 # -- the fast paths: reading chunk files a directory at a time, the planner's rows --------------
 
 
-def test_read_many_reads_regular_files_only_and_follows_nothing(tmp_path):
-    from zarrfs.store.base import TooLarge
-    from zarrfs.store.local import LocalStore
-
-    root = tmp_path / "store"
+def _hostile_files(root, tmp_path, big: bytes) -> None:
+    """Directory ``d`` of a store at ``root``: files ``a`` (4 bytes), ``empty`` and ``big``,
+    and what a reader must refuse without following or blocking: symlinks inside and out of
+    the store, a FIFO, a directory; and ``away``, a symlink to a directory outside it."""
     (root / "d").mkdir(parents=True)
     (root / "d" / "a").write_bytes(b"aaaa")
     (root / "d" / "empty").write_bytes(b"")
-    (root / "d" / "big").write_bytes(b"x" * 3 * 2**20)
+    (root / "d" / "big").write_bytes(big)
     (root / "d" / "link").symlink_to("a")  # inside the store, and still not followed
     (root / "d" / "out").symlink_to(tmp_path / "secret")
     (tmp_path / "secret").write_bytes(b"secret")
     os.mkfifo(root / "d" / "fifo")  # never blocks the reader
     (root / "d" / "sub").mkdir()
     (root / "away").symlink_to(tmp_path)  # a directory outside the store
+
+
+def test_read_many_reads_regular_files_only_and_follows_nothing(tmp_path):
+    from zarrfs.store.base import TooLarge
+    from zarrfs.store.local import LocalStore
+
+    root = tmp_path / "store"
+    _hostile_files(root, tmp_path, big=b"x" * 3 * 2**20)
     store = LocalStore(str(root))
     assert store.read_many("d", ["a", "missing", "empty", "big"]) == [b"aaaa", None, b"", b"x" * 3 * 2**20]
     assert store.read_many("nowhere", ["a", "b"]) == [None, None]
@@ -676,18 +683,9 @@ def _files_store(tmp_path):
     from zarrfs.store.local import LocalStore
 
     root = tmp_path / "src"
-    (root / "d").mkdir(parents=True)
+    _hostile_files(root, tmp_path, big=bytes(range(256)) * 12289)  # 3 MiB and then some
     (root / "e").mkdir()
-    (root / "d" / "a").write_bytes(b"aaaa")
-    (root / "d" / "empty").write_bytes(b"")
-    (root / "d" / "big").write_bytes(bytes(range(256)) * 12289)  # 3 MiB and then some
     (root / "e" / "z").write_bytes(b"zz")
-    (root / "d" / "link").symlink_to("a")  # inside the store, and still not followed
-    (root / "d" / "out").symlink_to(tmp_path / "secret")
-    (tmp_path / "secret").write_bytes(b"secret")
-    os.mkfifo(root / "d" / "fifo")  # never blocks the copy
-    (root / "d" / "sub").mkdir()
-    (root / "away").symlink_to(tmp_path)  # a directory outside the store
     (tmp_path / "dst").mkdir()
     return LocalStore(str(root)), LocalStore(str(tmp_path / "dst"))
 
