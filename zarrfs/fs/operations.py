@@ -43,6 +43,9 @@ TREE_CALLS_AT_ONCE = 16  # lookups, attributes, listings waiting on an object st
 
 INVALIDATE_WAIT = 1.0  # seconds a request waits for the kernel to drop cached names
 READDIR_WINDOW = 128  # chunks whose inode numbers readdir computes at once (about what a reply holds)
+# Set in the daemon's handle numbers: without OPEN the kernel names a file by its inode
+# number instead (all below it, inodes.py), so the two never meet.
+HANDLE_NUMBER = 1 << 63
 
 
 def _kernel_errors(handler):
@@ -109,11 +112,16 @@ class Operations(pyfuse3.Operations):
         features = getattr(pyfuse3, "FEATURES", frozenset())  # zarrfs's pyfuse3 build: patches/
         # Files opened only to read need no FLUSH at close (a round trip per file).
         self.noflush = "noflush" in features
-        # A read-only mount needs no OPEN or RELEASE either: reads name the inode. Not on
-        # an object store: there an open file is one version fetched at open, which reads
-        # by inode (one request each, of whatever version is stored then) could not keep.
-        self.without_open = (writer is None and "read_without_open" in features
-                             and tree.store.capabilities.cheap_calls)
+        # No OPEN or RELEASE at all (the kernel's no-open mode): READ, WRITE, FLUSH and
+        # FSYNC name the inode (CREATE still opens a handle), and the kernel keeps cached
+        # pages, dropping them when a file's size or mtime changes. Not on an object store:
+        # there an open file is one version fetched at open, which reads by inode (one
+        # request each, of whatever version is stored then) could not keep.
+        needed = {"read_without_open"} | ({"write_without_open", "atomic_o_trunc"} if writer else set())
+        self.without_open = needed <= features and tree.store.capabilities.cheap_calls
+        self.atomic_o_trunc = not self.without_open  # (else O_TRUNC, sent with no OPEN, would be lost)
+        self._inode_writers: dict[int, int] = {}  # without OPEN: inode -> the handle its writes use until a close
+        self._orphans: dict[int, object] = {}  # without OPEN: contents of unlinked files until the kernel forgets them
 
     # -- names and attributes ----------------------------------------------
 
@@ -162,8 +170,8 @@ class Operations(pyfuse3.Operations):
         return fresh
 
     def _attributes_of_open_file(self, inode: int) -> Attributes:
-        for fh in self._open_by_inode.get(inode, ()):
-            content = self._handles[fh].content
+        orphan = [self._orphans[inode]] if inode in self._orphans else []
+        for content in [self._handles[fh].content for fh in self._open_by_inode.get(inode, ())] + orphan:
             if isinstance(content, MemContent):
                 return Attributes.of_memfile(content.memfile)
             if isinstance(content, FileRange):  # a chunk's range of its shard, or a whole plain file
@@ -177,6 +185,9 @@ class Operations(pyfuse3.Operations):
     async def forget(self, inode_list):
         for inode, count in inode_list:
             self.inodes.forget(inode, count)
+            orphan = self._orphans.pop(inode, None)
+            if orphan is not None:
+                orphan.close()
 
     @_kernel_errors
     async def readlink(self, inode, ctx):
@@ -290,9 +301,10 @@ class Operations(pyfuse3.Operations):
     @_kernel_errors
     async def open(self, inode, flags, ctx):
         if self.without_open:
-            # The kernel stops sending OPEN and RELEASE, keeps cached pages (it drops
-            # them when a file's size or mtime changes) and sends reads by inode.
-            raise pyfuse3.FUSEError(errno.ENOSYS)
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel stops sending OPEN: see __init__
+        return await self._open_handle(inode, flags)
+
+    async def _open_handle(self, inode: int, flags: int) -> pyfuse3.FileInfo:
         node = self._node(inode)
         writable = bool(flags & (os.O_WRONLY | os.O_RDWR))
         try:
@@ -338,15 +350,25 @@ class Operations(pyfuse3.Operations):
 
     @_kernel_errors
     async def read(self, fh, offset, size):
-        if self.without_open:
-            return self.tree.read(self._node(fh), offset, size)  # fh is the inode
-        return self._handles[fh].content.read(offset, size)
+        handle = self._handles.get(fh) or self._handles.get(self._inode_writers.get(fh))
+        if handle is not None:
+            return handle.content.read(offset, size)
+        if fh in self._orphans:  # without OPEN (fh is the inode): an unlinked file
+            return self._orphans[fh].read(offset, size)
+        return self.tree.read(self._node(fh), offset, size)
 
     @_kernel_errors
     async def write(self, fh, offset, data):
         await self.flusher.wait_for_room()
         await self.writer.spill_pending(self.flusher.max_dirty)
-        return self.writer.write(self._handles[fh].content, offset, data)
+        return self.writer.write((await self._writing_handle(fh)).content, offset, data)
+
+    async def _writing_handle(self, fh: int) -> FileHandle:
+        """The handle ``fh``; without OPEN (``fh`` is the inode) the handle the inode's
+        writes go to until the next close of any of its descriptors."""
+        if fh not in self._handles and fh not in self._inode_writers:
+            self._inode_writers[fh] = (await self._open_handle(fh, os.O_WRONLY)).fh
+        return self._handles[self._inode_writers.get(fh, fh)]
 
     @_changes_store
     @_kernel_errors
@@ -354,14 +376,31 @@ class Operations(pyfuse3.Operations):
         """close(): apply metadata files, and report a failed repack of this file's shard."""
         if self.writer is None:
             raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel then stops asking: one round trip less per close
-        handle = self._handles[fh]
+        if fh in self._handles:
+            await self._closed(self._handles[fh])
+            return
+        fh = self._inode_writers.pop(fh, None)  # without OPEN: the inode of the descriptor closed
+        if fh is not None:
+            try:
+                await self._closed(self._handles[fh])
+            finally:
+                self._release(fh)
+
+    async def _closed(self, handle: FileHandle) -> None:
         if handle.writable:
             self.changes += 1  # (metadata applied: names may come or go)
             await self.writer.closed(handle.node, handle.content)
+            if self.without_open and os.path.basename(handle.node.path) in self._metadata_names():
+                # The kernel reads it from cached pages, up to the size the writes left: the
+                # view's file (what was applied) may differ in both.
+                await trio.to_thread.run_sync(forget_entries, [], [handle.inode], False)
             self._raise_flush_failure(handle.content)  # readers are not told of writers' troubles
 
     @_kernel_errors
     async def release(self, fh):
+        self._release(fh)
+
+    def _release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
         if isinstance(handle, FileHandle):
             handles = self._open_by_inode.get(handle.inode, set())
@@ -376,7 +415,18 @@ class Operations(pyfuse3.Operations):
     @_changes_store
     @_kernel_errors
     async def fsync(self, fh, datasync):
-        content = self._handles[fh].content
+        handle = self._handles.get(fh) or self._handles.get(self._inode_writers.get(fh))
+        if handle is not None:
+            await self._fsync(handle.content)
+            return
+        content = self._orphans.get(fh) or await self._readable(self._node(fh))  # without OPEN: the inode
+        try:
+            await self._fsync(content)
+        finally:
+            if content is not self._orphans.get(fh):
+                content.close()
+
+    async def _fsync(self, content) -> None:
         if isinstance(content, MemContent):
             await self.flusher.flush_memfile(content.memfile)
             await self.writer.fsynced(content.memfile)
@@ -448,9 +498,31 @@ class Operations(pyfuse3.Operations):
         last = node is not None and self._only_name(node)
         inode = node and self.inodes.inode_of(node)
         memfile = node and self.tree._memfile(node)
+        orphan = self._content_kept(node) if last else None
         await self._writer().unlink(parent, name)
         if node is not None:
-            self.inodes.unlinked(node, inode, last, inode in self._open_by_inode, memfile)
+            held = self._keep_orphan(inode, orphan) or inode in self._open_by_inode
+            self.inodes.unlinked(node, inode, last, held, memfile)
+
+    def _content_kept(self, node: Node):
+        """Without OPEN the daemon cannot tell whether a file losing its last name is open:
+        its content is kept until the kernel forgets the inode (at once, unless it is
+        open), so that descriptors read what they read before, as on ext4."""
+        if not self.without_open or not isinstance(node, (Chunk, Scratch, Plain)):
+            return None
+        try:
+            return self.tree.open(node)
+        except (OSError, CorruptShard):
+            return None
+
+    def _keep_orphan(self, inode: int, content) -> bool:
+        if content is None:
+            return False
+        previous = self._orphans.pop(inode, None)
+        if previous is not None:
+            previous.close()
+        self._orphans[inode] = content
+        return True
 
     def _only_name(self, node: Node) -> bool:
         """Whether ``node`` is its file's only name: a stored chunk, a buffered file with
@@ -477,9 +549,14 @@ class Operations(pyfuse3.Operations):
         inode = source and self.inodes.inode_of(source)
         replaced_inode = replaced and self.inodes.inode_of(replaced)
         replaced_file = replaced and self.tree._memfile(replaced)  # its other names, if hard-linked
+        orphan = self._content_kept(replaced) if replaced is not None and self.without_open and self._only_name(
+            replaced) else None
         moved, directory = await self._writer().rename(old_parent, old, new_parent, new, flags)
         if replaced is not None and source is not None and replaced.path != source.path:
             self.inodes.replaced(replaced, replaced_inode, replaced_file)
+            self._keep_orphan(replaced_inode, orphan)
+        elif orphan is not None:
+            orphan.close()
         if source is not None:
             self.inodes.rename(source, moved, inode)
             if directory:
@@ -506,7 +583,7 @@ class Operations(pyfuse3.Operations):
     async def setattr(self, inode, attr, fields, fh, ctx):
         node = self._node(inode)
         writer = self._writer()
-        handle = self._handles.get(fh) if fh is not None else None
+        handle = self._handles.get(fh) or self._handles.get(self._inode_writers.get(inode))
         # ftruncate names its descriptor: act on the open file, whatever its name is now (or if it has none)
         open_file = handle.content if handle is not None and handle.writable else None
         if fields.update_size:
@@ -599,7 +676,7 @@ class Operations(pyfuse3.Operations):
         return None
 
     def _new_handle(self, content) -> int:
-        handle = next(self._next_handle)
+        handle = HANDLE_NUMBER | next(self._next_handle)
         self._handles[handle] = content
         return handle
 
@@ -639,9 +716,10 @@ class Operations(pyfuse3.Operations):
         return sum(1 for h in self._handles.values() if isinstance(h, FileHandle) and h.writable)
 
 
-def forget_entries(entries: list[tuple[int, str]], inodes: list[int] = ()) -> None:
+def forget_entries(entries: list[tuple[int, str]], inodes: list[int] = (), attr_only: bool = True) -> None:
     """The kernel forgets these directory entries (and what is cached below them), and
-    the attributes it caches of these inodes (open files that lost their names: nlink 0)."""
+    the attributes it caches of these inodes (open files that lost their names: nlink 0),
+    with their cached pages unless ``attr_only``."""
     for parent_inode, name in entries:
         try:
             pyfuse3.invalidate_entry(parent_inode, os.fsencode(name))
@@ -649,7 +727,7 @@ def forget_entries(entries: list[tuple[int, str]], inodes: list[int] = ()) -> No
             pass  # (ENOENT: the kernel holds no such entry)
     for inode in inodes:
         try:
-            pyfuse3.invalidate_inode(inode, attr_only=True)
+            pyfuse3.invalidate_inode(inode, attr_only=attr_only)
         except OSError:
             pass  # (ENOENT: the kernel forgot it meanwhile)
 
