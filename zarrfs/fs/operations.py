@@ -18,6 +18,7 @@ Caveats, honestly:
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import functools
 import itertools
@@ -188,6 +189,9 @@ class Operations(pyfuse3.Operations):
             orphan = self._orphans.pop(inode, None)
             if orphan is not None:
                 orphan.close()
+            if inode in self._inode_writers:  # written after its last close (through a shared mmap)
+                with contextlib.suppress(pyfuse3.FUSEError):  # (a failed repack: fsync and the status tell)
+                    await self.flush(inode)
 
     @_kernel_errors
     async def readlink(self, inode, ctx):
@@ -584,6 +588,11 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         writer = self._writer()
         handle = self._handles.get(fh) or self._handles.get(self._inode_writers.get(inode))
+        if handle is None and fields.update_size and self.without_open:
+            # Perhaps an O_TRUNC open (sent as this, with no OPEN): truncated through a
+            # writable handle, so that no flush stores the empty file before the writes that
+            # follow (SPEC §6); it is settled at the next close or fsync, as any write.
+            handle = await self._writing_handle(inode)
         # ftruncate names its descriptor: act on the open file, whatever its name is now (or if it has none)
         open_file = handle.content if handle is not None and handle.writable else None
         if fields.update_size:
