@@ -464,7 +464,20 @@ class Operations(pyfuse3.Operations):
                                                   os.fsdecode(name), mode, flags, (ctx.uid, ctx.gid))
         entry = self._entry(node, await self._in_tree(self.tree.attributes, node))
         self.inodes.remember(node)
-        return self._file_info(entry.st_ino, node, content), entry
+        info = self._file_info(entry.st_ino, node, content)
+        if self.without_open:
+            self._write_by_inode(entry.st_ino, info)
+        return info, entry
+
+    def _write_by_inode(self, inode: int, info: pyfuse3.FileInfo) -> None:
+        """Without OPEN the kernel sends no RELEASE, not even for a created file: the new
+        handle becomes the inode's writing handle, closed at the next close of the file,
+        and the kernel gets handle 0 (then names the file by inode)."""
+        if inode in self._inode_writers:  # (O_CREAT of a file being written already)
+            self._release(info.fh)
+        else:
+            self._inode_writers[inode] = info.fh
+        info.fh = 0
 
     @_changes_store
     @_kernel_errors
