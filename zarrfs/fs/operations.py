@@ -23,6 +23,7 @@ import errno
 import functools
 import itertools
 import logging
+import math
 import os
 import stat
 from dataclasses import replace
@@ -32,7 +33,7 @@ import trio
 
 from ..format.shard_index import CorruptShard
 from .inodes import InodeTable
-from .overlay import is_below
+from .overlay import MemFile, is_below
 from ..store.base import FileChanged
 from .treelock import TreeLock
 from .tree import Attributes, Chunk, FetchedChunk, FileRange, MemContent, MetadataFile, Node, Plain, Replaced, Scratch, StatusFile, ViewTree
@@ -42,6 +43,7 @@ log = logging.getLogger("zarrfs")
 FETCHES_AT_ONCE = 32  # object store requests for open chunks waiting on the server together
 TREE_CALLS_AT_ONCE = 16  # lookups, attributes, listings waiting on an object store together
 
+DROPPED_NAMES_FORGOTTEN = 4096  # names of chunks a shrink dropped that the kernel is told to forget
 INVALIDATE_WAIT = 1.0  # seconds a request waits for the kernel to drop cached names
 READDIR_WINDOW = 128  # chunks whose inode numbers readdir computes at once (about what a reply holds)
 # Set in the daemon's handle numbers: without OPEN the kernel names a file by its inode
@@ -153,6 +155,7 @@ class Operations(pyfuse3.Operations):
         try:
             attributes = await self._in_tree(self.tree.attributes, node)
         except FileNotFoundError:
+            self._keep_dropped_chunk(inode)
             try:
                 attributes = self._attributes_of_open_file(inode)  # unlinked but still open, as on ext4
             except FileNotFoundError:
@@ -371,8 +374,37 @@ class Operations(pyfuse3.Operations):
         """The handle ``fh``; without OPEN (``fh`` is the inode) the handle the inode's
         writes go to until the next close of any of its descriptors."""
         if fh not in self._handles and fh not in self._inode_writers:
-            self._inode_writers[fh] = (await self._open_handle(fh, os.O_WRONLY)).fh
+            self._keep_dropped_chunk(fh)
+            if fh in self._orphans:
+                return FileHandle(fh, self._node(fh), self._writable_orphan(fh), True)
+            try:
+                self._inode_writers[fh] = (await self._open_handle(fh, os.O_RDWR)).fh  # (reads by inode use it too)
+            except FileNotFoundError:
+                if not isinstance(self.inodes.node(fh), Scratch):
+                    raise
+                # A temporary file a shrink dropped with its key directory after the last
+                # close of one of its descriptors: the others write on, to a nameless file
+                # (what it held went with it).
+                self._keep_orphan(fh, MemContent(MemFile()))
+                return FileHandle(fh, self._node(fh), self._writable_orphan(fh), True)
         return self._handles[self._inode_writers.get(fh, fh)]
+
+    def _keep_dropped_chunk(self, inode: int) -> None:
+        """A chunk a shrinking resize dropped is to its descriptors as if unlinked: its
+        content is kept (from the first request that finds it gone) until FORGET."""
+        node = self.inodes.node(inode)
+        if inode not in self._orphans and isinstance(node, Chunk) and self.tree.resolve(node.path) != node:
+            self._keep_orphan(inode, self._content_kept(node))
+
+    def _writable_orphan(self, inode: int) -> MemContent:
+        """A file written after it lost its last name: from then on a nameless copy in
+        memory, which only its descriptors see (as on ext4)."""
+        orphan = self._orphans[inode]
+        if not (isinstance(orphan, MemContent) and orphan.writable):
+            data = orphan.read(0, self._attributes_of_open_file(inode).size)
+            orphan.close()
+            orphan = self._orphans[inode] = MemContent(MemFile(bytearray(data)), writable=True)
+        return orphan
 
     @_changes_store
     @_kernel_errors
@@ -395,10 +427,20 @@ class Operations(pyfuse3.Operations):
             self.changes += 1  # (metadata applied: names may come or go)
             await self.writer.closed(handle.node, handle.content)
             if self.without_open and os.path.basename(handle.node.path) in self._metadata_names():
-                # The kernel reads it from cached pages, up to the size the writes left: the
-                # view's file (what was applied) may differ in both.
-                await trio.to_thread.run_sync(forget_entries, [], [handle.inode], False)
+                await self._drop_pages_shown_otherwise(handle)
             self._raise_flush_failure(handle.content)  # readers are not told of writers' troubles
+
+    async def _drop_pages_shown_otherwise(self, handle: FileHandle) -> None:
+        """Metadata just written: the kernel reads it from the pages the writes left, up to
+        their size. Where the view shows other bytes (applied, normalised), it drops them.
+        (Where it shows nothing, as an empty ``.zattrs``, the kernel keeps what was written.)"""
+        node = self.tree.resolve(handle.node.path)
+        try:
+            shown = node and self.tree.read(node, 0, self.tree.attributes(node).size)
+        except (OSError, CorruptShard):
+            shown = b""
+        if node is not None and shown != handle.content.read(0, len(shown) + 1):
+            await trio.to_thread.run_sync(forget_entries, [], [handle.inode], False)
 
     @_kernel_errors
     async def release(self, fh):
@@ -628,7 +670,7 @@ class Operations(pyfuse3.Operations):
         must mean what the tree says now (a plain ``c`` directory is now a KeyDir)."""
         self.inodes.resolve_again(dir_key, self.tree.resolve)
 
-    async def _forget_cached_names(self, dir_key: str) -> None:
+    async def _forget_cached_names(self, dir_key: str, old_grid: tuple[int, ...] = (), buffered: dict | None = None) -> None:
         """A shrinking resize dropped chunks of the array at ``dir_key``: the kernel would
         find their cached names until the entry timeout (lstat succeeds, an O_CREAT open
         does not create). Dropping the array directory's own entry drops every unused
@@ -643,10 +685,48 @@ class Operations(pyfuse3.Operations):
         for path, inode in gone:  # (a file made at that name later is another file)
             self.inodes.replaced(Replaced(path), inode)
         dropped = {self._topmost_gone(path, dir_key) for path, _ in gone}
+        inodes = {inode for _, inode in gone}
+        if self.without_open:  # (which files are open is not known then: every chunk dropped)
+            chunks = self._dropped_chunks(dir_key, old_grid)
+            dropped |= {self._topmost_gone(chunk.path, dir_key) for chunk in chunks}
+            inodes |= {self.inodes.chunk_number(chunk, old_grid) for chunk in chunks} - {None}
+            inodes |= self._keep_dropped_buffered(dir_key, old_grid, buffered or {})
+            for inode, node in self.inodes.known_below(dir_key):  # (renamed or hard-linked chunks)
+                if isinstance(node, Chunk) and self.tree.resolve(node.path) != node:
+                    content = self._content_kept(node)
+                    self.inodes.replaced(Replaced(node.path), inode, self.tree._memfile(node))
+                    if isinstance(self.inodes.node(inode), Replaced):  # (else its other name goes on)
+                        self._keep_orphan(inode, content)
+                    elif content is not None:
+                        content.close()
+                    inodes.add(inode)
+                    dropped.add(self._topmost_gone(node.path, dir_key))
         entries = [e for e in map(self._kernel_entry, sorted(dropped) + ([dir_key] if dir_key else [])) if e]
-        inodes = sorted({inode for _, inode in gone})
+        inodes = sorted(inodes)
         with trio.move_on_after(INVALIDATE_WAIT):
             await trio.to_thread.run_sync(forget_entries, entries, inodes, abandon_on_cancel=True)
+
+    def _keep_dropped_buffered(self, dir_key: str, old_grid: tuple[int, ...], buffered: dict) -> set[int]:
+        """The write buffer's dropped chunks are kept as if unlinked until FORGET (which
+        comes at once for those the kernel holds no descriptor of); returns their inodes."""
+        kept = set()
+        for coords, memfile in buffered.items():
+            chunk = self.tree.chunk_at(dir_key, coords)
+            inode = memfile and chunk and (memfile.inode or self.inodes.chunk_number(chunk, old_grid))
+            if inode and not memfile.names:  # (a hard link elsewhere goes on)
+                self._keep_orphan(inode, MemContent(memfile))
+                kept.add(inode)
+        return kept
+
+    def _dropped_chunks(self, dir_key: str, old_grid: tuple[int, ...]) -> list[Chunk]:
+        """The chunks of the array at ``dir_key`` that its old grid had and its grid now has
+        not; none past DROPPED_NAMES_FORGOTTEN (the kernel then keeps their names and
+        attributes until the entry timeout)."""
+        grid = self.tree.chunk_grid(dir_key)
+        if grid is None or len(grid) != len(old_grid) or math.prod(old_grid) - math.prod(grid) > DROPPED_NAMES_FORGOTTEN:
+            return []
+        dropped = (c for c in itertools.product(*map(range, old_grid)) if any(i >= n for i, n in zip(c, grid)))
+        return [self.tree.chunk_at(dir_key, coords) for coords in dropped]
 
     def _open_names_below(self, dir_key: str) -> set[tuple[str, int]]:
         """``(path, inode)`` of the names below ``dir_key`` of open files: the name each was
