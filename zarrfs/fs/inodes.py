@@ -79,7 +79,7 @@ class InodeTable:
         if backing is not None:
             return backing
         if isinstance(node, Chunk):
-            number = self.chunk_number(node)
+            number = self._chunk_number(node)
             taken = self._nodes.get(number)
             if number is not None and (taken is None or (taken.path == node.path and not isinstance(taken, Replaced))):
                 return number  # (a number a rename gave another name is taken: hash the path instead)
@@ -170,12 +170,6 @@ class InodeTable:
                     memfile is None or self._tree._memfile(other) is memfile):
                 return other
         return None
-
-    def known_below(self, directory: str) -> list[tuple[int, Node]]:
-        """``(inode, node)`` of the numbers the kernel holds for names below ``directory``
-        that are not computed chunk numbers (renamed, hard-linked, and other files)."""
-        return [(inode, node) for inode, node in self._nodes.items()
-                if is_below(node.path, directory) and node.path != directory]
 
     def names_of(self, inode: int) -> set[str]:
         """The names the kernel knows of a hard-linked ``inode`` (none for other inodes)."""
@@ -296,9 +290,8 @@ class InodeTable:
             array = self._array_numbers[(array_key, grid)] = self._new_array_number(array_key, grid)
         return array
 
-    def chunk_number(self, node: Chunk, grid: tuple[int, ...] | None = None) -> int | None:
-        """The number of chunk ``node`` in its array's grid now, or in ``grid`` (before a resize)."""
-        grid = grid or self._tree.chunk_grid(node.array)
+    def _chunk_number(self, node: Chunk) -> int | None:
+        grid = self._tree.chunk_grid(node.array)
         if grid is None or len(node.coords) != len(grid):
             return None
         array = self._array_number(node.array, grid)

@@ -157,11 +157,9 @@ class MetadataWriter:
     def changed(self, dir_key: str) -> None:
         """Called when a directory starts or stops being an array (operations re-resolves inodes)."""
 
-    async def dropped(self, dir_key: str, old_grid: tuple[int, ...], buffered: dict) -> None:
-        """Called when a shrinking resize dropped chunks of the array at ``dir_key``, whose
-        chunk grid was ``old_grid``, and the write buffer's files of dropped chunks
-        (``{coords: MemFile or None}``); operations makes the kernel forget the names it
-        cached there."""
+    async def dropped(self, dir_key: str) -> None:
+        """Called when a shrinking resize dropped chunks of the array at ``dir_key``
+        (operations makes the kernel forget the names it cached there)."""
 
     async def _adopt_chunk_files(self, dir_key: str) -> None:
         """``cp -r`` copies in directory order, so chunk files may arrive before their
@@ -311,14 +309,13 @@ class MetadataWriter:
         """After a shrink: shards with chunks outside the new grid are repacked without them."""
         if all(n >= o for n, o in zip(new.chunk_grid, old.chunk_grid)):
             return
-        buffered = {coords: memfile for coords, memfile in self.tree.overlay.chunks_of(dir_key).items()
-                    if not new.in_grid(coords)}
-        for coords in buffered:
-            self.tree.overlay.unbind(chunk_name(dir_key, coords))
+        for coords in list(self.tree.overlay.chunks_of(dir_key)):
+            if not new.in_grid(coords):
+                self.tree.overlay.unbind(chunk_name(dir_key, coords))
         self._drop_key_directories_beyond(dir_key, new)
         for shard in await trio.to_thread.run_sync(self._shards_beyond, dir_key, old, new):
             self.flusher.repack_soon((dir_key, shard))
-        await self.dropped(dir_key, old.chunk_grid, buffered)
+        await self.dropped(dir_key)
 
     def _drop_key_directories_beyond(self, dir_key: str, new) -> None:
         """Key directories outside the new grid are gone, with what the buffer held in them

@@ -18,12 +18,10 @@ Caveats, honestly:
 from __future__ import annotations
 
 import collections
-import contextlib
 import errno
 import functools
 import itertools
 import logging
-import math
 import os
 import stat
 from dataclasses import replace
@@ -33,7 +31,7 @@ import trio
 
 from ..format.shard_index import CorruptShard
 from .inodes import InodeTable
-from .overlay import MemFile, is_below
+from .overlay import is_below
 from ..store.base import FileChanged
 from .treelock import TreeLock
 from .tree import Attributes, Chunk, FetchedChunk, FileRange, MemContent, MetadataFile, Node, Plain, Replaced, Scratch, StatusFile, ViewTree
@@ -43,12 +41,8 @@ log = logging.getLogger("zarrfs")
 FETCHES_AT_ONCE = 32  # object store requests for open chunks waiting on the server together
 TREE_CALLS_AT_ONCE = 16  # lookups, attributes, listings waiting on an object store together
 
-DROPPED_NAMES_FORGOTTEN = 4096  # names of chunks a shrink dropped that the kernel is told to forget
 INVALIDATE_WAIT = 1.0  # seconds a request waits for the kernel to drop cached names
 READDIR_WINDOW = 128  # chunks whose inode numbers readdir computes at once (about what a reply holds)
-# Set in the daemon's handle numbers: without OPEN the kernel names a file by its inode
-# number instead (all below it, inodes.py), so the two never meet.
-HANDLE_NUMBER = 1 << 63
 
 
 def _kernel_errors(handler):
@@ -115,16 +109,11 @@ class Operations(pyfuse3.Operations):
         features = getattr(pyfuse3, "FEATURES", frozenset())  # zarrfs's pyfuse3 build: patches/
         # Files opened only to read need no FLUSH at close (a round trip per file).
         self.noflush = "noflush" in features
-        # No OPEN or RELEASE at all (the kernel's no-open mode): READ, WRITE, FLUSH and
-        # FSYNC name the inode (CREATE still opens a handle), and the kernel keeps cached
-        # pages, dropping them when a file's size or mtime changes. Not on an object store:
-        # there an open file is one version fetched at open, which reads by inode (one
-        # request each, of whatever version is stored then) could not keep.
-        needed = {"read_without_open"} | ({"write_without_open", "atomic_o_trunc"} if writer else set())
-        self.without_open = needed <= features and tree.store.capabilities.cheap_calls
-        self.atomic_o_trunc = not self.without_open  # (else O_TRUNC, sent with no OPEN, would be lost)
-        self._inode_writers: dict[int, int] = {}  # without OPEN: inode -> the handle its writes use until a close
-        self._orphans: dict[int, object] = {}  # without OPEN: contents of unlinked files until the kernel forgets them
+        # A read-only mount needs no OPEN or RELEASE either: reads name the inode. Not on
+        # an object store: there an open file is one version fetched at open, which reads
+        # by inode (one request each, of whatever version is stored then) could not keep.
+        self.without_open = (writer is None and "read_without_open" in features
+                             and tree.store.capabilities.cheap_calls)
 
     # -- names and attributes ----------------------------------------------
 
@@ -155,7 +144,6 @@ class Operations(pyfuse3.Operations):
         try:
             attributes = await self._in_tree(self.tree.attributes, node)
         except FileNotFoundError:
-            self._keep_dropped_chunk(inode)
             try:
                 attributes = self._attributes_of_open_file(inode)  # unlinked but still open, as on ext4
             except FileNotFoundError:
@@ -174,8 +162,8 @@ class Operations(pyfuse3.Operations):
         return fresh
 
     def _attributes_of_open_file(self, inode: int) -> Attributes:
-        orphan = [self._orphans[inode]] if inode in self._orphans else []
-        for content in [self._handles[fh].content for fh in self._open_by_inode.get(inode, ())] + orphan:
+        for fh in self._open_by_inode.get(inode, ()):
+            content = self._handles[fh].content
             if isinstance(content, MemContent):
                 return Attributes.of_memfile(content.memfile)
             if isinstance(content, FileRange):  # a chunk's range of its shard, or a whole plain file
@@ -189,12 +177,6 @@ class Operations(pyfuse3.Operations):
     async def forget(self, inode_list):
         for inode, count in inode_list:
             self.inodes.forget(inode, count)
-            orphan = self._orphans.pop(inode, None)
-            if orphan is not None:
-                orphan.close()
-            if inode in self._inode_writers:  # written after its last close (through a shared mmap)
-                with contextlib.suppress(pyfuse3.FUSEError):  # (a failed repack: fsync and the status tell)
-                    await self.flush(inode)
 
     @_kernel_errors
     async def readlink(self, inode, ctx):
@@ -308,10 +290,9 @@ class Operations(pyfuse3.Operations):
     @_kernel_errors
     async def open(self, inode, flags, ctx):
         if self.without_open:
-            raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel stops sending OPEN: see __init__
-        return await self._open_handle(inode, flags)
-
-    async def _open_handle(self, inode: int, flags: int) -> pyfuse3.FileInfo:
+            # The kernel stops sending OPEN and RELEASE, keeps cached pages (it drops
+            # them when a file's size or mtime changes) and sends reads by inode.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         node = self._node(inode)
         writable = bool(flags & (os.O_WRONLY | os.O_RDWR))
         try:
@@ -357,54 +338,15 @@ class Operations(pyfuse3.Operations):
 
     @_kernel_errors
     async def read(self, fh, offset, size):
-        handle = self._handles.get(fh) or self._handles.get(self._inode_writers.get(fh))
-        if handle is not None:
-            return handle.content.read(offset, size)
-        if fh in self._orphans:  # without OPEN (fh is the inode): an unlinked file
-            return self._orphans[fh].read(offset, size)
-        return self.tree.read(self._node(fh), offset, size)
+        if self.without_open:
+            return self.tree.read(self._node(fh), offset, size)  # fh is the inode
+        return self._handles[fh].content.read(offset, size)
 
     @_kernel_errors
     async def write(self, fh, offset, data):
         await self.flusher.wait_for_room()
         await self.writer.spill_pending(self.flusher.max_dirty)
-        return self.writer.write((await self._writing_handle(fh)).content, offset, data)
-
-    async def _writing_handle(self, fh: int) -> FileHandle:
-        """The handle ``fh``; without OPEN (``fh`` is the inode) the handle the inode's
-        writes go to until the next close of any of its descriptors."""
-        if fh not in self._handles and fh not in self._inode_writers:
-            self._keep_dropped_chunk(fh)
-            if fh in self._orphans:
-                return FileHandle(fh, self._node(fh), self._writable_orphan(fh), True)
-            try:
-                self._inode_writers[fh] = (await self._open_handle(fh, os.O_RDWR)).fh  # (reads by inode use it too)
-            except FileNotFoundError:
-                if not isinstance(self.inodes.node(fh), Scratch):
-                    raise
-                # A temporary file a shrink dropped with its key directory after the last
-                # close of one of its descriptors: the others write on, to a nameless file
-                # (what it held went with it).
-                self._keep_orphan(fh, MemContent(MemFile()))
-                return FileHandle(fh, self._node(fh), self._writable_orphan(fh), True)
-        return self._handles[self._inode_writers.get(fh, fh)]
-
-    def _keep_dropped_chunk(self, inode: int) -> None:
-        """A chunk a shrinking resize dropped is to its descriptors as if unlinked: its
-        content is kept (from the first request that finds it gone) until FORGET."""
-        node = self.inodes.node(inode)
-        if inode not in self._orphans and isinstance(node, Chunk) and self.tree.resolve(node.path) != node:
-            self._keep_orphan(inode, self._content_kept(node))
-
-    def _writable_orphan(self, inode: int) -> MemContent:
-        """A file written after it lost its last name: from then on a nameless copy in
-        memory, which only its descriptors see (as on ext4)."""
-        orphan = self._orphans[inode]
-        if not (isinstance(orphan, MemContent) and orphan.writable):
-            data = orphan.read(0, self._attributes_of_open_file(inode).size)
-            orphan.close()
-            orphan = self._orphans[inode] = MemContent(MemFile(bytearray(data)), writable=True)
-        return orphan
+        return self.writer.write(self._handles[fh].content, offset, data)
 
     @_changes_store
     @_kernel_errors
@@ -412,41 +354,14 @@ class Operations(pyfuse3.Operations):
         """close(): apply metadata files, and report a failed repack of this file's shard."""
         if self.writer is None:
             raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel then stops asking: one round trip less per close
-        if fh in self._handles:
-            await self._closed(self._handles[fh])
-            return
-        fh = self._inode_writers.pop(fh, None)  # without OPEN: the inode of the descriptor closed
-        if fh is not None:
-            try:
-                await self._closed(self._handles[fh])
-            finally:
-                self._release(fh)
-
-    async def _closed(self, handle: FileHandle) -> None:
+        handle = self._handles[fh]
         if handle.writable:
             self.changes += 1  # (metadata applied: names may come or go)
             await self.writer.closed(handle.node, handle.content)
-            if self.without_open and os.path.basename(handle.node.path) in self._metadata_names():
-                await self._drop_pages_shown_otherwise(handle)
             self._raise_flush_failure(handle.content)  # readers are not told of writers' troubles
-
-    async def _drop_pages_shown_otherwise(self, handle: FileHandle) -> None:
-        """Metadata just written: the kernel reads it from the pages the writes left, up to
-        their size. Where the view shows other bytes (applied, normalised), it drops them.
-        (Where it shows nothing, as an empty ``.zattrs``, the kernel keeps what was written.)"""
-        node = self.tree.resolve(handle.node.path)
-        try:
-            shown = node and self.tree.read(node, 0, self.tree.attributes(node).size)
-        except (OSError, CorruptShard):
-            shown = b""
-        if node is not None and shown != handle.content.read(0, len(shown) + 1):
-            await trio.to_thread.run_sync(forget_entries, [], [handle.inode], False)
 
     @_kernel_errors
     async def release(self, fh):
-        self._release(fh)
-
-    def _release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
         if isinstance(handle, FileHandle):
             handles = self._open_by_inode.get(handle.inode, set())
@@ -461,18 +376,7 @@ class Operations(pyfuse3.Operations):
     @_changes_store
     @_kernel_errors
     async def fsync(self, fh, datasync):
-        handle = self._handles.get(fh) or self._handles.get(self._inode_writers.get(fh))
-        if handle is not None:
-            await self._fsync(handle.content)
-            return
-        content = self._orphans.get(fh) or await self._readable(self._node(fh))  # without OPEN: the inode
-        try:
-            await self._fsync(content)
-        finally:
-            if content is not self._orphans.get(fh):
-                content.close()
-
-    async def _fsync(self, content) -> None:
+        content = self._handles[fh].content
         if isinstance(content, MemContent):
             await self.flusher.flush_memfile(content.memfile)
             await self.writer.fsynced(content.memfile)
@@ -506,20 +410,7 @@ class Operations(pyfuse3.Operations):
                                                   os.fsdecode(name), mode, flags, (ctx.uid, ctx.gid))
         entry = self._entry(node, await self._in_tree(self.tree.attributes, node))
         self.inodes.remember(node)
-        info = self._file_info(entry.st_ino, node, content)
-        if self.without_open:
-            self._write_by_inode(entry.st_ino, info)
-        return info, entry
-
-    def _write_by_inode(self, inode: int, info: pyfuse3.FileInfo) -> None:
-        """Without OPEN the kernel sends no RELEASE, not even for a created file: the new
-        handle becomes the inode's writing handle, closed at the next close of the file,
-        and the kernel gets handle 0 (then names the file by inode)."""
-        if inode in self._inode_writers:  # (O_CREAT of a file being written already)
-            self._release(info.fh)
-        else:
-            self._inode_writers[inode] = info.fh
-        info.fh = 0
+        return self._file_info(entry.st_ino, node, content), entry
 
     @_changes_store
     @_kernel_errors
@@ -557,31 +448,9 @@ class Operations(pyfuse3.Operations):
         last = node is not None and self._only_name(node)
         inode = node and self.inodes.inode_of(node)
         memfile = node and self.tree._memfile(node)
-        orphan = self._content_kept(node) if last else None
         await self._writer().unlink(parent, name)
         if node is not None:
-            held = self._keep_orphan(inode, orphan) or inode in self._open_by_inode
-            self.inodes.unlinked(node, inode, last, held, memfile)
-
-    def _content_kept(self, node: Node):
-        """Without OPEN the daemon cannot tell whether a file losing its last name is open:
-        its content is kept until the kernel forgets the inode (at once, unless it is
-        open), so that descriptors read what they read before, as on ext4."""
-        if not self.without_open or not isinstance(node, (Chunk, Scratch, Plain)):
-            return None
-        try:
-            return self.tree.open(node)
-        except (OSError, CorruptShard):
-            return None
-
-    def _keep_orphan(self, inode: int, content) -> bool:
-        if content is None:
-            return False
-        previous = self._orphans.pop(inode, None)
-        if previous is not None:
-            previous.close()
-        self._orphans[inode] = content
-        return True
+            self.inodes.unlinked(node, inode, last, inode in self._open_by_inode, memfile)
 
     def _only_name(self, node: Node) -> bool:
         """Whether ``node`` is its file's only name: a stored chunk, a buffered file with
@@ -608,14 +477,9 @@ class Operations(pyfuse3.Operations):
         inode = source and self.inodes.inode_of(source)
         replaced_inode = replaced and self.inodes.inode_of(replaced)
         replaced_file = replaced and self.tree._memfile(replaced)  # its other names, if hard-linked
-        orphan = self._content_kept(replaced) if replaced is not None and self.without_open and self._only_name(
-            replaced) else None
         moved, directory = await self._writer().rename(old_parent, old, new_parent, new, flags)
         if replaced is not None and source is not None and replaced.path != source.path:
             self.inodes.replaced(replaced, replaced_inode, replaced_file)
-            self._keep_orphan(replaced_inode, orphan)
-        elif orphan is not None:
-            orphan.close()
         if source is not None:
             self.inodes.rename(source, moved, inode)
             if directory:
@@ -642,12 +506,7 @@ class Operations(pyfuse3.Operations):
     async def setattr(self, inode, attr, fields, fh, ctx):
         node = self._node(inode)
         writer = self._writer()
-        handle = self._handles.get(fh) or self._handles.get(self._inode_writers.get(inode))
-        if handle is None and fields.update_size and self.without_open:
-            # Perhaps an O_TRUNC open (sent as this, with no OPEN): truncated through a
-            # writable handle, so that no flush stores the empty file before the writes that
-            # follow (SPEC §6); it is settled at the next close or fsync, as any write.
-            handle = await self._writing_handle(inode)
+        handle = self._handles.get(fh) if fh is not None else None
         # ftruncate names its descriptor: act on the open file, whatever its name is now (or if it has none)
         open_file = handle.content if handle is not None and handle.writable else None
         if fields.update_size:
@@ -670,7 +529,7 @@ class Operations(pyfuse3.Operations):
         must mean what the tree says now (a plain ``c`` directory is now a KeyDir)."""
         self.inodes.resolve_again(dir_key, self.tree.resolve)
 
-    async def _forget_cached_names(self, dir_key: str, old_grid: tuple[int, ...] = (), buffered: dict | None = None) -> None:
+    async def _forget_cached_names(self, dir_key: str) -> None:
         """A shrinking resize dropped chunks of the array at ``dir_key``: the kernel would
         find their cached names until the entry timeout (lstat succeeds, an O_CREAT open
         does not create). Dropping the array directory's own entry drops every unused
@@ -685,48 +544,10 @@ class Operations(pyfuse3.Operations):
         for path, inode in gone:  # (a file made at that name later is another file)
             self.inodes.replaced(Replaced(path), inode)
         dropped = {self._topmost_gone(path, dir_key) for path, _ in gone}
-        inodes = {inode for _, inode in gone}
-        if self.without_open:  # (which files are open is not known then: every chunk dropped)
-            chunks = self._dropped_chunks(dir_key, old_grid)
-            dropped |= {self._topmost_gone(chunk.path, dir_key) for chunk in chunks}
-            inodes |= {self.inodes.chunk_number(chunk, old_grid) for chunk in chunks} - {None}
-            inodes |= self._keep_dropped_buffered(dir_key, old_grid, buffered or {})
-            for inode, node in self.inodes.known_below(dir_key):  # (renamed or hard-linked chunks)
-                if isinstance(node, Chunk) and self.tree.resolve(node.path) != node:
-                    content = self._content_kept(node)
-                    self.inodes.replaced(Replaced(node.path), inode, self.tree._memfile(node))
-                    if isinstance(self.inodes.node(inode), Replaced):  # (else its other name goes on)
-                        self._keep_orphan(inode, content)
-                    elif content is not None:
-                        content.close()
-                    inodes.add(inode)
-                    dropped.add(self._topmost_gone(node.path, dir_key))
         entries = [e for e in map(self._kernel_entry, sorted(dropped) + ([dir_key] if dir_key else [])) if e]
-        inodes = sorted(inodes)
+        inodes = sorted({inode for _, inode in gone})
         with trio.move_on_after(INVALIDATE_WAIT):
             await trio.to_thread.run_sync(forget_entries, entries, inodes, abandon_on_cancel=True)
-
-    def _keep_dropped_buffered(self, dir_key: str, old_grid: tuple[int, ...], buffered: dict) -> set[int]:
-        """The write buffer's dropped chunks are kept as if unlinked until FORGET (which
-        comes at once for those the kernel holds no descriptor of); returns their inodes."""
-        kept = set()
-        for coords, memfile in buffered.items():
-            chunk = self.tree.chunk_at(dir_key, coords)
-            inode = memfile and chunk and (memfile.inode or self.inodes.chunk_number(chunk, old_grid))
-            if inode and not memfile.names:  # (a hard link elsewhere goes on)
-                self._keep_orphan(inode, MemContent(memfile))
-                kept.add(inode)
-        return kept
-
-    def _dropped_chunks(self, dir_key: str, old_grid: tuple[int, ...]) -> list[Chunk]:
-        """The chunks of the array at ``dir_key`` that its old grid had and its grid now has
-        not; none past DROPPED_NAMES_FORGOTTEN (the kernel then keeps their names and
-        attributes until the entry timeout)."""
-        grid = self.tree.chunk_grid(dir_key)
-        if grid is None or len(grid) != len(old_grid) or math.prod(old_grid) - math.prod(grid) > DROPPED_NAMES_FORGOTTEN:
-            return []
-        dropped = (c for c in itertools.product(*map(range, old_grid)) if any(i >= n for i, n in zip(c, grid)))
-        return [self.tree.chunk_at(dir_key, coords) for coords in dropped]
 
     def _open_names_below(self, dir_key: str) -> set[tuple[str, int]]:
         """``(path, inode)`` of the names below ``dir_key`` of open files: the name each was
@@ -778,7 +599,7 @@ class Operations(pyfuse3.Operations):
         return None
 
     def _new_handle(self, content) -> int:
-        handle = HANDLE_NUMBER | next(self._next_handle)
+        handle = next(self._next_handle)
         self._handles[handle] = content
         return handle
 
@@ -818,10 +639,9 @@ class Operations(pyfuse3.Operations):
         return sum(1 for h in self._handles.values() if isinstance(h, FileHandle) and h.writable)
 
 
-def forget_entries(entries: list[tuple[int, str]], inodes: list[int] = (), attr_only: bool = True) -> None:
+def forget_entries(entries: list[tuple[int, str]], inodes: list[int] = ()) -> None:
     """The kernel forgets these directory entries (and what is cached below them), and
-    the attributes it caches of these inodes (open files that lost their names: nlink 0),
-    with their cached pages unless ``attr_only``."""
+    the attributes it caches of these inodes (open files that lost their names: nlink 0)."""
     for parent_inode, name in entries:
         try:
             pyfuse3.invalidate_entry(parent_inode, os.fsencode(name))
@@ -829,7 +649,7 @@ def forget_entries(entries: list[tuple[int, str]], inodes: list[int] = (), attr_
             pass  # (ENOENT: the kernel holds no such entry)
     for inode in inodes:
         try:
-            pyfuse3.invalidate_inode(inode, attr_only=attr_only)
+            pyfuse3.invalidate_inode(inode, attr_only=True)
         except OSError:
             pass  # (ENOENT: the kernel forgot it meanwhile)
 
