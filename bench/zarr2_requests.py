@@ -3,41 +3,70 @@ array through a fresh ``--view v2`` mount (issue 14's profile of legacy writers 
 
     .venv/bin/python bench/zarr2_requests.py [CHUNK_SIDE]     # 64 (4 KiB, as D2) or 256 (64 KiB, as D1)
 """
-import json, os, shutil, subprocess, sys, tempfile
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
-REPO = Path(__file__).resolve().parent.parent
+
+from common import REPO, ZARRFS, cpu_seconds, zarrfs_status
+
 sys.path.insert(0, str(REPO / "tests"))
 from legacy import zarr2_python  # noqa: E402  (the venv the tests use, cached in .cache/)
-Z2 = str(zarr2_python())
-ZARRFS = [sys.executable, "-m", "zarrfs"]
-work = tempfile.mkdtemp(prefix="z2rw-"); store, mnt = f"{work}/store", f"{work}/mnt"
-os.makedirs(store); os.makedirs(mnt)
-def mount(): subprocess.run([*ZARRFS, "mount", store, mnt, "--view", "v2"], check=True)
-def umount(): subprocess.run([*ZARRFS, "umount", mnt], check=True)
-def status(): return json.load(open(f"{mnt}/.zarrfs/status"))
-def cpu(pid):
-    f = open(f"/proc/{pid}/stat").read().split(")")[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-SIDE = int(sys.argv[1]) if len(sys.argv) > 1 else 64
-N = 64 if SIDE <= 64 else 32  # chunks per axis
-WRITE = f"""
-import zarr, numpy as np, time, sys
-a = zarr.open_array(sys.argv[1] + '/arr', mode='w', shape=({N*SIDE},{N*SIDE}), chunks=({SIDE},{SIDE}), dtype='u1', compressor=None)
-t = time.monotonic(); a[...] = np.random.default_rng(1).integers(1, 255, size=a.shape, dtype='u1'); print(time.monotonic() - t)
+
+# Each prints the seconds zarr-python 2 took, after its imports.
+WRITE = """
+import sys, time
+import numpy as np, zarr
+side, n = int(sys.argv[2]), int(sys.argv[3])
+a = zarr.open_array(sys.argv[1] + '/arr', mode='w', shape=(n * side, n * side), chunks=(side, side),
+                    dtype='u1', compressor=None)
+data = np.random.default_rng(1).integers(1, 255, size=a.shape, dtype='u1')
+start = time.monotonic()
+a[...] = data
+print(time.monotonic() - start)
 """
 READ = """
-import zarr, time, sys
+import sys, time
+import zarr
 a = zarr.open_array(sys.argv[1] + '/arr', mode='r')
-t = time.monotonic(); a[...]; print(time.monotonic() - t)
+start = time.monotonic()
+a[...]
+print(time.monotonic() - start)
 """
-for what, script in (("write", WRITE), ("read", READ)):
-    mount()
+
+
+def measure(store: Path, mountpoint: Path, script: str, side: int, n: int) -> tuple[float, float, dict]:
+    """zarr-python 2's seconds, the daemon's CPU seconds and its requests, by kind, while
+    ``script`` runs against a fresh mount."""
+    subprocess.run([str(ZARRFS), "mount", str(store), str(mountpoint), "--view", "v2"], check=True)
     try:
-        s0 = status(); pid = s0["pid"]; c0 = cpu(pid)
-        out = subprocess.run([Z2, "-c", script, mnt], check=True, capture_output=True, text=True).stdout
-        s1 = status(); c1 = cpu(pid)
-        per = {k: round((v - s0["requests"].get(k, 0)) / N**2, 2) for k, v in s1["requests"].items() if v != s0["requests"].get(k, 0)}
-        print(f"{what}: {N*N} chunks, zarr2 {float(out):.2f} s, daemon CPU {c1-c0:.2f} s; requests per chunk {per}")
+        before = zarrfs_status(mountpoint)
+        cpu = cpu_seconds(before["pid"])
+        out = subprocess.run([str(zarr2_python()), "-c", script, str(mountpoint), str(side), str(n)],
+                             check=True, capture_output=True, text=True).stdout
+        after = zarrfs_status(mountpoint)
+        requests = {kind: count - before["requests"].get(kind, 0) for kind, count in after["requests"].items()}
+        return float(out), cpu_seconds(before["pid"]) - cpu, {k: v for k, v in requests.items() if v}
     finally:
-        umount()
-shutil.rmtree(work)
+        subprocess.run([str(ZARRFS), "umount", str(mountpoint)], check=True)
+
+
+def main() -> None:
+    side = int(sys.argv[1]) if len(sys.argv) > 1 else 64
+    n = 64 if side <= 64 else 32  # chunks per axis
+    with tempfile.TemporaryDirectory(prefix="zarrfs-zarr2-requests-") as work:
+        store, mountpoint = Path(work) / "store", Path(work) / "mnt"
+        store.mkdir()
+        mountpoint.mkdir()
+        for what, script in (("write", WRITE), ("read", READ)):
+            seconds, cpu, requests = measure(store, mountpoint, script, side, n)
+            per_chunk = {kind: round(count / n**2, 2) for kind, count in sorted(requests.items())}
+            print(f"{what}: {n * n} chunks of {side} x {side} bytes, zarr-python 2 {seconds:.2f} s, "
+                  f"daemon CPU {cpu:.2f} s; requests per chunk {per_chunk}")
+
+
+if __name__ == "__main__":
+    main()
