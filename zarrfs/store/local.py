@@ -386,9 +386,7 @@ class LocalStore:
                 os.fchmod(fd, mode)  # (not the umask's)
                 if os.geteuid() == 0:
                     os.fchown(fd, *owner)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _pwrite_all(fd, data, 0)
 
     @contextlib.contextmanager
     def _replacing(self, key: str, mode: int):
@@ -713,10 +711,7 @@ class LocalStore:
                 tail = finish(sizes)
                 if tail is None:
                     raise _NothingToWrite
-                view = memoryview(tail)
-                while view:
-                    written = os.pwrite(fd, view, end)
-                    view, end = view[written:], end + written
+                _pwrite_all(fd, tail, end)
         except _NothingToWrite:
             pass
         return sizes
@@ -777,11 +772,16 @@ class LocalStore:
             if error.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                 raise
         data = os.read(src_fd, min(count, READ_BLOCK))
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(out_fd, view, offset)
-            view, offset = view[written:], offset + written
+        _pwrite_all(out_fd, data, offset)
         return len(data)
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    """All of ``data`` at ``offset`` (a write may take fewer bytes than it is given)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 TEMPORARY_PREFIX = ".zarrfs-tmp-"
