@@ -270,7 +270,7 @@ class ViewTree:
         # The stored chunks of the key directories of one row of shards, made at once and kept
         # while those shards' versions stay: find and ls -R list the directories of a row one
         # after another (see _row_of_runs).
-        self._rows_of_runs: LRU[tuple] = LRU(LISTED_CHUNKS_KEPT, weight=lambda kept: kept[3])
+        self._rows_of_runs: LRU[tuple] = LRU(LISTED_CHUNKS_KEPT, weight=lambda kept: sum(map(len, kept[2].values())))
 
     # -- navigation ---------------------------------------------------------
 
@@ -568,7 +568,7 @@ class ViewTree:
             parts = view.keys.components(head + (row,) + (0,) * (array.ndim - axis - 1))[:-1]
             runs[row] = self._chunk_run(array_key, view, join(array_key, *parts), stored, order[start:stop],
                                         shard[start:stop], attributes)
-        self._rows_of_runs.put(key, (view, (shards, versions), runs, len(order)))
+        self._rows_of_runs.put(key, (view, (shards, versions), runs))
         return runs
 
     @staticmethod
