@@ -223,10 +223,8 @@ class Flusher:
         staged = self.overlay.staged.get(array_key, {})
         adopted = [staged[c] for c in snapshot if c in staged]  # superseded once the shard is stored
         try:
-            with self.tree.store.changing():
-                await trio.to_thread.run_sync(
-                    self._repack, array_key, min(view.hidden), layout, shard, replacements, adopted,
-                    limiter=self._threads)
+            await trio.to_thread.run_sync(self._repack, array_key, min(view.hidden), layout, shard,
+                                          replacements, adopted, limiter=self._threads)
         except OSError as error:
             raise self._failed(shard_id, error) from None
         self.flushes_done += 1

@@ -66,20 +66,15 @@ def _kernel_errors(handler):
     return wrapped
 
 
-_CHANGES_NAMES = {"create", "mkdir", "symlink", "link", "unlink", "rmdir", "rename"}
-
-
-def _changes_store(handler):
-    """Stats remembered before a change through the mount must not answer after it."""
+def _changes_names(handler):
+    """Names may have come or gone: listings made before are checked again as they are read."""
 
     @functools.wraps(handler)
     async def wrapped(self, *args):
         try:
-            with self.tree.store.changing():
-                return await handler(self, *args)
+            return await handler(self, *args)
         finally:
-            if handler.__name__ in _CHANGES_NAMES:
-                self.changes += 1  # (listings made before it are checked again as they are read)
+            self.changes += 1
 
     return wrapped
 
@@ -304,8 +299,7 @@ class Operations(pyfuse3.Operations):
     async def _opened(self, inode: int, node: Node, flags: int, writable: bool) -> pyfuse3.FileInfo:
         if not writable:
             return self._file_info(inode, node, await self._readable(node), writable)
-        with self.tree.store.changing():
-            return self._file_info(inode, node, self._writer().open(node, flags), writable)
+        return self._file_info(inode, node, self._writer().open(node, flags), writable)
 
     async def _readable(self, node: Node):
         """The tree's open file of ``node``; an object store's chunk is fetched in a worker
@@ -348,7 +342,6 @@ class Operations(pyfuse3.Operations):
         await self.writer.spill_pending(self.flusher.max_dirty)
         return self.writer.write(self._handles[fh].content, offset, data)
 
-    @_changes_store
     @_kernel_errors
     async def flush(self, fh):
         """close(): apply metadata files, and report a failed repack of this file's shard."""
@@ -373,7 +366,6 @@ class Operations(pyfuse3.Operations):
             if isinstance(handle.content, MemContent):
                 self.tree.forget_clean(handle.content.memfile)
 
-    @_changes_store
     @_kernel_errors
     async def fsync(self, fh, datasync):
         content = self._handles[fh].content
@@ -383,7 +375,6 @@ class Operations(pyfuse3.Operations):
         elif isinstance(content, PlainWriter):
             await trio.to_thread.run_sync(content.file.fsync)  # may take seconds on NFS or Lustre, or a PUT
 
-    @_changes_store
     @_kernel_errors
     async def fsyncdir(self, fh, datasync):
         """tensorstore renames onto a chunk key, then fsyncs the directory."""
@@ -403,7 +394,7 @@ class Operations(pyfuse3.Operations):
 
     # -- changing names -------------------------------------------------------
 
-    @_changes_store
+    @_changes_names
     @_kernel_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
         node, content = await self._changing_tree(self._writer().create, self._node(parent_inode),
@@ -412,21 +403,21 @@ class Operations(pyfuse3.Operations):
         self.inodes.remember(node)
         return self._file_info(entry.st_ino, node, content), entry
 
-    @_changes_store
+    @_changes_names
     @_kernel_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
         node = await self._changing_tree(self._writer().mkdir, self._node(parent_inode), os.fsdecode(name), mode,
                                          (ctx.uid, ctx.gid))
         return await self._remembered_entry(node)
 
-    @_changes_store
+    @_changes_names
     @_kernel_errors
     async def symlink(self, parent_inode, name, target, ctx):
         node = await self._changing_tree(self._writer().symlink, self._node(parent_inode), os.fsdecode(name),
                                          os.fsdecode(target), (ctx.uid, ctx.gid))
         return await self._remembered_entry(node)
 
-    @_changes_store
+    @_changes_names
     @_kernel_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
         source = self._node(inode)
@@ -439,7 +430,7 @@ class Operations(pyfuse3.Operations):
         attributes = self.tree.attributes(node)
         return self._entry(node, attributes, self.inodes.link(inode, source, node))  # one inode, two names
 
-    @_changes_store
+    @_changes_names
     @_kernel_errors
     async def unlink(self, parent_inode, name, ctx):
         parent, name = self._node(parent_inode), os.fsdecode(name)
@@ -461,12 +452,12 @@ class Operations(pyfuse3.Operations):
         memfile = self.tree._memfile(node)
         return isinstance(node, (Chunk, Scratch)) and (memfile is None or len(memfile.names) == 1)
 
-    @_changes_store
+    @_changes_names
     @_kernel_errors
     async def rmdir(self, parent_inode, name, ctx):
         await self._writer().rmdir(self._node(parent_inode), os.fsdecode(name))
 
-    @_changes_store
+    @_changes_names
     @_kernel_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
@@ -501,7 +492,6 @@ class Operations(pyfuse3.Operations):
             handle.node = moved
             previous.close()
 
-    @_changes_store
     @_kernel_errors
     async def setattr(self, inode, attr, fields, fh, ctx):
         node = self._node(inode)

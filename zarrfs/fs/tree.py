@@ -376,8 +376,8 @@ class ViewTree:
 
     def _backing_child(self, dir_key: str, name: str) -> Node | None:
         key = join(dir_key, name)
-        try:
-            self.store.lstat(key)
+        try:  # (a writer's temporary beside chunks is looked up, created, renamed: one lstat serves)
+            self.store.recent_stat(key, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
             return None
         return Plain(key)
@@ -717,7 +717,7 @@ class ViewTree:
             return content
         for _ in range(3):
             view, location = self._locate_or_gone(node)
-            shared = self.store.share(location.shard_key)  # the reader keeps this version
+            shared = self.store.share(location.shard_key, version(location.shard_stat))  # the reader keeps it
             if shared.version == version(location.shard_stat):
                 return FileRange(shared, location.offset, location.length, location.version)
             shared.release()  # replaced since we last looked: look again

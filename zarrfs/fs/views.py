@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field, replace
 
 from ..format.keys import ChunkKeyEncoding
@@ -35,6 +36,10 @@ VIEWS = ("v3", "v2")
 # Larger metadata is no metadata zarrfs serves (its directory shows as plain files):
 # real zarr.json files are kilobytes, consolidated ones of big hierarchies megabytes.
 METADATA_LIMIT = 16 << 20
+# A directory's view serves this long unless the store changed through the mount: one
+# request asks for it several times (the name, then its attributes), a walk thousands.
+VIEWS_REUSED_FOR = 0.1  # seconds (on top of the store's own reuse of stats)
+RECENT_VIEWS_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class Views:
         self.store = store
         self.view = view
         self._cache: LRU[tuple] = LRU(capacity)
+        self._recent: dict[str, tuple[int, float, DirView | None]] = {}  # (store generation, when, view)
         # Metadata files unlinked through the mount, by directory. The backing
         # metadata stays until the directory is removed (``rm -r`` deletes the
         # metadata, then the chunks, in any order), so chunk names keep working.
@@ -68,6 +74,24 @@ class Views:
 
     def of(self, dir_key: str) -> DirView | None:
         """The view of ``dir_key``, or None when it is shown as it is."""
+        generation, now = self.store.generation(), time.monotonic()  # (before: a change may end meanwhile)
+        recent = self._recent.get(dir_key)
+        if (recent is not None and generation is not None and recent[0] == generation
+                and now - recent[1] < VIEWS_REUSED_FOR):
+            view = recent[2]
+        else:
+            view = self._current(dir_key)
+            if generation is not None:
+                if len(self._recent) >= RECENT_VIEWS_MAX:
+                    self._recent.clear()
+                self._recent[dir_key] = (generation, now, view)
+        gone = self.removed.get(dir_key)
+        if gone and view is not None:
+            view = replace(view, metadata={n: d for n, d in view.metadata.items() if n not in gone})
+        return view
+
+    def _current(self, dir_key: str) -> DirView | None:
+        """The view of ``dir_key`` as its metadata files are now (built again when they changed)."""
         source = self._metadata_source(dir_key)
         if source is None:
             return None
@@ -75,11 +99,7 @@ class Views:
         if cached is None or cached[0] != source:
             cached = (source, self._build(dir_key, source[0]))
             self._cache.put(dir_key, cached)
-        view = cached[1]
-        gone = self.removed.get(dir_key)
-        if gone and view is not None:
-            view = replace(view, metadata={n: d for n, d in view.metadata.items() if n not in gone})
-        return view
+        return cached[1]
 
     def _metadata_source(self, dir_key: str) -> tuple | None:
         """``(name, version)`` of the metadata file that decides the view."""

@@ -15,12 +15,15 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
+import itertools
 import os
 import re
 import secrets
 import socket
 import stat
 import struct
+import threading
 import time
 import zlib
 from collections import OrderedDict
@@ -43,8 +46,9 @@ class SharedFile:
     """A read-only descriptor of one version of a file, shared by all who opened that
     version: open files cost the daemon one descriptor per file version, not per handle."""
 
-    def __init__(self, table: dict, key: tuple, fd: int):
-        self.table, self.key, self.fd, self.users = table, key, fd, 1
+    def __init__(self, store: LocalStore, key: tuple, fd: int, serial: int):
+        self.store, self.key, self.fd, self.users = store, key, fd, 1
+        self.serial = serial  # of the store's opens: of two versions of a key, the later one is newer
 
     @property
     def version(self) -> Hashable:
@@ -59,8 +63,7 @@ class SharedFile:
     def release(self) -> None:
         self.users -= 1
         if not self.users:
-            del self.table[self.key]
-            os.close(self.fd)
+            self.store._unused(self)
 
 
 class LocalPlainFile:
@@ -98,22 +101,43 @@ class LocalPlainFile:
         os.close(self.fd)
 
 
+def _changes_the_store(method):
+    """A change of the backing store (see ``LocalStore.recent_stat``): while it lasts no
+    stat is reused, and none seen before it ends is reused after. Writes into the mount's
+    buffer change nothing here, so a writer's chunks do not make readers stat again."""
+
+    @functools.wraps(method)
+    def changing(self, *args, **kwargs):
+        with self._changes_lock:  # (repacks and metadata change the store from worker threads)
+            self._changing += 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            with self._changes_lock:
+                self._changing -= 1
+                self._generation += 1
+
+    return changing
+
+
 class LocalStore:
     capabilities = Capabilities(hard_links=True, symlinks=True, owners_and_modes=True, cheap_calls=True,
                                 conditional_writes=True)
 
     def __init__(self, root: str, reuse_stats_for: float = 0.0, keep_open: int = 0):
-        """``reuse_stats_for`` (see recent_stat) and ``keep_open`` (see pread_version)
+        """``reuse_stats_for`` (see recent_stat) and ``keep_open`` (see share)
         are for the daemon, whose reads all come from one thread."""
         self.root = os.path.realpath(root)  # the root itself may be a symlink
         self.name = self.root
         self.reuse_stats_for = reuse_stats_for  # seconds
         self.keep_open = keep_open  # descriptors
         self._recent: dict[str, tuple[int, float, Stat | None]] = {}
-        self._generation = 0  # of changes through the mount
+        self._generation = 0  # of changes of the store through it
         self._changing = 0  # changes under way
-        self._open: OrderedDict[str, tuple[int, tuple]] = OrderedDict()  # key -> (fd, its version)
-        self._shared: dict[tuple, SharedFile] = {}  # (key, version) -> the descriptor open files share
+        self._changes_lock = threading.Lock()
+        self._shared: dict[tuple, SharedFile] = {}  # (key, version) -> the descriptor its readers share
+        self._unused_kept: OrderedDict[str, SharedFile] = OrderedDict()  # of those, unused: the newest of a key
+        self._opens = itertools.count()
         self._root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # what keys resolve beneath
 
     def path(self, key: str) -> str:
@@ -160,36 +184,44 @@ class LocalStore:
         finally:
             os.close(fd)
 
+    @_changes_the_store
     def create(self, key: str, flags: int, mode: int) -> LocalPlainFile:
         """Open (or create) a plain file for writing; never through a last symlink."""
         with self._parent(key) as (fd, name):
             return LocalPlainFile(os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode,
                                           dir_fd=fd))
 
+    @_changes_the_store
     def mkdir(self, key: str, mode: int) -> None:
         with self._parent(key) as (fd, name):
             os.mkdir(name, mode, dir_fd=fd)
 
+    @_changes_the_store
     def rmdir(self, key: str) -> None:
         with self._parent(key) as (fd, name):
             os.rmdir(name, dir_fd=fd)
 
+    @_changes_the_store
     def unlink(self, key: str) -> None:
         with self._parent(key) as (fd, name):
             os.unlink(name, dir_fd=fd)
 
+    @_changes_the_store
     def symlink(self, target: str, key: str) -> None:
         with self._parent(key) as (fd, name):
             os.symlink(target, name, dir_fd=fd)
 
+    @_changes_the_store
     def rename(self, old: str, new: str) -> None:
         with self._parent(old) as (old_fd, old_name), self._parent(new) as (new_fd, new_name):
             os.rename(old_name, new_name, src_dir_fd=old_fd, dst_dir_fd=new_fd)
 
+    @_changes_the_store
     def link(self, old: str, new: str) -> None:
         with self._parent(old) as (old_fd, old_name), self._parent(new) as (new_fd, new_name):
             os.link(old_name, new_name, src_dir_fd=old_fd, dst_dir_fd=new_fd, follow_symlinks=False)
 
+    @_changes_the_store
     def truncate(self, key: str, size: int) -> None:
         fd = self._beneath(key, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
@@ -197,6 +229,7 @@ class LocalStore:
         finally:
             os.close(fd)
 
+    @_changes_the_store
     def set_attributes(self, key: str, mode=None, uid=None, gid=None, times_ns=None) -> None:
         """chmod, chown, utimes of ``key`` itself (a symlink's own, where that exists)."""
         with self._parent(key) as (fd, name):
@@ -213,45 +246,41 @@ class LocalStore:
     # -- stat results reused between changes -----------------------------------
     # A reader walking an array asks for the same metadata file and shard dozens
     # of times a second: one stat per key serves for ``reuse_stats_for`` seconds,
-    # unless anything changed through the mount since (``changing()``). Changes
+    # unless the store changed through this object since (``_changes_the_store``). Changes
     # from outside the mount show within that time, well inside the kernel's own
     # attribute timeout; bytes are never served from a stale stat, since opens
     # compare the descriptor's fstat with the version the index was read from.
 
-    def recent_stat(self, key: str) -> Stat:
-        """``stat(key)``, possibly as seen a moment ago. Raises FileNotFoundError."""
-        now = time.monotonic()
-        remembered = self._recent.get(key)
-        if (remembered is not None and not self._changing and remembered[0] == self._generation
+    def recent_stat(self, key: str, follow_symlinks: bool = True) -> Stat:
+        """``stat(key)`` (``lstat`` without ``follow_symlinks``), possibly as seen a moment
+        ago. Raises FileNotFoundError."""
+        now, generation = time.monotonic(), self._generation  # (before the stat: a change may end during it)
+        remembered = self._recent.get((key, follow_symlinks))
+        if (remembered is not None and not self._changing and remembered[0] == generation
                 and now - remembered[1] < self.reuse_stats_for):
             st = remembered[2]
         else:
             try:
-                st = self.stat(key)
+                st = self.stat(key) if follow_symlinks else self.lstat(key)
             except (FileNotFoundError, NotADirectoryError):
                 st = None
             if self.reuse_stats_for > 0:
                 if len(self._recent) >= RECENT_STATS_MAX:
                     self._recent.clear()
-                self._recent[key] = (self._generation, now, st)
+                self._recent[(key, follow_symlinks)] = (generation, now, st)
         if st is None:
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", key)
         return st
 
     def forget_recent(self, key: str) -> None:
         """The next recent_stat of ``key`` looks again (it was seen to have changed)."""
-        self._recent.pop(key, None)
+        self._recent.pop((key, True), None)
+        self._recent.pop((key, False), None)
 
-    @contextlib.contextmanager
-    def changing(self):
-        """Around a change through the mount (a repack, a rename): while it lasts no stat
-        is reused, and none seen before it ends is reused after."""
-        self._changing += 1
-        try:
-            yield
-        finally:
-            self._changing -= 1
-            self._generation += 1
+    def generation(self) -> int | None:
+        """Changes of the store through this object so far, for callers that keep what they
+        derive from recent stats; None while one is under way (keep nothing seen now)."""
+        return None if self._changing else self._generation
 
     def listdir(self, key: str) -> list[str]:
         fd = self._beneath(key, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -308,52 +337,59 @@ class LocalStore:
             raise OSError(errno.EIO, "not a regular file", key)
         return fd
 
-    def share(self, key: str) -> SharedFile:
-        """The current version of ``key``, open for reading; ``release()`` it when done."""
-        fd = self.open(key)
-        name = (key, _stat_of(os.fstat(fd)).version)
-        shared = self._shared.get(name)
+    def share(self, key: str, version: Hashable | None = None) -> SharedFile:
+        """``key`` open for reading, ``release()`` it when done: at ``version`` if it is open
+        at that version already (by a reader, or one of the last ``keep_open`` ones), else
+        the current version. A reader walks the chunks of one shard after another, and
+        lstat, open and fstat would cost each of them six system calls more."""
+        shared = self._shared.get((key, version))
         if shared is None:
-            shared = self._shared[name] = SharedFile(self._shared, name, fd)
-        else:
+            fd = self.open(key)
+            name = (key, _stat_of(os.fstat(fd)).version)
+            shared = self._shared.get(name)
+            if shared is None:
+                self._close_unused(key)  # an older version: replaced since
+                shared = self._shared[name] = SharedFile(self, name, fd, next(self._opens))
+                return shared
             os.close(fd)
-            shared.users += 1
+        if not shared.users:
+            del self._unused_kept[key]
+        shared.users += 1
         return shared
+
+    def _unused(self, shared: SharedFile) -> None:
+        """Nobody reads ``shared`` any more: kept for the next reader of that version if it
+        is the newest of its key (an older one was replaced: its disk space is freed now),
+        closed when ``keep_open`` newer ones are kept."""
+        key = shared.key[0]
+        kept = self._unused_kept.get(key)
+        if kept is not None and kept.serial > shared.serial:
+            self._close(shared)
+            return
+        self._close_unused(key)
+        self._unused_kept[key] = shared
+        while len(self._unused_kept) > self.keep_open:
+            self._close(self._unused_kept.popitem(last=False)[1])
+
+    def _close_unused(self, key: str) -> None:
+        kept = self._unused_kept.pop(key, None)
+        if kept is not None:
+            self._close(kept)
+
+    def _close(self, shared: SharedFile) -> None:
+        del self._shared[shared.key]
+        os.close(shared.fd)
 
     def pread_version(self, key: str, version: tuple, size: int, offset: int) -> bytes:
         """Bytes of ``key`` in the given version (``Stat.version``). Raises FileChanged if it has
-        been replaced. Descriptors of the last ``keep_open`` files read stay open: a
-        reader walks the chunks of one shard after another, and open+fstat+close
-        would triple the system calls of each read."""
-        if self.keep_open:
-            return os.pread(self._descriptor(key, version), size, offset)
-        fd = self.open(key)
+        been replaced."""
+        shared = self.share(key, version)
         try:
-            if _stat_of(os.fstat(fd)).version != version:
+            if shared.version != version:
                 raise FileChanged(key)
-            return os.pread(fd, size, offset)
+            return shared.pread(size, offset)
         finally:
-            os.close(fd)
-
-    def _descriptor(self, key: str, version: tuple) -> int:
-        cached = self._open.get(key)
-        if cached is not None and cached[1] == version:
-            self._open.move_to_end(key)
-            return cached[0]
-        fd = self.open(key)
-        current = _stat_of(os.fstat(fd)).version
-        self._forget_descriptor(key)
-        self._open[key] = (fd, current)
-        while len(self._open) > self.keep_open:
-            self._forget_descriptor(next(iter(self._open)))
-        if current != version:
-            raise FileChanged(key)
-        return fd
-
-    def _forget_descriptor(self, key: str) -> None:
-        cached = self._open.pop(key, None)
-        if cached is not None:
-            os.close(cached[0])
+            shared.release()
 
     def readlink(self, key: str) -> str:
         with self._parent(key) as (fd, name):
@@ -364,6 +400,7 @@ class LocalStore:
 
     # -- durable writes ------------------------------------------------------
 
+    @_changes_the_store
     def replace_durably(self, key: str, data: bytes, mode: int = 0o644, like: str | None = None,
                         expected: Hashable | None = None, owner: tuple[int, int] | None = None) -> None:
         """Atomically make ``key`` hold ``data``, durable once this returns; with
@@ -454,6 +491,7 @@ class LocalStore:
         if os.geteuid() == 0 and (uid, gid) != (0, 0):
             self.set_attributes(key, uid=uid, gid=gid)
 
+    @_changes_the_store
     def remove_durably(self, key: str, up_to: str, expected: Hashable | None = None) -> None:
         """Delete ``key`` (with ``expected``: only if it holds that version, else Conflict),
         then its parent directories while empty, up to ``up_to``."""
@@ -526,6 +564,7 @@ class LocalStore:
         finally:
             os.close(top)
 
+    @_changes_the_store
     def stage_chunk_files(self, array_key: str, is_chunk_key) -> list[tuple[str, tuple[str, ...]]]:
         """Rename the files below ``array_key`` whose key parts (relative to the array)
         ``is_chunk_key`` accepts to hidden staging names beside them; returns
@@ -549,11 +588,13 @@ class LocalStore:
         finally:
             os.close(fd)
 
+    @_changes_the_store
     def remove_staged(self, keys: list[str]) -> None:
         for key in keys:
             with contextlib.suppress(FileNotFoundError):
                 self.unlink(key)
 
+    @_changes_the_store
     def remove_lock_file(self, array_key: str) -> None:
         """The array is being deleted (``rm -r`` through the mount)."""
         with contextlib.suppress(FileNotFoundError):
@@ -576,6 +617,7 @@ class LocalStore:
             os.unlink(probe)
         return node_local_locking(self.root)
 
+    @_changes_the_store
     def clean_after_crash(self, metadata_names=("zarr.json", ".zarray")) -> tuple[int, dict]:
         """Delete temporary files a crashed daemon left behind, and find chunk files it
         was adopting. Returns how many temporaries were removed, and per array key the
@@ -683,6 +725,7 @@ class LocalStore:
         finally:
             os.close(dir_fd)
 
+    @_changes_the_store
     def replace_durably_from_files(self, key: str, source, groups, finish, mode: int = 0o644,
                                    limit: int | None = None) -> list[int | None]:
         """Atomically make ``key`` hold the regular files of ``source`` (a store) named by

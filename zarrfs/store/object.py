@@ -263,7 +263,10 @@ class ObjectStore:
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", key)
 
     stat = lstat  # nothing is a symlink here
-    recent_stat = lstat  # listings are what "recent" means here
+
+    def recent_stat(self, key: str, follow_symlinks: bool = True) -> Stat:
+        """Listings are what "recent" means here (nothing is a symlink)."""
+        return self.lstat(key)
 
     def versioned_stat(self, key: str) -> Stat:
         """``key``'s attributes, for a caller that reads its bytes only by ranged reads
@@ -303,15 +306,12 @@ class ObjectStore:
             self._listings.pop(split_key(key)[0], None)
             self._listings.pop(key, None)
 
+    def generation(self) -> int | None:
+        """Changes of the bucket through this store so far (see LocalStore.generation)."""
+        return self._generation
+
     def _directory_stat(self) -> Stat:
         return Stat(st_mode=DIRECTORY_MODE, st_size=0, st_mtime_ns=0, version=DIRECTORY_VERSION, st_nlink=2)
-
-    @contextlib.contextmanager
-    def changing(self):
-        """Around a change through the mount. Every write reaches the bucket through
-        ``_changed``, which forgets exactly the listings it changes: nothing to do here
-        (a chunk written into the mount's buffer changes no listing)."""
-        yield
 
     def listdir(self, key: str) -> list[str]:
         return [name for name, _ in self.scan(key)]
@@ -457,8 +457,9 @@ class ObjectStore:
         except BaseError as error:
             raise _from_status(error, key) from None
 
-    def share(self, key: str) -> ObjectFile:
-        """The current version of ``key`` for reading: every read names its ETag."""
+    def share(self, key: str, version: Hashable | None = None) -> ObjectFile:
+        """The current version of ``key`` for reading (every read names its ETag); a bucket
+        keeps no other, whatever ``version`` asks for."""
         st = self.lstat(key)
         if not st.is_file:
             raise OSError(errno.EIO, "not a regular file", key)
