@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from common import CACHE, ZARRFS, force_unmount, log, peak_rss_mib, run, zarrfs_status
 from datasets import Dataset
@@ -164,12 +165,19 @@ class Ratarmount(ForegroundPeer):
         return [ratarmount_command(), "-f", dataset.image("tar"), mountpoint]
 
 
+@dataclass
 class PyfuseFloor(ForegroundPeer):
-    """bench/floor.py: the plain files served by a minimal pyfuse3 filesystem with every
-    attribute in memory, i.e. what pyfuse3 and the kernel allow (issue 14)."""
+    """bench/floor.py: the files of ``served(dataset)`` (by default the plain chunk files) served
+    by a minimal pyfuse3 filesystem with every attribute in memory, i.e. what pyfuse3 and the
+    kernel allow (issue 14). What is written into it stays in its memory."""
+
+    served: Callable[[Dataset], Path] = lambda dataset: dataset.plain
+
+    def backing(self, dataset):
+        return [self.served(dataset)]
 
     def command(self, dataset, mountpoint):
-        return [sys.executable, Path(__file__).with_name("floor.py"), dataset.plain, mountpoint]
+        return [sys.executable, Path(__file__).with_name("floor.py"), self.served(dataset), mountpoint]
 
 
 class Zarrfs(System):

@@ -31,10 +31,10 @@ import numpy as np
 from zarrfs.store.local import zarrfs_own
 
 from common import (RESULTS, REPO, KeepWarm, cpu_seconds, disk_read_mib, load_average, log, peak_rss_mib,
-                    remove_tree, rss_mib, timed, warm_files, zarrfs_status)
+                    remove_tree, rss_mib, run, timed, warm_files, zarrfs_status)
 from datasets import D1, D2, READ_DATASETS, SCALE, SMALL, SEED, Dataset, describe, ensure_dataset, \
     ensure_scale_store, random_source
-from peers import READ_SYSTEMS, Zarrfs, ratarmount_command, unmount_everything, unmount_zarrfs
+from peers import READ_SYSTEMS, PyfuseFloor, Zarrfs, ratarmount_command, unmount_everything, unmount_zarrfs
 import report
 import zarr_io
 
@@ -203,11 +203,35 @@ def check(condition: bool, message: str) -> None:
 
 # -- zarr-python 2 through the v2 view vs zarr-python 3 on the sharded original ----
 
+def v2_files(dataset: Dataset, workdir: Path) -> Path:
+    """A plain directory holding the array as zarr-python 2 sees it through the v2 view
+    (``arr/.zarray`` and v2 chunk keys), copied out of a mount once and kept in bench/.cache:
+    what the pyfuse3 floor serves to zarr-python 2."""
+    copy = dataset.root / "v2-files"
+    if (copy / "arr" / ".zarray").exists():
+        return copy
+    remove_tree(copy)
+    copy.mkdir()
+    mountpoint = workdir / "mnt-zarrfs-v2-copy"
+    mountpoint.mkdir(exist_ok=True)
+    log(f"{dataset.name}: copying the v2 view into {copy} (once)")
+    with Zarrfs("zarrfs-v2", "zarrfs", ["--view", "v2", "--read-only"]).mount(
+            dataset, mountpoint, workdir / "zarrfs-v2-copy.log") as m:
+        run(["cp", "-r", m.root / "arr", copy / "arr.partial"])
+    os.rename(copy / "arr.partial", copy / "arr")
+    return copy
+
+
 def bench_zarr_reads(dataset: Dataset, repeats: int, workdir: Path) -> dict:
     v2 = Zarrfs("zarrfs-v2", "zarrfs", ["--view", "v2"])
     mountpoint, log_file = workdir / "mnt-zarrfs-v2", workdir / "zarrfs-v2.log"
     mountpoint.mkdir(exist_ok=True)
-    results = {"zarr3 native": [], "zarr2 v2 view": [], "peak_rss_mib": [], "mount": [], "disk_mib": []}
+    copy = v2_files(dataset, workdir)
+    floor = PyfuseFloor("pyfuse3-floor", "peer", served=lambda _: copy)
+    floor_mountpoint = workdir / "mnt-floor-v2"
+    floor_mountpoint.mkdir(exist_ok=True)
+    results = {"zarr3 native": [], "zarr2 v2 view": [], "zarr2 floor": [], "peak_rss_mib": [], "mount": [],
+               "disk_mib": []}
     for repeat in range(repeats):
         warm_files([dataset.sharded])
         disk_before = disk_read_mib()
@@ -224,8 +248,13 @@ def bench_zarr_reads(dataset: Dataset, repeats: int, workdir: Path) -> dict:
         results["zarr2 v2 view"].append(legacy["seconds"])
         check(legacy["blake2b"] == native["blake2b"] and legacy["shape"] == list(dataset.shape),
               f"{dataset.name}: zarr-python 2 through the v2 view read other values than zarr-python 3")
+        warm_files([copy])  # (the same chunk bytes, as plain files served by the floor)
+        with floor.mount(dataset, floor_mountpoint, workdir / "floor-v2.log") as m, KeepWarm([copy]):
+            on_floor = zarr_io.read_array(m.root / "arr", zarr2=True)
+        results["zarr2 floor"].append(on_floor["seconds"])
+        check(on_floor["blake2b"] == native["blake2b"], f"{dataset.name}: the floor's v2 files read other values")
         log(f"{dataset.name} zarr repeat {repeat + 1}/{repeats}: zarr3 native {native['seconds']:.2f} s, "
-            f"zarr2 via v2 view {legacy['seconds']:.2f} s")
+            f"zarr2 via v2 view {legacy['seconds']:.2f} s, zarr2 via the pyfuse3 floor {on_floor['seconds']:.2f} s")
     return results
 
 
@@ -342,6 +371,23 @@ def check_written(array_dir: Path, data: np.ndarray, chunk: tuple[int, int]) -> 
         check(np.array_equal(array[window], data[window]), f"backing store differs from the data at {window}")
 
 
+def write_floor(dataset: Dataset, npy: Path, workdir: Path) -> dict:
+    """zarr-python 2 writing the array into the pyfuse3 floor, which keeps it in memory: what
+    pyfuse3 and the kernel allow for this writer's requests (temporary file, write, rename)."""
+    served = workdir / "floor-write"
+    remove_tree(served)
+    (served / "arr").mkdir(parents=True)  # (a peer is ready once arr/ answers)
+    mountpoint = workdir / "mnt-floor-write"
+    mountpoint.mkdir(exist_ok=True)
+    warm_files([npy])
+    floor = PyfuseFloor("pyfuse3-floor", "peer", served=lambda _: served)
+    with floor.mount(dataset, mountpoint, workdir / "floor-write.log") as m, KeepWarm([npy]):
+        w = zarr_io.write_array(m.root / "data.zarr", npy, dataset.chunk, WRITE_SLAB_ROWS)
+        files = count_files(m.root / "data.zarr")
+    check(files == dataset.n_chunks + 1, f"floor write: {files} files, expected {dataset.n_chunks} chunks + .zarray")
+    return {"seconds": w["end"] - w["start"], "files": files, "writer_cpu": w["writer_cpu"]}
+
+
 def bench_writes(dataset: Dataset, repeats: int, workdir: Path) -> dict:
     npy = random_source()
     data = np.load(npy, mmap_mode="r")
@@ -349,13 +395,14 @@ def bench_writes(dataset: Dataset, repeats: int, workdir: Path) -> dict:
     grid = [s // c for s, c in zip(dataset.shape, dataset.chunk)]
     expected_shards = (-(-grid[0] // 8)) * (-(-grid[1] // 8))
     runs_dir = dataset.root / "write-runs"  # beside the backing stores: the same filesystem
-    results = {"plain": [], "zarrfs": [], "expected_shards": expected_shards}
+    results = {"plain": [], "zarrfs": [], "floor": [], "expected_shards": expected_shards}
     try:
         for repeat in range(repeats):
             results["plain"].append(write_plain(dataset, npy, runs_dir / "plain"))
             results["zarrfs"].append(write_zarrfs(dataset, npy, runs_dir / "store", workdir, expected_shards, data))
+            results["floor"].append(write_floor(dataset, npy, workdir))
             log(f"{dataset.name} write repeat {repeat + 1}/{repeats}: plain {results['plain'][-1]['seconds']:.1f} s, "
-                f"zarrfs {results['zarrfs'][-1]['seconds']:.1f} s")
+                f"zarrfs {results['zarrfs'][-1]['seconds']:.1f} s, pyfuse3 floor {results['floor'][-1]['seconds']:.1f} s")
     finally:
         remove_tree(runs_dir)
     return results

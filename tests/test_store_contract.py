@@ -420,3 +420,74 @@ def test_many_threads_share_one_store(s3):
         thread.join()
     assert not failures
     assert s3.requests["GET"] <= 8 * 20 and set(s3.requests) == {"GET"}
+
+
+# -- the local store's reuse of stats and descriptors (the daemon's settings) ----------
+
+@pytest.fixture
+def reusing(tmp_path) -> tuple[LocalStore, object]:
+    """A LocalStore that reuses stats for a minute and keeps 4 descriptors, and its directory."""
+    (tmp_path / "store").mkdir()
+    return LocalStore(str(tmp_path / "store"), reuse_stats_for=60.0, keep_open=4), tmp_path / "store"
+
+
+def test_stats_are_reused_until_the_store_changes_through_it(reusing):
+    store, root = reusing
+    (root / "a").write_bytes(b"1")
+    (root / "b").write_bytes(b"1")
+    assert store.recent_stat("a").st_size == 1
+    assert store.recent_stat("b", follow_symlinks=False).st_size == 1
+    (root / "a").write_bytes(b"22")  # outside the mount: seen once the reuse runs out
+    (root / "b").write_bytes(b"22")
+    assert store.recent_stat("a").st_size == 1
+    assert store.recent_stat("b", follow_symlinks=False).st_size == 1
+    store.mkdir("c", 0o755)  # any change through the store: nothing seen before it serves
+    assert store.recent_stat("a").st_size == 2
+    assert store.recent_stat("b", follow_symlinks=False).st_size == 2
+    with pytest.raises(FileNotFoundError):
+        store.recent_stat("new")
+    put(store, "new", b"333")
+    assert store.recent_stat("new").st_size == 3  # a miss is not reused past a change either
+
+
+def test_no_stat_is_reused_while_a_change_is_under_way(reusing):
+    store, root = reusing
+    (root / "a").write_bytes(b"1")
+    store.recent_stat("a")
+    seen, generations = [], []
+
+    def looking(*args):  # runs inside replace_durably, as a repack's worker thread would
+        (root / "a").write_bytes(b"22")
+        seen.append(store.recent_stat("a").st_size)
+        generations.append(store.generation())
+        return original(*args)
+
+    original, store._check_expected = store._check_expected, looking
+    put(store, "other", b"x")
+    assert seen == [2] and generations == [None]
+    assert store.generation() is not None
+
+
+def test_a_version_is_opened_once_and_its_descriptor_kept_after_its_readers(reusing):
+    store, root = reusing
+    (root / "s").write_bytes(b"old")
+    version = store.recent_stat("s").version
+    before = len(os.listdir("/proc/self/fd"))
+    first = store.share("s", version)
+    second = store.share("s", version)
+    assert first is second and len(os.listdir("/proc/self/fd")) == before + 1
+    first.release()
+    second.release()
+    assert len(os.listdir("/proc/self/fd")) == before + 1  # kept: the next reader makes no system call
+    assert store.pread_version("s", version, 3, 0) == b"old"
+    os.rename(root / "s", root / "s.old")  # replaced outside: the old version's bytes stay readable
+    (root / "s").write_bytes(b"new")
+    assert store.pread_version("s", version, 3, 0) == b"old"
+    store.forget_recent("s")
+    newer = store.recent_stat("s").version
+    assert store.pread_version("s", newer, 3, 0) == b"new"
+    assert len(os.listdir("/proc/self/fd")) == before + 1  # the replaced version's descriptor is closed
+    for i in range(8):  # past keep_open, the least recently used go
+        (root / f"k{i}").write_bytes(b"k")
+        store.pread_version(f"k{i}", store.recent_stat(f"k{i}").version, 1, 0)
+    assert len(os.listdir("/proc/self/fd")) == before + 4

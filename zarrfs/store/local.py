@@ -61,9 +61,7 @@ class SharedFile:
         return _stat_of(os.fstat(self.fd))
 
     def release(self) -> None:
-        self.users -= 1
-        if not self.users:
-            self.store._unused(self)
+        self.store._release(self)
 
 
 class LocalPlainFile:
@@ -138,6 +136,7 @@ class LocalStore:
         self._shared: dict[tuple, SharedFile] = {}  # (key, version) -> the descriptor its readers share
         self._unused_kept: OrderedDict[str, SharedFile] = OrderedDict()  # of those, unused: the newest of a key
         self._opens = itertools.count()
+        self._shared_lock = threading.Lock()  # (zarrfs check shares from worker threads)
         self._root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # what keys resolve beneath
 
     def path(self, key: str) -> str:
@@ -342,20 +341,27 @@ class LocalStore:
         at that version already (by a reader, or one of the last ``keep_open`` ones), else
         the current version. A reader walks the chunks of one shard after another, and
         lstat, open and fstat would cost each of them six system calls more."""
-        shared = self._shared.get((key, version))
-        if shared is None:
-            fd = self.open(key)
-            name = (key, _stat_of(os.fstat(fd)).version)
-            shared = self._shared.get(name)
+        with self._shared_lock:
+            shared = self._shared.get((key, version))
             if shared is None:
-                self._close_unused(key)  # an older version: replaced since
-                shared = self._shared[name] = SharedFile(self, name, fd, next(self._opens))
-                return shared
-            os.close(fd)
-        if not shared.users:
-            del self._unused_kept[key]
-        shared.users += 1
-        return shared
+                fd = self.open(key)
+                name = (key, _stat_of(os.fstat(fd)).version)
+                shared = self._shared.get(name)
+                if shared is None:
+                    self._close_unused(key)  # an older version: replaced since
+                    shared = self._shared[name] = SharedFile(self, name, fd, next(self._opens))
+                    return shared
+                os.close(fd)
+            if not shared.users:
+                del self._unused_kept[key]
+            shared.users += 1
+            return shared
+
+    def _release(self, shared: SharedFile) -> None:
+        with self._shared_lock:
+            shared.users -= 1
+            if not shared.users:
+                self._unused(shared)
 
     def _unused(self, shared: SharedFile) -> None:
         """Nobody reads ``shared`` any more: kept for the next reader of that version if it
