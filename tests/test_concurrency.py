@@ -365,6 +365,32 @@ def vm_rss_kib(pid: int) -> int:
     return 0
 
 
+def test_past_half_of_max_dirty_the_oldest_shards_are_repacked_without_waiting(tmp_path, mount):
+    """A large write goes on while its earlier shards are written: past half of --max-dirty
+    the background repacks the oldest shards, long before --flush-after and with no writer
+    over the limit (as the kernel's dirty_background_ratio does before dirty_ratio)."""
+    chunk, shards = 64, 4  # 16 KiB chunks, shards of 16 chunks (256 KiB)
+    store = tmp_path / "store"
+    store.mkdir()
+    mnt = mount(store, "--shards", str(shards), "--flush-after", "600", "--max-dirty", "4")
+    zarr.create_array(str(mnt.path / "arr"), shape=(16 * chunk, 16 * chunk), chunks=(chunk, chunk),
+                      dtype="<u4", compressors=None, fill_value=0)
+    for i in range(12):  # 192 chunks: 3 MiB, past 2 MiB (half of --max-dirty), under 4 MiB
+        os.makedirs(mnt.path / "arr" / "c" / str(i), exist_ok=True)
+        for j in range(16):
+            (mnt.path / "arr" / "c" / str(i) / str(j)).write_bytes(bytes([i, j]) * (chunk * chunk * 2))
+    deadline = time.monotonic() + 30
+    while mnt.status()["dirty_bytes"] > 2 << 20 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    status = mnt.status()
+    assert status["dirty_bytes"] <= 2 << 20, status
+    assert status["flushes_done"] >= 1 and status["flushes_failed"] == 0, status
+    stored = sorted(p.relative_to(store / "arr").as_posix() for p in (store / "arr" / "c").rglob("*") if p.is_file())
+    assert stored and stored[0] == "c/0/0", stored  # the oldest shards went first
+    mnt.unmount()
+    check_shards_complete(store / "arr", shards * shards, chunk * chunk * 4)
+
+
 def test_max_dirty_makes_writers_wait_and_bounds_memory(tmp_path, mount, writer_script):
     chunk, shards = 64, 4  # 16 KiB chunks
     rows, cols = 40, 32  # 1280 chunks = 20 MiB

@@ -456,14 +456,14 @@ def test_no_stat_is_reused_while_a_change_is_under_way(reusing):
     store.recent_stat("a")
     seen, generations = [], []
 
-    def looking(*args):  # runs inside replace_durably, as a repack's worker thread would
+    def looking(*args):  # runs inside a change (as a repack's worker thread would)
         (root / "a").write_bytes(b"22")
         seen.append(store.recent_stat("a").st_size)
         generations.append(store.generation())
         return original(*args)
 
-    original, store._check_expected = store._check_expected, looking
-    put(store, "other", b"x")
+    original, store._parent = store._parent, looking
+    store.mkdir("d", 0o755)
     assert seen == [2] and generations == [None]
     assert store.generation() is not None
 

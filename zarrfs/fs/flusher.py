@@ -12,7 +12,10 @@ A flush of one shard:
 
 A failure keeps everything dirty and is retried; fsync and close report it.
 When it happens is decided here: on fsync, after ``--flush-after`` seconds of
-quiet, when dirty data passes ``--max-dirty``, and for everything at unmount.
+quiet, when dirty data passes ``--max-dirty``, and for everything at unmount. Past
+half of ``--max-dirty`` the oldest shards are repacked in the background, so that a
+large write goes on while its earlier shards are written (as the kernel starts
+writeback at ``dirty_background_ratio``, before writers block at ``dirty_ratio``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from .shards import join
 log = logging.getLogger("zarrfs")
 
 RETRY_SECONDS = 5.0
+BACKGROUND_DIRTY = 0.5  # of --max-dirty: past it the oldest shards are repacked without waiting for quiet
 MERGE_TRIES = 6  # a shard changed by another writer between our read and our write: merge again
 MERGE_BACKOFF_SECONDS = 0.05  # doubled after each conflict, with jitter
 ShardId = tuple  # (array_key, shard_coords)
@@ -176,20 +180,33 @@ class Flusher:
                 self._dirty_bytes_cache = (-1.0, 0)
 
     async def run(self) -> None:
-        """Background task: flush shards quiet for ``--flush-after`` s; retry failures."""
+        """Background task: flush shards quiet for ``--flush-after`` s, and the oldest ones
+        while dirty data is past ``BACKGROUND_DIRTY`` of ``--max-dirty``; retry failures."""
         while True:
             await trio.sleep(min(1.0, max(self.flush_after / 4, 0.05)))
             now = trio.current_time()
             for shard_id, changed_at in list(self.dirty.items()):
-                failed = self.failures.get(shard_id)
-                if now - changed_at < self.flush_after or (failed and now - failed[0] < RETRY_SECONDS):
-                    continue
-                try:
-                    await self.flush_shard(*shard_id)
-                except OSError:
-                    pass  # logged, kept dirty, retried
-                except Exception:  # noqa: BLE001 - the background flusher must never die
-                    log.exception("flusher: internal error (kept dirty, retried)")
+                if now - changed_at >= self.flush_after and not self._failed_lately(shard_id, now):
+                    await self._flush_in_background(shard_id)
+            while True:
+                now = trio.current_time()
+                ready = [s for s in self.dirty if not self._failed_lately(s, now)]
+                if not ready or self.dirty_bytes() <= self.max_dirty * BACKGROUND_DIRTY:
+                    break
+                await self._flush_in_background(min(ready, key=self.dirty.get))
+                self._dirty_bytes_cache = (-1.0, 0)
+
+    def _failed_lately(self, shard_id: ShardId, now: float) -> bool:
+        failed = self.failures.get(shard_id)
+        return failed is not None and now - failed[0] < RETRY_SECONDS
+
+    async def _flush_in_background(self, shard_id: ShardId) -> None:
+        try:
+            await self.flush_shard(*shard_id)
+        except OSError:
+            pass  # logged, kept dirty, retried
+        except Exception:  # noqa: BLE001 - the background flusher must never die
+            log.exception("flusher: internal error (kept dirty, retried)")
 
     async def flush_shard(self, array_key: str, shard: tuple[int, ...]) -> None:
         shard_id = (array_key, shard)

@@ -100,20 +100,12 @@ class LocalPlainFile:
 
 
 def _changes_the_store(method):
-    """A change of the backing store (see ``LocalStore.recent_stat``): while it lasts no
-    stat is reused, and none seen before it ends is reused after. Writes into the mount's
-    buffer change nothing here, so a writer's chunks do not make readers stat again."""
+    """A method that changes the backing store (see ``LocalStore._change``)."""
 
     @functools.wraps(method)
     def changing(self, *args, **kwargs):
-        with self._changes_lock:  # (repacks and metadata change the store from worker threads)
-            self._changing += 1
-        try:
+        with self._change():
             return method(self, *args, **kwargs)
-        finally:
-            with self._changes_lock:
-                self._changing -= 1
-                self._generation += 1
 
     return changing
 
@@ -271,6 +263,21 @@ class LocalStore:
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", key)
         return st
 
+    @contextlib.contextmanager
+    def _change(self):
+        """Around a change of the store (see ``recent_stat``): while it lasts no stat is
+        reused, and none seen before it ends is reused after. Writes into the mount's
+        buffer change nothing here, so a writer's chunks do not make readers stat again;
+        a repack is a change only while it makes directories and renames its new shard."""
+        with self._changes_lock:  # (repacks and metadata change the store from worker threads)
+            self._changing += 1
+        try:
+            yield
+        finally:
+            with self._changes_lock:
+                self._changing -= 1
+                self._generation += 1
+
     def forget_recent(self, key: str) -> None:
         """The next recent_stat of ``key`` looks again (it was seen to have changed)."""
         self._recent.pop((key, True), None)
@@ -406,7 +413,6 @@ class LocalStore:
 
     # -- durable writes ------------------------------------------------------
 
-    @_changes_the_store
     def replace_durably(self, key: str, data: bytes, mode: int = 0o644, like: str | None = None,
                         expected: Hashable | None = None, owner: tuple[int, int] | None = None) -> None:
         """Atomically make ``key`` hold ``data``, durable once this returns; with
@@ -437,7 +443,8 @@ class LocalStore:
         ends, the temporary is fsynced and renamed onto ``key``, and the directory fsynced;
         when the block raises, the temporary is removed and ``key`` stays as it was."""
         directory, name = split_key(key)
-        dir_fd = self._directory(directory, create=True)
+        with self._change():  # (it may make directories)
+            dir_fd = self._directory(directory, create=True)
         try:
             temporary = temporary_name(name)
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
@@ -450,7 +457,8 @@ class LocalStore:
                 os.unlink(temporary, dir_fd=dir_fd)
                 raise
             os.close(fd)
-            os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            with self._change():
+                os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
@@ -731,7 +739,6 @@ class LocalStore:
         finally:
             os.close(dir_fd)
 
-    @_changes_the_store
     def replace_durably_from_files(self, key: str, source, groups, finish, mode: int = 0o644,
                                    limit: int | None = None) -> list[int | None]:
         """Atomically make ``key`` hold the regular files of ``source`` (a store) named by
