@@ -121,7 +121,7 @@ class LocalStore:
         self.name = self.root
         self.reuse_stats_for = reuse_stats_for  # seconds
         self.keep_open = keep_open  # descriptors
-        self._recent: dict[str, tuple[int, float, Stat | None]] = {}
+        self._recent: dict[tuple[str, bool], tuple[int, float, Stat | None]] = {}  # (key, followed) -> seen
         self._generation = 0  # of changes of the store through it
         self._changing = 0  # changes under way
         self._changes_lock = threading.Lock()
@@ -237,7 +237,7 @@ class LocalStore:
     # -- stat results reused between changes -----------------------------------
     # A reader walking an array asks for the same metadata file and shard dozens
     # of times a second: one stat per key serves for ``reuse_stats_for`` seconds,
-    # unless the store changed through this object since (``_changes_the_store``). Changes
+    # unless the store changed through this object since (``_change``). Changes
     # from outside the mount show within that time, well inside the kernel's own
     # attribute timeout; bytes are never served from a stale stat, since opens
     # compare the descriptor's fstat with the version the index was read from.
