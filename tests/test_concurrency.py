@@ -19,6 +19,10 @@ import pytest
 import zarr
 
 from conftest import is_mounted, wait_until
+from zarrfs.fs.flusher import Flusher
+from zarrfs.fs.tree import KeyDir, ViewTree
+from zarrfs.fs.writes import Writer
+from zarrfs.store.local import LocalStore
 from helpers import TEMPORARY_PREFIX, check_shard_index, chunk_content, read_backing, seq_of, write_file
 
 # -- contents and checks -----------------------------------------------------------------
@@ -191,6 +195,53 @@ def test_reusing_a_temporary_name_for_renames_onto_a_chunk(tmp_path, mount):
             except OSError as error:
                 failures.append((f"c/{i}/5", n, error.strerror))
     assert not failures, f"{len(failures)} of {grid * 3} renames onto a chunk key unreadable: {failures[:5]}"
+
+
+def test_a_shard_directory_being_written_is_no_key_directory_of_its_name(tmp_path, mount):
+    """``c/1`` is chunk row 1 in the view and shard row 1 in the store (two chunks per shard).
+    While the repacker writes the first shard of shard row 1, the store's ``c/1`` holds only that
+    shard's temporary: chunk row 1 must not show as a directory meanwhile (it did, as one made
+    in the store before the metadata came, and vanished once the shard was in: ``ls`` showed a
+    ghost, a writer's mkdir met EEXIST). Planted here by hand; the row is then made as usual."""
+    store = tmp_path / "store"
+    store.mkdir()
+    mnt = mount(store, "--shards", "2", "--flush-after", "600")
+    zarr.create_array(str(mnt.path / "arr"), shape=(24, 8), chunks=(4, 4), dtype="<u2", compressors=None,
+                      fill_value=0)  # 6 x 2 chunks: shard rows c/0 to c/2
+    raw = np.full((4, 4), 7, dtype="<u2").tobytes()
+    (mnt.path / "arr" / "c" / "0").mkdir(parents=True)
+    (mnt.path / "arr" / "c" / "0" / "0").write_bytes(raw)
+    (store / "arr" / "c" / "1").mkdir(parents=True)
+    (store / "arr" / "c" / "1" / f"{TEMPORARY_PREFIX}000000000000-00000000-0").write_bytes(b"a shard being written")
+    assert sorted(os.listdir(mnt.path / "arr" / "c")) == ["0"]
+    row = mnt.path / "arr" / "c" / "1"
+    assert not row.exists()
+    row.mkdir()
+    (row / "1").write_bytes(raw)
+    assert (row / "1").read_bytes() == raw
+    assert sorted(os.listdir(mnt.path / "arr" / "c")) == ["0", "1"]
+
+
+def test_mkdir_of_a_key_directory_that_showed_since_the_kernel_looked_makes_it(tmp_path):
+    """The kernel asks to make a name only after its own lookup said "absent". Should the store
+    change in between (the repacker makes the shard directory ``c/2`` of shard row 2, which
+    names chunk row 2 in the view, and writes its first shard there), MKDIR must still leave
+    chunk row 2's directory made: refused with EEXIST, the kernel would keep "absent" cached and
+    the writer's next open(c/2) fail with ENOENT once the shard is in (tensorstore: "Failed to
+    open directory"). The kernel cannot be stopped between the two requests, so the requests'
+    own code is driven here, on a real store.
+    """
+    store_dir = tmp_path / "store"
+    zarr.create_array(str(store_dir / "arr"), shape=(24, 8), chunks=(4, 4), shards=(8, 8), dtype="<u2",
+                      compressors=None, fill_value=0)  # 6 x 2 chunks: shard rows c/0 to c/2
+    tree = ViewTree(LocalStore(str(store_dir)))
+    writer = Writer(tree, Flusher(tree), chunks_per_shard=2)
+    c = tree.resolve("arr/c") or writer.mkdir(tree.resolve("arr"), "c", 0o755)
+    assert tree.lookup(c, "2") is None  # what the kernel's lookup was told
+    (store_dir / "arr" / "c" / "2").mkdir(parents=True)  # meanwhile, the repacker's first step
+    assert isinstance(writer.mkdir(c, "2", 0o755), KeyDir)  # was EEXIST
+    (store_dir / "arr" / "c" / "2" / "0").write_bytes(b"")  # its shard is in: the store's c/2 is no key directory
+    assert isinstance(tree.lookup(c, "2"), KeyDir)
 
 
 # -- two daemons on one backing store --------------------------------------------------

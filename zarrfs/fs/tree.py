@@ -35,7 +35,7 @@ import numpy as np
 from ..format.keys import parse_index
 from ..format.shard_index import CHECKSUM_NBYTES, CorruptShard
 from ..store.base import FileChanged, SharedFile, Stat, Store
-from ..store.local import zarrfs_own
+from ..store.local import is_temporary, zarrfs_own
 from .overlay import MemFile, Overlay, chunk_name, scratch_name
 from .lru import LRU
 from .shards import ChunkLocation, ChunksUnder, Shards, join, version
@@ -414,12 +414,14 @@ class ViewTree:
         metadata came (``cp -r`` copies in any order): it holds no shards, only what
         zarrfs staged there, or directories made so, or nothing: no shard file at any depth.
         (A shard directory of the same name is another thing: the key directory ``c/1`` of
-        chunk row 1 is not the shards' row ``c/1``.)"""
+        chunk row 1 is not the shards' row ``c/1``; nor is one whose first shard is being
+        written, holding only that shard's temporary.)"""
         try:
             entries = self.store.scan(key)
         except OSError:
             return False
-        return all(zarrfs_own(name) or parse_index(name) is None or (is_dir and self._made_in_store(join(key, name)))
+        return all(not is_temporary(name) and (zarrfs_own(name) or parse_index(name) is None
+                                               or (is_dir and self._made_in_store(join(key, name))))
                    for name, is_dir in entries)
 
     def _stored_under(self, array_key: str, view: DirView, coords: tuple[int, ...]) -> bool:

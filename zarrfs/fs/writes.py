@@ -301,7 +301,12 @@ class Writer:
             self.tree.store.mkdir(target.path, mode)
             self.tree.store.chown_to(target.path, *owner)
             return Plain(target.path)
-        if self.tree.lookup(parent, name) is not None:
+        # The kernel asks to make only a name it holds absent. A key directory that shows
+        # since it asked (a shard directory of the same name being written meanwhile, another
+        # program's change) is made, not refused: EEXIST would leave the kernel's "absent" in
+        # place while the writer goes on as if it existed (tensorstore: mkdir, open: ENOENT).
+        existing = self.tree.lookup(parent, name)
+        if existing is not None and not isinstance(existing, KeyDir):
             raise OSError(errno.EEXIST, target.path)
         if target.kind != "scratch":  # a chunk key or a metadata name cannot be a directory
             raise refuse(target.path, "a chunk key or metadata name cannot be a directory")

@@ -930,7 +930,12 @@ TEMPORARY = re.compile(re.escape(TEMPORARY_PREFIX) + r"([0-9a-f]{12})-[0-9a-f]{8
 
 def zarrfs_own(name: str) -> bool:
     """Whether a backing file name is one of zarrfs's own (never shown, never a user's)."""
-    return name == LOCK_FILE or name.startswith(STAGED_PREFIX) or TEMPORARY.fullmatch(name) is not None
+    return name == LOCK_FILE or name.startswith(STAGED_PREFIX) or is_temporary(name)
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a backing file name is a temporary zarrfs writes beside the file it replaces."""
+    return TEMPORARY.fullmatch(name) is not None
 
 
 def _owner_is_gone(owner: str) -> bool:
