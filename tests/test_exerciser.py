@@ -2401,6 +2401,14 @@ FOUND = [
         ("create_node", "n1", "array2", "inplace"), ("zarr_write", "n1", [2, 2], [4, 4], 1), ("remount",),
         ("resize", "n1", [3, 2], "rename"), ("listdir", "n1"), ("mkdir", "n1/0"),
         ("write", "n1/0/0", "ct", 0, b"abcd"), ("fsync_path", "n1/0/0")]),
+    ("dir-removed-below-open-file-made-again", "a key directory emptied while a chunk in it was open, removed and "
+     "made again: every file created in it was ENOENT (the new directory got the old one's number, which the "
+     "kernel held dead; stress seed 1 v3, 5,000 operations)", "v3", [
+        ("mkdir", "a2/c/3"), ("write", "a2/c/3/0", "ct", 0, b"abcd"), ("open", 0, "a2/c/3/0", "rw"),
+        ("unlink", "a2/c/3/0"), ("rmdir", "a2/c/3"), ("mkdir", "a2/c/3"), ("write", "a2/c/3/1.__lock", "c", 0, b"x"),
+        ("mkdir", "d1/sub2"), ("write", "d1/sub2/f", "ct", 0, b"abcd"), ("open", 1, "d1/sub2/f", "rw"),
+        ("unlink", "d1/sub2/f"), ("rmdir", "d1/sub2"), ("mkdir", "d1/sub2"), ("write", "d1/sub2/g", "c", 0, b"x"),
+        ("fstat", 0), ("fstat", 1)]),
 ]
 
 

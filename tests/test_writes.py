@@ -143,6 +143,30 @@ def test_lock_file_renamed_while_open_then_directory_fsync_like_tensorstore(arra
     assert backing_chunk(backing.snapshot(), 1, 1).tolist() == np.full(CHUNK, 4).tolist()
 
 
+def test_a_directory_removed_while_a_file_below_it_is_open_can_be_made_again(array):
+    """rmdir leaves the kernel's inode of the directory dead (nothing can be made in it) while
+    a descriptor open below it holds it; a directory made again at that name must be another
+    inode. (Regression, found by the exerciser: the new key directory got the old number back,
+    the kernel took it for the dead one, and every file created in it was ENOENT.)"""
+    backing, mnt, a = array
+    for directory in (a / "c" / "3", mnt.path / "notes"):
+        directory.mkdir(parents=True)
+        (directory / "0").write_bytes(raw_chunk(1))
+        held = os.open(directory / "0", os.O_RDWR)
+        try:
+            os.unlink(directory / "0")
+            os.rmdir(directory)
+            directory.mkdir()
+            (directory / "1").write_bytes(raw_chunk(2))
+            assert (directory / "1").read_bytes() == raw_chunk(2)
+            assert os.pread(held, RAW, 0) == raw_chunk(1)
+        finally:
+            os.close(held)
+    mnt.unmount()
+    assert backing_chunk(backing.snapshot(), 3, 1).tolist() == np.full(CHUNK, 2).tolist()
+    assert (backing.snapshot() / "notes" / "1").read_bytes() == raw_chunk(2)
+
+
 def renameat2(old: Path, new: Path, flags: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     at_fdcwd = -100

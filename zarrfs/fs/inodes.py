@@ -220,6 +220,14 @@ class InodeTable:
             # descriptors still open on this one show its own attributes, nlink 0)
             self._nodes[inode] = Replaced(node.path)
 
+    def removed_directory(self, node: Node, inode: int) -> None:
+        """Directory ``node`` (numbered ``inode``) was removed. The kernel keeps its inode,
+        dead (nothing can be made in it), while something holds it (a descriptor open below
+        it): a directory made at that name later is another directory, with another number."""
+        self._by_path.pop(node.path, None)
+        if inode in self._nodes:
+            self._nodes[inode] = Replaced(node.path)
+
     def move_tree(self, old: str, new: str, resolve) -> None:
         """Directory ``old`` was renamed to ``new``: the inodes the kernel holds below it
         mean the moved names (``resolve(path) -> Node | None``), which keep the kernel's

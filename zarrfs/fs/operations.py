@@ -455,7 +455,12 @@ class Operations(pyfuse3.Operations):
     @_changes_names
     @_kernel_errors
     async def rmdir(self, parent_inode, name, ctx):
-        await self._writer().rmdir(self._node(parent_inode), os.fsdecode(name))
+        parent, name = self._node(parent_inode), os.fsdecode(name)
+        node = self.tree.lookup(parent, name)
+        inode = node and self.inodes.inode_of(node)  # (what the name meant, before it goes)
+        await self._writer().rmdir(parent, name)
+        if node is not None:
+            self.inodes.removed_directory(node, inode)
 
     @_changes_names
     @_kernel_errors
