@@ -546,11 +546,13 @@ class Operations(pyfuse3.Operations):
 
     def _open_names_below(self, dir_key: str) -> set[tuple[str, int]]:
         """``(path, inode)`` of the names below ``dir_key`` of open files: the name each was
-        opened by, and the other names of a hard-linked one (opened by any of them)."""
+        opened by, the name its inode means now (a directory above it may have been renamed
+        since), and the other names of a hard-linked one (opened by any of them)."""
         found = set()
         for handle in self._handles.values():
             if isinstance(handle, FileHandle):
-                for path in {handle.node.path, *self.inodes.names_of(handle.inode)}:
+                now = self.inodes.node(handle.inode)
+                for path in {handle.node.path, *([now.path] if now else []), *self.inodes.names_of(handle.inode)}:
                     if is_below(path, dir_key) and path != dir_key:
                         found.add((path, handle.inode))
         return found
