@@ -1425,16 +1425,23 @@ class World:
             k = state.kind(path)
             if k.kind == "scratch" and "/" in path[len(k.array.path) + 1:]:
                 os.unlink(self.r.p(path))  # a temporary left among chunks is dropped
-            elif k.in_array and state.files[path].st_nlink > 1 and path not in self.backing:
-                data = Path(self.r.p(path)).read_bytes()  # a shard cannot hold a hard link
-                mode = stat.S_IMODE(state.files[path].st_mode)
-                os.unlink(self.r.p(path))
-                Path(self.r.p(path)).write_bytes(data)
-                os.chmod(self.r.p(path), mode)
+        self._links_in_arrays_become_copies(self.state())
         self.made_dirs.clear()
         self.removed_dirs.clear()
         self.backing = self._array_level_files()
         self.check_backing()
+
+    def _links_in_arrays_become_copies(self, state: RefState, keep=()) -> None:
+        """What the store holds of hard links between names in arrays: a shard cannot hold a
+        hard link, so each name is a copy (but the names ``keep``, linked in ``ref/`` still)."""
+        for path in sorted(state.files):
+            if (state.kind(path).in_array and state.files[path].st_nlink > 1 and path not in self.backing
+                    and path not in keep):
+                data = Path(self.r.p(path)).read_bytes()
+                mode = stat.S_IMODE(state.files[path].st_mode)
+                os.unlink(self.r.p(path))
+                Path(self.r.p(path)).write_bytes(data)
+                os.chmod(self.r.p(path), mode)
 
     def check_backing(self):
         """The backing store, read without zarrfs: shards decoded by tests/corpus.py, plain
@@ -1570,6 +1577,9 @@ class World:
         self.r.close_all()
         self.slot_paths.clear()
         self._fsync_everything(self.m)
+        # The second daemon sees the store's copies of hard-linked chunks: writing one name
+        # there leaves the others (but those of x, which the first daemon writes meanwhile)
+        self._links_in_arrays_become_copies(self.state(), keep=self._linked_names(x))
         state = self.state()
         before = None
         if x and state.kind(x).kind == "chunk" and state.kind(x).in_grid and state.is_dir(parent_of(x)):
@@ -1610,6 +1620,13 @@ class World:
             d2.stop()
             self.daemons.remove(d2)
         self.op_remount()
+
+    def _linked_names(self, path) -> set[str]:
+        """``path`` and the names hard-linked to it in ``ref/`` (none when it is no file)."""
+        if not path or not os.path.isfile(self.r.p(path)):
+            return set()
+        st = os.stat(self.r.p(path))
+        return {p for p, f in self.state().files.items() if f.st_ino == st.st_ino} | {path}
 
     def _key_levels(self, path):
         k = self.state().kind(path)
