@@ -2426,6 +2426,11 @@ FOUND = [
         ("mkdir", "d1/sub2"), ("write", "d1/sub2/f", "ct", 0, b"abcd"), ("open", 1, "d1/sub2/f", "rw"),
         ("unlink", "d1/sub2/f"), ("rmdir", "d1/sub2"), ("mkdir", "d1/sub2"), ("write", "d1/sub2/g", "c", 0, b"x"),
         ("fstat", 0), ("fstat", 1)]),
+    ("open-chunk-resized-unlinked", "a chunk open, its array resized (its chunks numbered anew), then unlinked: "
+     "fstat on the descriptor showed nlink 1 from the kernel's cache of the old number (stress seed 1 v2, "
+     "5,000 operations)", "v2", [
+        ("open", 0, "a2/0/0", "rwc"), ("write", "a2/1/0", "ct", 0, b"abcd"), ("resize", "a2", [5, 2], "rename"),
+        ("pread", 0, 2, 1), ("ftruncate", 0, 0), ("unlink", "a2/0/0"), ("fstat", 0)]),
 ]
 
 

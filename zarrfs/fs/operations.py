@@ -442,6 +442,21 @@ class Operations(pyfuse3.Operations):
         await self._writer().unlink(parent, name)
         if node is not None:
             self.inodes.unlinked(node, inode, last, inode in self._open_by_inode, memfile)
+            if last:
+                await self._unlinked_under_other_numbers(node, inode, memfile)
+
+    async def _unlinked_under_other_numbers(self, node: Node, inode: int, memfile) -> None:
+        """The file at ``node`` lost its last name, and descriptors may hold it under another
+        number than the name computes now (a chunk opened before a resize, which numbers the
+        array's chunks anew): those inodes mean the unlinked file too, and the kernel, which
+        caches their attributes, is told to ask again (nlink 0)."""
+        others = sorted({h.inode for h in self._handles.values()
+                         if isinstance(h, FileHandle) and h.inode != inode and h.node == node})
+        for other in others:
+            self.inodes.unlinked(node, other, True, True, memfile)
+        if others:
+            with trio.move_on_after(INVALIDATE_WAIT):
+                await trio.to_thread.run_sync(forget_entries, [], others, abandon_on_cancel=True)
 
     def _only_name(self, node: Node) -> bool:
         """Whether ``node`` is its file's only name: a stored chunk, a buffered file with
