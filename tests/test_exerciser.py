@@ -2431,6 +2431,10 @@ FOUND = [
      "5,000 operations)", "v2", [
         ("open", 0, "a2/0/0", "rwc"), ("write", "a2/1/0", "ct", 0, b"abcd"), ("resize", "a2", [5, 2], "rename"),
         ("pread", 0, 2, 1), ("ftruncate", 0, 0), ("unlink", "a2/0/0"), ("fstat", 0)]),
+    ("linked-scratch-copy-keeps-mode", "a buffered file chmod'ed, then linked where the link is a copy (a plain "
+     "directory): the copy had mode 0644 (stress seed 4 v3, 5,000 operations)", "v3", [
+        ("write", "a2/tmp1", "ct", 0, b"abcd"), ("chmod", "a2/tmp1", 448), ("link", "a2/tmp1", "d1/f2.txt"),
+        ("stat", "d1/f2.txt")]),
 ]
 
 

@@ -450,11 +450,11 @@ class Writer:
             return Plain(target.path), True
         if target.kind in ("plain", "metadata"):
             # zarr-python 3.1 writes a new node's zarr.json as a temporary file, then link()s it
-            await self._place(target, MemFile(bytearray(self._content_of(node))))
+            await self._place(target, self._copy_of(node))
             # (an empty .zattrs is applied, but the v2 view shows none: the link still succeeded)
             return self.tree.lookup(new_parent, new) or self.node_of(target), False
         if isinstance(node, Plain):
-            self._bind(target, self._copy_of_plain(node))
+            self._bind(target, self._copy_of(node))
             return self.node_of(target), False
         self._bind(target, self._memfile_for(node))
         return self.node_of(target), True
@@ -472,12 +472,16 @@ class Writer:
             pass
         return b""
 
-    def _copy_of_plain(self, node: Plain) -> MemFile:
-        """A buffered copy of a plain file, with its mode and owner (as cp -p would keep
+    def _copy_of(self, node: Node) -> MemFile:
+        """A buffered copy of ``node``'s file, with its mode and owner (as cp -p would keep
         them; a link is a second name of the same file, so nothing of it may change)."""
-        st = self.tree.store.lstat(node.path)
-        return MemFile(bytearray(self._content_of(node)), mode=stat.S_IFREG | stat.S_IMODE(st.st_mode),
-                       uid=st.st_uid, gid=st.st_gid)
+        if isinstance(node, Plain):
+            st = self.tree.store.lstat(node.path)
+            mode, uid, gid = stat.S_IFREG | stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+        else:
+            source = self._memfile_for(node)
+            mode, uid, gid = source.mode, source.uid, source.gid
+        return MemFile(bytearray(self._content_of(node)), mode=mode, uid=uid, gid=gid)
 
     def _content_of(self, node: Node) -> bytes:
         if isinstance(node, Plain):
