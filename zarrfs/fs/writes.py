@@ -477,11 +477,10 @@ class Writer:
         them; a link is a second name of the same file, so nothing of it may change)."""
         if isinstance(node, Plain):
             st = self.tree.store.lstat(node.path)
-            mode, uid, gid = stat.S_IFREG | stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-        else:
-            source = self._memfile_for(node)
-            mode, uid, gid = source.mode, source.uid, source.gid
-        return MemFile(bytearray(self._content_of(node)), mode=mode, uid=uid, gid=gid)
+            return MemFile(bytearray(self._content_of(node)), mode=stat.S_IFREG | stat.S_IMODE(st.st_mode),
+                           uid=st.st_uid, gid=st.st_gid)
+        source = self._memfile_for(node)
+        return MemFile(bytearray(source.data), mode=source.mode, uid=source.uid, gid=source.gid)
 
     def _content_of(self, node: Node) -> bytes:
         if isinstance(node, Plain):
