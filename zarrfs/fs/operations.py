@@ -455,8 +455,7 @@ class Operations(pyfuse3.Operations):
         for other in others:
             self.inodes.unlinked(node, other, True, True, memfile)
         if others:
-            with trio.move_on_after(INVALIDATE_WAIT):
-                await trio.to_thread.run_sync(forget_entries, [], others, abandon_on_cancel=True)
+            await self._kernel_forgets([], others)
 
     def _only_name(self, node: Node) -> bool:
         """Whether ``node`` is its file's only name: a stored chunk, a buffered file with
@@ -556,6 +555,13 @@ class Operations(pyfuse3.Operations):
         dropped = {self._topmost_gone(path, dir_key) for path, _ in gone}
         entries = [e for e in map(self._kernel_entry, sorted(dropped) + ([dir_key] if dir_key else [])) if e]
         inodes = sorted({inode for _, inode in gone})
+        await self._kernel_forgets(entries, inodes)
+
+    @staticmethod
+    async def _kernel_forgets(entries: list[tuple[int, str]], inodes: list[int]) -> None:
+        """``forget_entries`` in a worker thread (the kernel takes the lock of the directory
+        holding each entry, which the request being answered may hold), waiting at most
+        INVALIDATE_WAIT for it."""
         with trio.move_on_after(INVALIDATE_WAIT):
             await trio.to_thread.run_sync(forget_entries, entries, inodes, abandon_on_cancel=True)
 

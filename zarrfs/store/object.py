@@ -47,7 +47,7 @@ from obstore.exceptions import AlreadyExistsError, BaseError, PermissionDeniedEr
 from obstore.store import S3Store
 
 from .base import ABSENT, Capabilities, Conflict, FileChanged, Stat, TooLarge
-from .local import ABANDONED_AFTER_SECONDS, STAGED_PREFIX, TEMPORARY, join_key, split_key, temporary_name, \
+from .local import ABANDONED_AFTER_SECONDS, STAGED_PREFIX, is_temporary, join_key, split_key, temporary_name, \
     zarrfs_own
 
 DIRECTORY_MARKER = ".zarrfs-dir"  # the object that makes an empty directory exist
@@ -697,7 +697,7 @@ class ObjectStore:
         chunk files it was adopting. Whole objects are written by one PUT, so there are no
         temporaries of shards to clean. One recursive LIST of the store."""
         keys = {meta["path"]: meta for meta in self._list_below("")}
-        abandoned = [key for key, meta in keys.items() if TEMPORARY.fullmatch(split_key(key)[1])
+        abandoned = [key for key, meta in keys.items() if is_temporary(split_key(key)[1])
                      and time.time() - meta["last_modified"].timestamp() > ABANDONED_AFTER_SECONDS]
         self._delete(abandoned)
         staged: dict[str, list] = {}
